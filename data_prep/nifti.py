@@ -1,0 +1,145 @@
+"""Patients as folders of images: NIfTI written with nibabel, read from NIfTI or any SimpleITK format.
+
+World frame. OpenKBP keeps no DICOM frame, so the affine is built from the spacing alone. Voxel
+axes 0, 1, 2 point to the patient's posterior, left and inferior (axis codes ``P L I``), so the
+NIfTI (RAS+) affine is ``diag``-like with negative signs: x = -spacing1 * j, y = -spacing0 * i,
+z = -spacing2 * k, and voxel (0, 0, 0) sits at the world origin. Any image read back is reoriented to
+these axes first, whatever its own orientation, so what a viewer shows as left stays left.
+
+Folder layout: ``ct``, ``possible_dose_mask``, ``dose`` (optional) and one file per contoured ROI,
+named as in ``data_prep.patient.ROIS``, each ``.nii.gz`` (or, when reading, any extension SimpleITK
+opens: ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...). CT in HU, dose in Gy, masks 0/1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from data_prep.errors import PatientDataError
+from data_prep.files import atomic_folder
+from data_prep.patient import ROIS, Patient
+
+AXIS_CODES = ("P", "L", "I")
+NIFTI_SUFFIX = ".nii.gz"
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
+    """The RAS+ affine of an OpenKBP grid with this voxel spacing (mm), axes P, L, I."""
+    affine = np.zeros((4, 4))
+    affine[1, 0] = -spacing[0]
+    affine[0, 1] = -spacing[1]
+    affine[2, 2] = -spacing[2]
+    affine[3, 3] = 1.0
+    return affine
+
+
+def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
+    """Write one volume as NIfTI in the OpenKBP frame (masks as uint8, integral CT as int16)."""
+    if volume.dtype == bool:
+        volume = volume.astype(np.uint8)
+    elif np.array_equal(volume, np.round(volume)) and np.abs(volume).max(initial=0) < 2**15:
+        volume = volume.astype(np.int16)
+    image = nib.Nifti1Image(volume, affine_from_spacing(spacing))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read an image (NIfTI via nibabel, other formats via SimpleITK), reoriented to axes P, L, I.
+
+    Returns:
+        The voxel array and its spacing in mm.
+    """
+    try:
+        if path.name.endswith((".nii", ".nii.gz")):
+            return _read_nifti(path)
+        return _read_with_simpleitk(path)
+    except PatientDataError:
+        raise
+    except Exception as error:  # nibabel and SimpleITK raise many types for a corrupt file
+        raise PatientDataError(path, f"cannot read image ({type(error).__name__}: {error})") from None
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    image = nib.load(path)
+    if len(image.shape) != 3:
+        raise PatientDataError(path, f"expected a 3D image, got shape {image.shape}")
+    to_canonical = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(image.affine), nib.orientations.axcodes2ornt(AXIS_CODES)
+    )
+    image = image.as_reoriented(to_canonical)
+    return np.asanyarray(image.dataobj), _mm(nib.affines.voxel_sizes(image.affine))
+
+
+def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    if image.GetDimension() != 3:
+        raise PatientDataError(path, f"expected a 3D image, got {image.GetDimension()}D")
+    # SimpleITK arrays are indexed (z, y, x): orient the image axes to I, L, P so the array is P, L, I.
+    image = sitk.DICOMOrient(image, "".join(reversed(AXIS_CODES)))
+    return sitk.GetArrayFromImage(image), _mm(tuple(reversed(image.GetSpacing())))
+
+
+def _mm(spacing: tuple[float, ...] | np.ndarray) -> tuple[float, float, float]:
+    """Spacing as the shortest decimal of its float32 value: headers store float32, 4.688 as 4.6880002."""
+    as_decimal = [float(str(np.float32(s))) for s in spacing]
+    return as_decimal[0], as_decimal[1], as_decimal[2]
+
+
+def find_image(folder: Path, stem: str) -> Path | None:
+    """The image file named ``stem`` with any supported extension, or None."""
+    for suffix in _IMAGE_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def is_image_folder(folder: Path) -> bool:
+    return find_image(folder, "ct") is not None
+
+
+def read_patient(folder: str | Path) -> Patient:
+    """Read a patient folder of images (see the module docstring for the layout)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PatientDataError(folder, "not a folder")
+    volumes: dict[str, np.ndarray] = {}
+    spacing: tuple[float, float, float] | None = None
+    for stem in ("ct", "possible_dose_mask", "dose", *ROIS):
+        path = find_image(folder, stem)
+        if path is None:
+            if stem in ("ct", "possible_dose_mask"):
+                raise PatientDataError(folder, f"missing {stem}{NIFTI_SUFFIX} (or another image format)")
+            continue
+        volumes[stem], this_spacing = read_volume(path)
+        if spacing is not None and not np.allclose(this_spacing, spacing, rtol=1e-4):
+            raise PatientDataError(path, f"voxel spacing {this_spacing} differs from the CT's {spacing}")
+        spacing = spacing or this_spacing
+    assert spacing is not None
+    return Patient(
+        id=folder.name,
+        ct=volumes["ct"],
+        structures={roi: volumes[roi] for roi in ROIS if roi in volumes},
+        possible_dose_mask=volumes["possible_dose_mask"],
+        spacing=spacing,
+        dose=volumes.get("dose"),
+        source=str(folder),
+    )
+
+
+def write_patient(patient: Patient, folder: str | Path) -> None:
+    """Write a patient as a NIfTI folder (all files appear at once)."""
+    with atomic_folder(folder) as tmp:
+        write_volume(patient.ct, patient.spacing, tmp / f"ct{NIFTI_SUFFIX}")
+        write_volume(patient.possible_dose_mask, patient.spacing, tmp / f"possible_dose_mask{NIFTI_SUFFIX}")
+        if patient.dose is not None:
+            write_volume(patient.dose, patient.spacing, tmp / f"dose{NIFTI_SUFFIX}")
+        for roi, mask in patient.structures.items():
+            write_volume(mask, patient.spacing, tmp / f"{roi}{NIFTI_SUFFIX}")

@@ -1,0 +1,166 @@
+"""OpenKBP sparse CSVs: read and write patient folders and the submission format.
+
+Each file has the header ``,data`` and rows ``flat_index,value`` (C order over the grid). Mask files
+leave the value empty. numpy's C parser reads a file in one pass and names the line of a garbled row.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.errors import PatientDataError
+from data_prep.files import atomic_file, atomic_folder
+from data_prep.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_dose, require_grid
+
+HEADER = b",data"
+REQUIRED_FILES = ("ct.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
+
+
+def read_sparse(path: Path, *, values: bool, n_voxels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one sparse CSV into (indices, values); values is None for a mask file.
+
+    Raises:
+        PatientDataError: wrong header, garbled or truncated rows, indices out of range or repeated,
+            non-finite values.
+    """
+    header, ends_cleanly = _header_and_ending(path)
+    if header.strip() != HEADER:
+        raise PatientDataError(path, f"wrong header {header[:40]!r}, expected {HEADER.decode()!r}")
+    if not ends_cleanly:
+        raise PatientDataError(path, "the last row is cut off (file truncated?)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy warns about a file with no rows
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1) if values else (0,))
+    except ValueError as error:
+        raise PatientDataError(path, f"garbled content: {_with_line_numbers(str(error))}") from None
+    indices = table[:, 0]
+    if not (np.isfinite(indices).all() and (indices == np.floor(indices)).all()):
+        raise PatientDataError(path, "row indices must be whole numbers")
+    indices = indices.astype(np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_voxels):
+        bad = indices[(indices < 0) | (indices >= n_voxels)][0]
+        raise PatientDataError(path, f"index {bad} out of range for a grid of {n_voxels} voxels")
+    if indices.size > 1 and not (np.diff(indices) > 0).all() and np.unique(indices).size != indices.size:
+        raise PatientDataError(path, "an index appears more than once")
+    data = table[:, 1] if values else None
+    if data is not None and not np.isfinite(data).all():
+        raise PatientDataError(path, "values contain NaN or infinity")
+    return indices, data
+
+
+def _header_and_ending(path: Path) -> tuple[bytes, bool]:
+    """The first line, and whether the file ends with a line break (a cut-off file does not)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.readline()
+            size = handle.seek(0, 2)
+            if size <= len(header):
+                return header, True
+            handle.seek(-1, 2)
+            return header, handle.read(1) == b"\n"
+    except FileNotFoundError:
+        raise PatientDataError(path, "file not found") from None
+    except OSError as error:
+        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
+
+
+def _with_line_numbers(message: str) -> str:
+    """numpy counts data rows from 0; people count file lines from 1, the header being line 1."""
+    return re.sub(r"at row (\d+)", lambda m: f"at line {int(m.group(1)) + 2}", message)
+
+
+def read_dense(path: Path, shape: tuple[int, ...] = GRID_SHAPE, *, fill: float = 0.0) -> np.ndarray:
+    """Read a sparse value file (CT, dose) into a dense float32 volume."""
+    indices, data = read_sparse(path, values=True, n_voxels=int(np.prod(shape)))
+    volume = np.full(int(np.prod(shape)), fill, dtype=np.float32)
+    volume[indices] = data
+    return volume.reshape(shape)
+
+
+def read_mask(path: Path, shape: tuple[int, ...] = GRID_SHAPE) -> np.ndarray:
+    """Read a sparse mask file into a dense bool volume."""
+    indices, _ = read_sparse(path, values=False, n_voxels=int(np.prod(shape)))
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    mask[indices] = True
+    return mask.reshape(shape)
+
+
+def read_spacing(path: Path) -> tuple[float, float, float]:
+    """Read ``voxel_dimensions.csv``: three positive numbers in mm, one per line."""
+    if not path.is_file():
+        raise PatientDataError(path, "file not found")
+    text = path.read_bytes().decode(errors="replace")
+    try:
+        spacing = [float(token) for token in text.replace(",", " ").split()]
+    except ValueError:
+        raise PatientDataError(path, f"expected 3 numbers (mm), got {text[:60]!r}") from None
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise PatientDataError(path, f"expected 3 positive voxel sizes in mm, got {spacing}")
+    return spacing[0], spacing[1], spacing[2]
+
+
+def is_openkbp_folder(folder: Path) -> bool:
+    return (folder / "ct.csv").is_file() or (folder / "possible_dose_mask.csv").is_file()
+
+
+def read_patient(folder: str | Path) -> Patient:
+    """Read one OpenKBP patient folder (``ct.csv``, ``possible_dose_mask.csv``, ROI files, ...)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PatientDataError(folder, "not a folder")
+    if not any(folder.iterdir()):
+        raise PatientDataError(folder, "empty folder; expected OpenKBP files (ct.csv, possible_dose_mask.csv, ...)")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise PatientDataError(folder, f"missing {', '.join(missing)}")
+    dose_file = folder / "dose.csv"
+    dose = read_dense(dose_file) if dose_file.is_file() else None
+    if dose is not None:
+        check_dose(dose, dose_file)
+    return Patient(
+        id=folder.name,
+        ct=read_dense(folder / "ct.csv") - CT_FILE_OFFSET,
+        structures={roi: read_mask(folder / f"{roi}.csv") for roi in ROIS if (folder / f"{roi}.csv").is_file()},
+        possible_dose_mask=read_mask(folder / "possible_dose_mask.csv"),
+        spacing=read_spacing(folder / "voxel_dimensions.csv"),
+        dose=dose,
+        source=str(folder),
+    )
+
+
+def write_sparse(path: Path, volume: np.ndarray) -> None:
+    """Write the non-zero voxels of a value volume (or the True voxels of a mask) as a sparse CSV."""
+    flat = volume.reshape(-1)
+    indices = np.flatnonzero(flat)
+    if flat.dtype == bool:
+        rows = "".join(f"{i},\n" for i in indices.tolist())
+    else:
+        # %.7g round-trips every value stored with up to 7 significant digits (OpenKBP uses 3 decimals).
+        rows = "".join(f"{i},{v:.7g}\n" for i, v in zip(indices.tolist(), flat[indices].tolist()))
+    with atomic_file(path) as tmp:
+        tmp.write_text(",data\n" + rows)
+
+
+def write_patient(patient: Patient, folder: str | Path) -> None:
+    """Write a patient as an OpenKBP folder (all files appear at once); the grid must be 128^3."""
+    require_grid(patient)
+    with atomic_folder(folder) as tmp:
+        write_sparse(tmp / "ct.csv", patient.ct + CT_FILE_OFFSET)
+        if patient.dose is not None:
+            write_sparse(tmp / "dose.csv", patient.dose)
+        write_sparse(tmp / "possible_dose_mask.csv", patient.possible_dose_mask)
+        for roi, mask in patient.structures.items():
+            write_sparse(tmp / f"{roi}.csv", mask)
+        (tmp / "voxel_dimensions.csv").write_text("".join(f"{s!r}\n" for s in patient.spacing))
+
+
+def write_submission(dose: np.ndarray, path: str | Path) -> None:
+    """Write a predicted dose in the OpenKBP submission format (``pt_*.csv``, non-zero voxels only)."""
+    if dose.shape != GRID_SHAPE:
+        raise PatientDataError(path, f"an OpenKBP submission holds a {GRID_SHAPE} grid, got {dose.shape}")
+    write_sparse(Path(path), np.asarray(dose, dtype=np.float32))

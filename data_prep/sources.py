@@ -1,0 +1,102 @@
+"""Where patients come from: one patient folder, a split folder of them, a pack, or a ``.tar.xz``.
+
+Every reader is chosen from what a path holds, so commands take any of these without a format flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import nifti, openkbp_csv, pack
+from data_prep.errors import PatientDataError
+from data_prep.patient import Patient, check_dose
+
+_TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort pt_2 before pt_10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
+
+
+def is_patient(path: Path) -> bool:
+    return pack.is_pack_file(path) or path.is_dir() and (openkbp_csv.is_openkbp_folder(path) or nifti.is_image_folder(path))
+
+
+def find_patients(source: Path) -> list[Path]:
+    """The patients in ``source``: itself if it is one patient, else its patient entries (sorted).
+
+    Raises:
+        PatientDataError: ``source`` is missing, empty, or holds no patient.
+    """
+    if not source.exists():
+        raise PatientDataError(source, "no such file or folder")
+    if is_patient(source):
+        return [source]
+    if not source.is_dir():
+        raise PatientDataError(source, "not a patient folder, a split folder, a pack or a tarball")
+    entries = sorted(source.iterdir(), key=natural_key)
+    if not entries:
+        raise PatientDataError(source, "empty folder")
+    patients = [entry for entry in entries if is_patient(entry)]
+    if not patients:
+        # A single split folder one level down (an extracted tarball holds ``train-pats/``).
+        subfolders = [entry for entry in entries if entry.is_dir()]
+        if len(subfolders) == 1:
+            return find_patients(subfolders[0])
+        raise PatientDataError(source, "holds no patient (OpenKBP CSV folders, image folders or pack files)")
+    return patients
+
+
+@contextlib.contextmanager
+def open_patients(source: str | Path) -> Iterator[list[Path]]:
+    """Yield the patient paths of ``source``; a tarball is unpacked to a temporary folder first."""
+    source = Path(source)
+    if source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
+        with tempfile.TemporaryDirectory(prefix="dosepred-") as tmp:
+            try:
+                with tarfile.open(source) as archive:
+                    archive.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out
+            except (tarfile.TarError, EOFError, OSError) as error:
+                raise PatientDataError(source, f"cannot unpack archive ({error})") from None
+            yield find_patients(Path(tmp))
+    else:
+        yield find_patients(source)
+
+
+def read_patient(path: str | Path) -> Patient:
+    """Read one patient from an OpenKBP CSV folder, an image folder or a pack file."""
+    path = Path(path)
+    if pack.is_pack_file(path):
+        return pack.read_patient(path)
+    if path.is_dir() and not openkbp_csv.is_openkbp_folder(path) and nifti.is_image_folder(path):
+        return nifti.read_patient(path)
+    return openkbp_csv.read_patient(path)
+
+
+def find_dose_file(folder: Path, patient_id: str) -> Path | None:
+    """A predicted dose for ``patient_id`` in ``folder``: ``<id>.csv`` (OpenKBP submission) or ``<id>.nii.gz``."""
+    for name in (f"{patient_id}.csv", f"{patient_id}.nii.gz", f"{patient_id}.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_dose_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read a dose volume (OpenKBP sparse CSV or NIfTI) that must lie on a grid of ``shape``."""
+    if path.suffix == ".csv":
+        dose = openkbp_csv.read_dense(path, shape)
+    else:
+        dose, _ = nifti.read_volume(path)
+        if dose.shape != tuple(shape):
+            raise PatientDataError(path, f"dose grid {dose.shape} differs from the patient's {tuple(shape)}")
+        dose = dose.astype(np.float32)
+    check_dose(dose, path)
+    return dose

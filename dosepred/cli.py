@@ -1,0 +1,120 @@
+"""The ``dosepred`` command. The only place that prints, shows progress and configures logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from data_prep import nifti, pack, sources
+from data_prep.errors import PatientDataError
+from dosepred.metrics import OpenKBPScorer
+
+app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+class PrepareFormat(str, Enum):
+    nifti = "nifti"
+    pack = "pack"
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def prepare(
+    source: Annotated[Path, typer.Argument(help="An OpenKBP split folder, a .tar.xz of one, or one patient folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the converted patients to.")],
+    format: Annotated[PrepareFormat, typer.Option("--format", help="nifti: one folder of .nii.gz per patient; "
+                                                  "pack: one compact file per patient.")] = PrepareFormat.nifti,
+) -> None:
+    """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
+    failures: list[str] = []
+    try:
+        with sources.open_patients(source) as paths, _progress() as progress:
+            for path in progress.track(paths, description=f"prepare ({format.value})"):
+                try:
+                    patient = sources.read_patient(path)
+                    if format is PrepareFormat.nifti:
+                        nifti.write_patient(patient, output / patient.id)
+                    else:
+                        pack.write_patient(patient, output / f"{patient.id}{pack.SUFFIX}")
+                except PatientDataError as error:
+                    failures.append(str(error))
+    except PatientDataError as error:
+        raise _fail(str(error)) from None
+    done = len(paths) - len(failures)
+    console.print(f"wrote {done} of {len(paths)} patient(s) to {output}")
+    if failures:
+        console.print(f"[red]{len(failures)} patient(s) failed:[/red]")
+        for failure in failures:
+            console.print(f"  {failure}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[Path, typer.Argument(help="Folder of reference patients with dose (OpenKBP CSV, NIfTI or pack).")],
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted doses: <patient>.csv (OpenKBP submission) "
+                                                "or <patient>.nii.gz.")],
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+) -> None:
+    """Score predictions with the OpenKBP dose and DVH scores."""
+    if not predictions.is_dir():
+        raise _fail(f"{predictions}: not a folder of predictions")
+    scorer = OpenKBPScorer()
+    try:
+        with sources.open_patients(reference) as paths:
+            ids = [path.name.removesuffix(pack.SUFFIX) for path in paths]
+            missing = [pid for pid in ids if sources.find_dose_file(predictions, pid) is None]
+            if missing:
+                raise _fail(f"{predictions}: no prediction for {len(missing)} of {len(ids)} patient(s): "
+                            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+            with _progress() as progress:
+                for path in progress.track(paths, description="evaluate"):
+                    patient = sources.read_patient(path)
+                    if patient.dose is None:
+                        raise _fail(f"{path}: reference patient has no dose")
+                    dose_file = sources.find_dose_file(predictions, patient.id)
+                    assert dose_file is not None
+                    predicted = sources.read_dose_file(dose_file, patient.shape)
+                    scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
+                               possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+    except PatientDataError as error:
+        raise _fail(str(error)) from None
+    evaluation = scorer.evaluation
+    table = Table(title="DVH metrics per ROI (mean over patients, Gy)")
+    for column in ("ROI", "metric", "n", "reference", "predicted", "mean |error|"):
+        table.add_column(column, justify="left" if column in ("ROI", "metric") else "right")
+    for row in evaluation.roi_table():
+        table.add_row(str(row["roi"]), str(row["metric"]), str(row["n"]), f"{row['reference_gy']:.2f}",
+                      f"{row['predicted_gy']:.2f}", f"{row['mean_abs_error_gy']:.2f}")
+    Console().print(table)
+    Console().print(f"patients: {evaluation.n}   dose score: {evaluation.dose_score:.4f} Gy   "
+                    f"DVH score: {evaluation.dvh_score:.4f} Gy")
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
