@@ -14,8 +14,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from data_prep import nifti, pack, sources
+from data_prep import nifti, openkbp_csv, pack, sources
 from data_prep.errors import PatientDataError
+from data_prep.phantom import make_phantom
 from dosepred.metrics import OpenKBPScorer
 
 app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).",
@@ -26,6 +27,11 @@ console = Console(stderr=True)
 class PrepareFormat(str, Enum):
     nifti = "nifti"
     pack = "pack"
+
+
+class PatientFormat(str, Enum):
+    openkbp = "openkbp-csv"
+    nifti = "nifti"
 
 
 @app.callback()
@@ -40,7 +46,7 @@ def _progress() -> Progress:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -71,8 +77,19 @@ def prepare(
     if failures:
         console.print(f"[red]{len(failures)} patient(s) failed:[/red]")
         for failure in failures:
-            console.print(f"  {failure}")
+            console.print(f"  {failure}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def phantom(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the patient folder into.")],
+    format: Annotated[PatientFormat, typer.Option("--format", help="Patient folder format.")] = PatientFormat.openkbp,
+) -> None:
+    """Write the embedded synthetic head-and-neck patient (with its reference dose) as OUTPUT/phantom."""
+    patient = make_phantom()
+    (nifti.write_patient if format is PatientFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
+    console.print(f"wrote the phantom patient to {output / patient.id}")
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Scripts that print the numbers the issues ask for (not timed tests)."""

@@ -1,0 +1,88 @@
+"""`dosepred prepare` and `dosepred evaluate` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from data_prep import nifti, openkbp_csv
+from data_prep.phantom import make_phantom
+from dosepred.cli import app
+from tests.conftest import SAMPLE, SAMPLE_PATIENTS, requires_openkbp
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def phantom_split(tmp_path_factory) -> Path:
+    """A split folder with two phantom patients in OpenKBP CSV format."""
+    split = tmp_path_factory.mktemp("split")
+    patient = make_phantom()
+    for pid in ("pt_1", "pt_2"):
+        patient.id = pid
+        openkbp_csv.write_patient(patient, split / pid)
+    return split
+
+
+@requires_openkbp
+def test_prepare_from_a_tarball(tmp_path: Path) -> None:
+    archive = tmp_path / "validation-pats.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(SAMPLE / "validation-pats" / "pt_201", arcname="validation-pats/pt_201")
+        tar.add(SAMPLE / "train-pats" / "pt_196", arcname="validation-pats/pt_196")
+    result = runner.invoke(app, ["prepare", str(archive), "-o", str(tmp_path / "nii")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "nii").iterdir()) == ["pt_196", "pt_201"]
+    original = openkbp_csv.read_patient(SAMPLE_PATIENTS[2])
+    converted = nifti.read_patient(tmp_path / "nii" / "pt_201")
+    np.testing.assert_array_equal(converted.dose, original.dose)
+
+
+def test_prepare_reports_a_bad_patient_and_converts_the_rest(phantom_split: Path, tmp_path: Path) -> None:
+    split = shutil.copytree(phantom_split, tmp_path / "split")
+    (split / "pt_2" / "ct.csv").write_text("garbage\n")
+    result = runner.invoke(app, ["prepare", str(split), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "pt_2" in result.output and "wrong header" in result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1"]  # nothing half-written
+
+
+def test_prepare_pack_round_trip(phantom_split: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "pack"), "--format", "pack"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["pt_1.dpk", "pt_2.dpk"]
+
+
+def test_prepare_missing_source(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", str(tmp_path / "nope"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "no such file or folder" in result.output
+
+
+def test_evaluate_scores_and_writes_json(phantom_split: Path, tmp_path: Path) -> None:
+    predictions = tmp_path / "pred"
+    patient = openkbp_csv.read_patient(phantom_split / "pt_1")
+    openkbp_csv.write_submission(patient.dose, predictions / "pt_1.csv")
+    nifti.write_volume(np.maximum(patient.dose - 1.0, 0) * patient.possible_dose_mask, patient.spacing,
+                       predictions / "pt_2.nii.gz")
+    result = runner.invoke(app, ["evaluate", str(phantom_split), str(predictions), "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["n"] == 2
+    assert scores["patients"]["pt_1"] == 0.0 and scores["patients"]["pt_2"] > 0.5
+    assert "dose score" in result.output and "PTV70" in result.output
+
+
+def test_evaluate_missing_prediction_is_an_error(phantom_split: Path, tmp_path: Path) -> None:
+    predictions = tmp_path / "pred"
+    patient = openkbp_csv.read_patient(phantom_split / "pt_1")
+    openkbp_csv.write_submission(patient.dose, predictions / "pt_1.csv")
+    result = runner.invoke(app, ["evaluate", str(phantom_split), str(predictions)])
+    assert result.exit_code == 2
+    assert "no prediction for 1 of 2" in result.output and "pt_2" in result.output
