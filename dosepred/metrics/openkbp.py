@@ -40,10 +40,15 @@ def dvh_metrics(dose: np.ndarray, structures: np.ndarray, voxel_volume_mm3: floa
         structures: (10, *dose.shape) bool masks in ``ROIS`` order.
         voxel_volume_mm3: volume of one voxel.
     """
+    return _dvh_metrics(dose.ravel(), [np.flatnonzero(mask) for mask in structures], voxel_volume_mm3)
+
+
+def _dvh_metrics(dose: np.ndarray, roi_voxels: list[np.ndarray], voxel_volume_mm3: float) -> np.ndarray:
+    """``dvh_metrics`` on a flat dose with each ROI given as its flat voxel indices."""
     values = np.full(len(METRIC_COLUMNS), np.nan)
     voxels_in_tenth_cc = max(1.0, float(np.round(100.0 / voxel_volume_mm3)))
-    for roi, mask in zip(ROIS, structures):
-        roi_dose = dose[mask].astype(np.float64)
+    for roi, voxels in zip(ROIS, roi_voxels):
+        roi_dose = dose[voxels].astype(np.float64)
         if roi_dose.size == 0:
             continue
         if roi in OARS:
@@ -114,8 +119,9 @@ class OpenKBPScorer:
             structures: np.ndarray, possible_dose_mask: np.ndarray, voxel_volume_mm3: float) -> float:
         """Score one patient; returns its dose error."""
         error = dose_error(reference, prediction, possible_dose_mask)
+        roi_voxels = [np.flatnonzero(mask) for mask in structures]  # found once, used for both doses
         self.evaluation.patient_ids.append(patient_id)
         self.evaluation.dose_errors.append(error)
-        self.evaluation.reference_metrics.append(dvh_metrics(reference, structures, voxel_volume_mm3))
-        self.evaluation.predicted_metrics.append(dvh_metrics(prediction, structures, voxel_volume_mm3))
+        self.evaluation.reference_metrics.append(_dvh_metrics(reference.ravel(), roi_voxels, voxel_volume_mm3))
+        self.evaluation.predicted_metrics.append(_dvh_metrics(prediction.ravel(), roi_voxels, voxel_volume_mm3))
         return error

@@ -1,0 +1,1 @@
+"""The clinician-facing Streamlit viewer: a thin face over library functions. Nothing imports app."""
