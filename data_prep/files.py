@@ -12,10 +12,13 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it is renamed onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it is renamed onto ``path`` only if the block succeeds.
+
+    The temporary name ends with the same extensions (``.nii.gz``), for writers that go by them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

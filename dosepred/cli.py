@@ -17,6 +17,7 @@ from rich.table import Table
 from data_prep import nifti, openkbp_csv, pack, sources
 from data_prep.errors import PatientDataError
 from data_prep.phantom import make_phantom
+from dosepred.inference.writers import OutputFormat
 from dosepred.metrics import OpenKBPScorer
 
 app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).",
@@ -79,6 +80,115 @@ def prepare(
         for failure in failures:
             console.print(f"  {failure}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints, best model.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+) -> None:
+    """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
+    from dosepred.engine.config import ConfigError, load_config
+    from dosepred.engine.trainer import Trainer
+
+    try:
+        if resume:
+            if config is not None or overrides:
+                raise ConfigError("--resume continues with the run's own config; give no --config or overrides")
+            settings = load_config(output / "config.yaml")
+        else:
+            settings = load_config(config, overrides or [])
+        trainer = Trainer(settings, output, resume=resume)
+    except (ConfigError, PatientDataError, FileNotFoundError, KeyError) as error:
+        raise _fail(str(error)) from None
+    total = settings["optim"]["steps"]
+    with _progress() as progress:
+        task = progress.add_task("train", total=total, completed=trainer.step)
+
+        def on_step(step: int, row: dict[str, float]) -> None:
+            if "val_dose_score" in row:
+                progress.update(task, description=f"train (val dose {row['val_dose_score']:.2f} Gy)")
+            progress.update(task, completed=step)
+
+        trainer.fit(on_step)
+    if trainer.topology.is_main:
+        console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; model in {output / 'best'}")
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", "-i", help="One patient, or a folder of patients (OpenKBP CSV, "
+                                        "NIfTI or pack), or a .tar.xz of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one predicted dose per patient.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
+                                              "[default: the best shipped model].")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
+    format: Annotated[OutputFormat, typer.Option("--format", help="openkbp-csv: pt_*.csv submission files; "
+                                                 "nifti: pt_*.nii.gz.")] = OutputFormat.openkbp,
+    resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
+) -> None:
+    """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
+    from dosepred.inference.batch import predict_patients
+    from dosepred.inference.models import resolve_model
+    from dosepred.inference.predictor import ModelError, Predictor, resolve_device
+
+    try:
+        predictor = Predictor.from_model_dir(resolve_model(model), device=resolve_device(device))
+        with sources.open_patients(input) as paths, _progress() as progress:
+            task = progress.add_task("predict", total=len(paths))
+            report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,
+                                      on_patient=lambda name: progress.advance(task))
+    except (ModelError, PatientDataError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"wrote {len(report.written)} prediction(s) to {output}"
+                  + (f", skipped {len(report.skipped)} already done" if report.skipped else ""))
+    if report.failed:
+        console.print(f"[red]{len(report.failed)} patient(s) failed:[/red]")
+        for name, message in report.failed.items():
+            console.print(f"  {name}: {message}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's files.")] = Path("demo-output"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Predict the embedded phantom with the default model: dose (NIfTI), DVH plot (PNG), metrics table (CSV)."""
+    from dosepred.inference.writers import write_dose
+    from dosepred.inference.models import resolve_model
+    from dosepred.inference.predictor import ModelError, Predictor, resolve_device
+    from dosepred.inference.report import metrics_rows, save_dvh_plot, write_metrics_csv
+
+    try:
+        model_dir = resolve_model(model)
+        predictor = Predictor.from_model_dir(model_dir, device=resolve_device(device))
+    except ModelError as error:
+        raise _fail(str(error)) from None
+    with console.status(f"predicting the phantom with {model_dir.name}"):
+        patient = make_phantom()
+        dose = predictor.predict(patient, tta=True)
+    output.mkdir(parents=True, exist_ok=True)
+    files = {"predicted dose (NIfTI)": output / "phantom_dose.nii.gz", "DVH plot": output / "phantom_dvh.png",
+             "metrics table": output / "phantom_metrics.csv"}
+    write_dose(patient, dose, files["predicted dose (NIfTI)"], OutputFormat.nifti)
+    save_dvh_plot(patient, dose, files["DVH plot"])
+    rows, scores = metrics_rows(patient, dose)
+    write_metrics_csv(rows, files["metrics table"])
+    table = Table(title=f"phantom, model {model_dir.name} (Gy)")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in ("roi", "metric") else "right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    Console().print(table)
+    Console().print(f"dose score {scores['dose_score']:.3f} Gy, DVH score {scores['dvh_score']:.3f} Gy "
+                    "(against the phantom's synthetic reference dose)")
+    for what, path in files.items():
+        Console().print(f"{what}: {path}", soft_wrap=True)
 
 
 @app.command()

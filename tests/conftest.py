@@ -32,3 +32,39 @@ def sample_patients():
     if not SAMPLE.is_dir():
         pytest.skip(f"OpenKBP sample data not found at {SAMPLE}")
     return [read_patient(path) for path in SAMPLE_PATIENTS]
+
+
+TINY_NETWORK = ["network.channels=[4,8]", "network.strides=[2]", "network.num_res_units=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_packs(tmp_path_factory):
+    """Phantom patients on a 32^3 grid as pack files: three to train on, one to validate with."""
+    from data_prep import pack
+    from data_prep.phantom import make_phantom
+
+    root = tmp_path_factory.mktemp("tiny")
+    for split, count in (("train", 3), ("validation", 1)):
+        for seed in range(count):
+            patient = make_phantom((32, 32, 32), seed=seed)
+            patient.id = f"pt_{split}{seed}"
+            pack.write_patient(patient, root / split / f"{patient.id}.dpk")
+    return root
+
+
+def tiny_config(root, *extra: str) -> dict:
+    from dosepred.engine.config import load_config
+
+    return load_config(None, [f"data.train={root / 'train'}", f"data.validation={root / 'validation'}",
+                              "data.resolution=32", "optim.steps=4", "optim.warmup_steps=1", "validate_every=2",
+                              "checkpoint_every=2", *TINY_NETWORK, *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_packs, tmp_path_factory):
+    """A model folder trained for a few steps on the tiny phantoms."""
+    from dosepred.engine.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("run")
+    Trainer(tiny_config(tiny_packs), run).fit()
+    return run / "best"

@@ -1,0 +1,72 @@
+"""The equal-budget baseline: a plain MONAI UNet trained by a minimal loop with default settings.
+
+MONAI's tutorial UNet (channels 16-256, four stride-2 levels, 2 residual units), Adam at 1e-3, L1 over
+the whole volume, no augmentation, no schedule, batch 2, at the same 64^3 inputs as dosepred's trainer,
+for a fixed wall-clock budget. Then the final network is scored on the validation split exactly as
+dosepred's trainer scores its own (full 128^3 grid, OpenKBP dose and DVH scores).
+
+Usage: python benchmarks/plain_monai_unet.py --minutes 20 [--threads 1] [--train DIR] [--validation DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.nets import UNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data_prep import sources  # noqa: E402
+from dosepred.data.dataset import PatientSamples, stack  # noqa: E402
+from dosepred.inference.predictor import Predictor  # noqa: E402
+from dosepred.metrics import OpenKBPScorer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train", default="data/pack/train")
+    parser.add_argument("--validation", default="data/pack/validation")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    data = PatientSamples.from_source(args.train, resolution=args.resolution, augment=False)
+    network = UNet(spatial_dims=3, in_channels=10, out_channels=1, channels=(16, 32, 64, 128, 256),
+                   strides=(2, 2, 2, 2), num_res_units=2)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    loss_function = torch.nn.L1Loss()
+    rng = np.random.default_rng(0)
+    steps = 0
+    while time.perf_counter() - started < args.minutes * 60:
+        batch = stack([data.sample(int(i), seed=0) for i in rng.choice(len(data), size=2, replace=False)])
+        loss = loss_function(network(batch["image"]), batch["dose"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    trained_seconds = time.perf_counter() - started
+    predictor = Predictor(network, resolution=args.resolution, device=torch.device("cpu"))
+    scorer = OpenKBPScorer()
+    for path in sources.find_patients(Path(args.validation)):
+        patient = sources.read_patient(path)
+        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False), structures=patient.structure_stack(),
+                   possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+    result = {"steps": steps, "train_seconds": round(trained_seconds, 1),
+              "parameters": sum(p.numel() for p in network.parameters()),
+              "val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the trainer of small hook methods, its config, checkpoints and distributed helpers."""

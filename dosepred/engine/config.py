@@ -1,0 +1,84 @@
+"""Training configuration: YAML/JSON files, ``a.b=value`` overrides, and the resolved config of a run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",  # auto: cuda when available
+    "amp": True,  # bf16 autocast on CUDA
+    "data": {
+        "train": "data/pack/train",  # a folder of patients: pack files, OpenKBP CSV or NIfTI folders
+        "validation": "data/pack/validation",
+        "resolution": 64,  # working grid edge in voxels; 128 is OpenKBP's full grid
+        "augment": True,
+        "cache_rate": 1.0,
+        "num_workers": 0,
+        "max_validation_patients": None,
+    },
+    "network": {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
+    "optim": {"steps": 2000, "batch_size": 2, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 50,
+              "grad_clip": 1.0},
+    "validate_every": 250,
+    "checkpoint_every": 250,
+    "threads": None,  # torch CPU threads; None keeps torch's default
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """DEFAULTS, updated by the file at ``path`` (YAML or JSON), then by ``key.sub=value`` overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read config ({error})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys to values")
+        _merge(config, loaded, str(path))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = yaml.safe_load(value)
+        _merge(config, nested, f"override {override!r}")
+    return config
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if name == "network":  # free-form: the builder's arguments; another network name starts afresh
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: network must be a mapping")
+            same_network = value.get("name", base[key]["name"]) == base[key]["name"]
+            base[key] = {**base[key], **value} if same_network else dict(value)
+        elif key not in base:
+            raise ConfigError(f"{where}: unknown key {name!r}")
+        elif isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {name} must be a mapping")
+            _merge(base[key], value, where, f"{name}.")
+        else:
+            base[key] = value
+
+
+def save_config(config: dict[str, Any], path: Path) -> None:
+    """Write the resolved config as YAML (JSON when ``path`` ends in .json)."""
+    text = json.dumps(config, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(config, sort_keys=False)
+    path.write_text(text)

@@ -1,0 +1,252 @@
+"""The trainer: a loop of small hook methods that subclasses (distillation, searched nets) override.
+
+Exact resume: batch order and augmentation are functions of (seed, step) alone, and a checkpoint holds
+the model, optimiser, scheduler, torch RNG, step and history, so an interrupted and resumed run ends
+with the same weights as one that ran straight through.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from data_prep import sources
+from dosepred.data.dataset import PatientSamples, stack
+from dosepred.engine.config import save_config
+from dosepred.engine.distributed import Topology, barrier, init_distributed
+from dosepred.inference.predictor import CONFIG_FILE, WEIGHTS_FILE, Predictor, resolve_device
+from dosepred.metrics import OpenKBPScorer
+from dosepred.networks import create_network
+
+log = logging.getLogger(__name__)
+METRIC_FIELDS = ("step", "train_loss", "lr", "val_dose_score", "val_dvh_score", "elapsed_s")
+
+
+def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the possible-dose mask only."""
+    return (torch.abs(prediction - target) * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def sample_seed(seed: int, step: int, position: int) -> int:
+    """The augmentation seed of one sample of one step: the same on every rank and after a resume."""
+    return int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0])
+
+
+class Trainer:
+    """Trains ``config['network']`` on ``config['data']``; writes everything under ``run_dir``."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.topology: Topology = init_distributed()
+        if config.get("threads"):
+            torch.set_num_threads(int(config["threads"]))
+        self.device = self.build_device()
+        torch.manual_seed(config["seed"])
+        self.network = self.build_network().to(self.device)
+        self.model: nn.Module = self.network
+        if self.topology.world_size > 1:
+            self.model = DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss = self.build_loss()
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self.build_scheduler()
+        self.train_data, self.validation_paths = self.build_data()
+        self.step = 0
+        self.best_dose_score = math.inf
+        self.history: list[dict[str, float]] = []
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        if resume:
+            self.load_checkpoint(self.checkpoint_path)
+        elif self.topology.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def build_device(self) -> torch.device:
+        device = resolve_device(self.config["device"])
+        if device.type == "cuda" and self.topology.world_size > 1:
+            device = torch.device("cuda", self.topology.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def build_network(self) -> nn.Module:
+        return create_network(**self.config["network"])
+
+    def build_loss(self) -> Callable[..., torch.Tensor]:
+        return masked_l1
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config["optim"]
+        return torch.optim.AdamW(self.network.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+
+    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """Linear warm-up, then cosine decay to 1% of the peak rate at the last step."""
+        warmup, total = self.config["optim"]["warmup_steps"], self.config["optim"]["steps"]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def build_data(self) -> tuple[PatientSamples, list[Path]]:
+        data = self.config["data"]
+        train = PatientSamples.from_source(data["train"], resolution=data["resolution"], augment=data["augment"],
+                                           cache_rate=data["cache_rate"], num_workers=data["num_workers"])
+        validation = sources.find_patients(Path(data["validation"]))[: data["max_validation_patients"]]
+        return train, validation
+
+    def batch_indices(self, step: int) -> list[tuple[int, int]]:
+        """(sample index, position in the global batch) for this rank at ``step``; epochs reshuffle."""
+        size = self.config["optim"]["batch_size"] * self.topology.world_size
+        n = len(self.train_data)
+        positions = range(step * size, (step + 1) * size)
+        order: dict[int, np.ndarray] = {}
+        picked = []
+        for position in positions:
+            epoch = position // n
+            if epoch not in order:
+                order[epoch] = np.random.default_rng([self.config["seed"], epoch]).permutation(n)
+            picked.append((int(order[epoch][position % n]), position))
+        return picked[self.topology.rank :: self.topology.world_size]
+
+    def make_batch(self, step: int) -> dict[str, torch.Tensor]:
+        samples = [self.train_data.sample(index, sample_seed(self.config["seed"], step, position))
+                   for index, position in self.batch_indices(step)]
+        return {key: value.to(self.device) for key, value in stack(samples).items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            prediction = self.model(batch["image"])
+        loss = self.loss(prediction.float(), batch["dose"], batch["possible_dose_mask"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        """OpenKBP dose and DVH scores of the current network on the validation patients (full grid)."""
+        predictor = Predictor(self.network, resolution=self.config["data"]["resolution"], device=self.device,
+                              amp=self.amp)
+        scorer = OpenKBPScorer()
+        for path in self.validation_paths:
+            patient = sources.read_patient(path)
+            scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False),
+                       structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
+                       voxel_volume_mm3=patient.voxel_volume_mm3)
+        return {"val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def amp(self) -> bool:
+        return bool(self.config["amp"]) and self.device.type == "cuda"
+
+    def save_checkpoint(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step, "best_dose_score": self.best_dose_score,
+            "history": self.history, "torch_rng": torch.get_rng_state(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.best_dose_score = state["best_dose_score"]
+        self.history = state["history"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+    def export(self, folder: Path) -> None:
+        """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.network.state_dict().items()}
+        save_file(weights, folder / WEIGHTS_FILE)
+        model_config = {"network": self.config["network"], "data": {"resolution": self.config["data"]["resolution"]},
+                        "trained_steps": self.step}
+        save_config(model_config, folder / CONFIG_FILE)
+
+    # --- loop ------------------------------------------------------------------------------------
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """Train to ``optim.steps``, validating and checkpointing on schedule; returns the metrics history."""
+        total = self.config["optim"]["steps"]
+        losses: list[float] = []
+        started = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        while self.step < total:
+            loss = self.train_step(self.make_batch(self.step))
+            self.step += 1
+            losses.append(loss)
+            row: dict[str, float] = {"step": self.step, "train_loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+            if self.step % self.config["validate_every"] == 0 or self.step == total:
+                row = self._log_validation(row, float(np.mean(losses)), time.perf_counter() - started)
+                losses = []
+            if self.step % self.config["checkpoint_every"] == 0 or self.step == total:
+                if self.topology.is_main:
+                    self.save_checkpoint(self.checkpoint_path)
+                barrier(self.topology)
+            if on_step is not None:
+                on_step(self.step, row)
+        return self.history
+
+    def _log_validation(self, row: dict[str, float], mean_loss: float, elapsed: float) -> dict[str, float]:
+        if self.topology.is_main:
+            row = {**row, "train_loss": mean_loss, **self.validate(), "elapsed_s": elapsed}
+            self.history.append(row)
+            log.info("step %d: loss %.4f, validation dose score %.3f Gy, DVH score %.3f Gy", self.step, mean_loss,
+                     row["val_dose_score"], row["val_dvh_score"])
+            if row["val_dose_score"] < self.best_dose_score:
+                self.best_dose_score = row["val_dose_score"]
+                self.export(self.run_dir / "best")
+            self._write_metrics()
+        barrier(self.topology)
+        return row
+
+    def _write_metrics(self) -> None:
+        with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows({key: row.get(key, "") for key in METRIC_FIELDS} for row in self.history)
+        plot_history(self.history, self.run_dir / "curves.png")
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """Training loss and validation scores against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(steps, [row["train_loss"] for row in history], marker="o")
+    left.set(xlabel="step", ylabel="masked L1 (dose / 70 Gy)", title="training loss")
+    right.plot(steps, [row["val_dose_score"] for row in history], marker="o", label="dose score")
+    right.plot(steps, [row["val_dvh_score"] for row in history], marker="o", label="DVH score")
+    right.set(xlabel="step", ylabel="Gy", title="validation (OpenKBP)")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

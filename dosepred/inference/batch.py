@@ -1,0 +1,43 @@
+"""Predict a folder of patients: one output per patient, failures isolated, finished ones skippable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep import sources
+from data_prep.errors import PatientDataError
+from data_prep.patient import require_grid
+from dosepred.inference.predictor import Predictor
+from dosepred.inference.writers import OutputFormat, output_path, write_dose
+
+
+@dataclass
+class BatchReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def predict_patients(predictor: Predictor, paths: Iterable[Path], output: Path, *, output_format: OutputFormat,
+                     tta: bool, resume: bool, on_patient: Callable[[str], None] | None = None) -> BatchReport:
+    """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped."""
+    report = BatchReport()
+    for path in paths:
+        name = path.name.removesuffix(".dpk")
+        try:
+            if resume and output_path(output, name, output_format).is_file():
+                report.skipped.append(name)
+                continue
+            patient = sources.read_patient(path)
+            require_grid(patient)
+            dose = predictor.predict(patient, tta=tta)
+            write_dose(patient, dose, output_path(output, patient.id, output_format), output_format)
+            report.written.append(patient.id)
+        except (PatientDataError, OSError, RuntimeError, ValueError) as error:
+            report.failed[name] = str(error)
+        finally:
+            if on_patient is not None:
+                on_patient(name)
+    return report

@@ -1,0 +1,29 @@
+"""Shipped models: ``models/<name>/`` folders, and which one is the default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dosepred.inference.predictor import CONFIG_FILE, ModelError
+
+#: The models/ folder of this repository (override with DOSEPRED_MODELS).
+MODELS_DIR = Path(os.environ.get("DOSEPRED_MODELS", Path(__file__).resolve().parents[2] / "models"))
+#: The best shipped model; predict, demo and the viewer use it unless told otherwise.
+DEFAULT_MODEL = "unet-baseline-cpu64"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / CONFIG_FILE).is_file()) if MODELS_DIR.is_dir() else []
+
+
+def resolve_model(name_or_path: str | None = None) -> Path:
+    """A model folder from a shipped model's name or a path; None means the default model."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if (MODELS_DIR / name_or_path).is_dir():
+        return MODELS_DIR / name_or_path
+    raise ModelError(f"no model {name_or_path!r}: not a path, and not among the shipped models in {MODELS_DIR} "
+                     f"({', '.join(shipped_models()) or 'none'})")

@@ -1,0 +1,64 @@
+"""A one-patient report: DVH figure and metrics table of a predicted dose (and of the reference, if any)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.patient import ROIS, Patient
+from dosepred.metrics import OpenKBPScorer, dvh_curves
+
+
+def metrics_rows(patient: Patient, predicted: np.ndarray) -> tuple[list[dict[str, object]], dict[str, float]]:
+    """Per-ROI DVH metrics of the prediction (and reference and error when the patient has a dose),
+    and the patient's OpenKBP dose and DVH scores (empty without a reference)."""
+    reference = patient.dose if patient.dose is not None else predicted
+    scorer = OpenKBPScorer()
+    scorer.add(patient.id, reference, predicted, structures=patient.structure_stack(),
+               possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+    rows = []
+    for row in scorer.evaluation.roi_table():
+        out: dict[str, object] = {"roi": row["roi"], "metric": row["metric"], "predicted_gy": round(row["predicted_gy"], 3)}
+        if patient.dose is not None:
+            out |= {"reference_gy": round(row["reference_gy"], 3),
+                    "difference_gy": round(row["predicted_gy"] - row["reference_gy"], 3)}
+        rows.append(out)
+    scores = {}
+    if patient.dose is not None:
+        scores = {"dose_score": scorer.evaluation.dose_score, "dvh_score": scorer.evaluation.dvh_score}
+    return rows, scores
+
+
+def write_metrics_csv(rows: list[dict[str, object]], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:
+    """Cumulative DVHs per ROI: predicted solid, reference dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = float(max(predicted.max(), patient.dose.max() if patient.dose is not None else 0.0))
+    figure, axes = plt.subplots(figsize=(9, 6))
+    colours = dict(zip(ROIS, plt.get_cmap("tab10").colors))
+    levels, curves = dvh_curves(predicted, patient.structures, max_dose_gy=top)
+    for roi, curve in curves.items():
+        axes.plot(levels, curve, color=colours[roi], label=roi)
+    if patient.dose is not None:
+        levels, curves = dvh_curves(patient.dose, patient.structures, max_dose_gy=top)
+        for roi, curve in curves.items():
+            axes.plot(levels, curve, color=colours[roi], linestyle="--")
+    axes.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"DVH of {patient.id}: predicted solid, reference dashed",
+             xlim=(0, top * 1.02), ylim=(0, 101))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,31 @@
+"""Writers of predicted doses (torch-free): OpenKBP submission CSVs or NIfTI, always atomic."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import nifti
+from data_prep.files import atomic_file
+from data_prep.openkbp_csv import write_submission
+from data_prep.patient import Patient
+
+
+class OutputFormat(str, Enum):
+    openkbp = "openkbp-csv"
+    nifti = "nifti"
+
+
+def output_path(folder: Path, patient_id: str, output_format: OutputFormat) -> Path:
+    return folder / f"{patient_id}{'.csv' if output_format is OutputFormat.openkbp else '.nii.gz'}"
+
+
+def write_dose(patient: Patient, dose: np.ndarray, path: Path, output_format: OutputFormat) -> None:
+    """Write a predicted dose atomically: OpenKBP submission CSV or NIfTI in the OpenKBP frame."""
+    if output_format is OutputFormat.openkbp:
+        write_submission(dose, path)
+    else:
+        with atomic_file(path) as tmp:
+            nifti.write_volume(dose.astype(np.float32), patient.spacing, tmp)

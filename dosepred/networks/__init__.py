@@ -1,0 +1,7 @@
+"""Networks: the registry (``create_network(name, **cfg)``) and the nets it builds."""
+
+from dosepred.networks.registry import create_network, network_names, register_network
+
+__all__ = ["create_network", "network_names", "register_network"]
+
+import dosepred.networks.unet  # noqa: E402,F401  (registers the baseline nets)

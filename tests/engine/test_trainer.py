@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.engine.config import ConfigError, load_config
+from dosepred.engine.trainer import Trainer
+from tests.conftest import SAMPLE, TINY_NETWORK, requires_openkbp, tiny_config
+
+runner = CliRunner()
+
+
+def test_run_folder_has_config_metrics_plot_and_best_model(tiny_packs, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny_packs), tmp_path / "run")
+    history = trainer.fit()
+    assert [row["step"] for row in history] == [2, 4]
+    assert all(row["val_dose_score"] > 0 for row in history)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "metrics.csv", "curves.png", "best", "checkpoints"} <= files
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert load_config(tmp_path / "run" / "config.yaml") == trainer.config
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_packs, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=6", "checkpoint_every=3", "validate_every=3")
+    straight = Trainer(config, tmp_path / "straight")
+    straight.fit()
+
+    def stop_after_checkpoint(step: int, row: dict) -> None:
+        if step == 3:
+            raise Interrupt
+
+    interrupted = Trainer(config, tmp_path / "resumed")
+    with pytest.raises(Interrupt):
+        interrupted.fit(stop_after_checkpoint)
+    resumed = Trainer(config, tmp_path / "resumed", resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    assert resumed.step == straight.step == 6
+    for (name, a), (_, b) in zip(straight.network.state_dict().items(), resumed.network.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [r["val_dose_score"] for r in resumed.history] == [r["val_dose_score"] for r in straight.history]
+
+
+def test_config_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'optim.stepz'"):
+        load_config(None, ["optim.stepz=3"])
+    (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: dict, run_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(config, run_dir)
+    trainer.fit()
+    flat = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, flat)
+    if rank == 0:
+        same = all(torch.equal(gathered[0], g) for g in gathered[1:])
+        Path(out).write_text(json.dumps({"identical": same, "changed": bool(trainer.step == 4)}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_ddp_replicas_stay_identical(tiny_packs, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tiny_config(tiny_packs, "optim.batch_size=1")
+    mp.spawn(_ddp_worker, args=(2, port, config, str(tmp_path / "run"), str(tmp_path / "out.json")), nprocs=2)
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result == {"identical": True, "changed": True}
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_train_predict_evaluate_on_the_phantom(tiny_packs, tmp_path: Path) -> None:
+    overrides = [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                 "data.resolution=32", "optim.steps=2", "validate_every=2", *TINY_NETWORK]
+    result = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), *overrides])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["phantom", "-o", str(tmp_path / "patients")]).exit_code == 0  # the 128^3 grid
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "patients"), "-o", str(tmp_path / "pred"),
+                                 "-m", str(tmp_path / "run" / "best"), "--format", "nifti"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "patients"), str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    assert "dose score" in result.output
+
+
+@requires_openkbp
+def test_train_predict_evaluate_on_real_samples(tmp_path: Path) -> None:
+    overrides = [f"data.train={SAMPLE / 'train-pats'}", f"data.validation={SAMPLE / 'validation-pats'}",
+                 "data.resolution=32", "optim.steps=2", "validate_every=2", *TINY_NETWORK]
+    assert runner.invoke(app, ["train", "-o", str(tmp_path / "run"), *overrides]).exit_code == 0
+    result = runner.invoke(app, ["predict", "-i", str(SAMPLE / "validation-pats"), "-o", str(tmp_path / "pred"),
+                                 "-m", str(tmp_path / "run" / "best"), "--no-tta"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred" / "pt_201.csv").is_file()
+    result = runner.invoke(app, ["evaluate", str(SAMPLE / "validation-pats"), str(tmp_path / "pred"), "--json",
+                                 str(tmp_path / "scores.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "scores.json").read_text())["n"] == 1
