@@ -88,6 +88,8 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
+                                                  "with 'genotype' (and optionally 'channels').")] = None,
 ) -> None:
     """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
     from dosepred.engine.config import ConfigError, load_config
@@ -95,11 +97,13 @@ def train(
 
     try:
         if resume:
-            if config is not None or overrides:
-                raise ConfigError("--resume continues with the run's own config; give no --config or overrides")
+            if config is not None or overrides or genotype is not None:
+                raise ConfigError("--resume continues with the run's own config; give no --config, --genotype or overrides")
             settings = load_config(output / "config.yaml")
         else:
             settings = load_config(config, overrides or [])
+            if genotype is not None:
+                settings["network"] = _searched_network(genotype, settings["network"])
         trainer = Trainer(settings, output, resume=resume)
     except (ConfigError, PatientDataError, FileNotFoundError, KeyError) as error:
         raise _fail(str(error)) from None
@@ -115,6 +119,56 @@ def train(
         trainer.fit(on_step)
     if trainer.topology.is_main:
         console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; model in {output / 'best'}")
+
+
+def _searched_network(path: Path, network: dict) -> dict:
+    """The network section for a genotype file: {"genotype": {...}, "channels": [...]} (channels optional)."""
+    from dosepred.engine.config import ConfigError
+
+    try:
+        content = json.loads(path.read_text())
+        genotype = content["genotype"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {error})") from None
+    channels = content.get("channels") or network.get("channels")
+    return {"name": "searched", "genotype": genotype, **({"channels": channels} if channels else {})}
+
+
+@app.command()
+def search(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder for the search's results.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="Search strategy.")] = "lenas",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON search config.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as search.supernet_steps=500.")] = None,
+    space_size: Annotated[bool, typer.Option("--space-size", help="Print the search space and its size, then stop.")] = False,
+) -> None:
+    """Search architectures, rank them and choose strong, diverse teachers (ranked.json, teachers/, diversity.json)."""
+    from dosepred.engine.config import SEARCH_DEFAULTS, ConfigError, load_config
+    from dosepred.nas.run import run_search
+    from dosepred.nas.space import SearchSpace
+
+    try:
+        settings = load_config(config, overrides or [], defaults=SEARCH_DEFAULTS)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    if space_size:
+        Console().print(SearchSpace(tuple(settings["search"]["channels"])).describe())
+        return
+    if output is None:
+        raise _fail("give --output for the search's results")
+    with _progress() as progress:
+        tasks: dict[str, object] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        try:
+            summary = run_search(settings, output, strategy=strategy, progress=report)
+        except (KeyError, PatientDataError, ValueError) as error:
+            raise _fail(str(error)) from None
+    Console().print(summary, soft_wrap=True)
 
 
 @app.command()

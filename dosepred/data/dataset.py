@@ -53,6 +53,10 @@ class PatientSamples:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def collate(self, indices, seed_of) -> dict[str, torch.Tensor]:  # noqa: ANN001 - index list, index -> seed
+        """A batch of the samples at ``indices``, each augmented with the seed ``seed_of(position)``."""
+        return stack([self.sample(int(index), seed_of(position)) for position, index in enumerate(indices)])
+
     def sample(self, index: int, seed: int) -> dict[str, object]:
         """Sample ``index``, augmented with randomness drawn from ``seed`` alone."""
         item = self.dataset[index]

@@ -31,13 +31,34 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The search command's defaults: the same data section, at 32^3, and the search's own settings.
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "threads": None,
+    "data": {**DEFAULTS["data"], "resolution": 32},
+    "search": {
+        "channels": [8, 16, 32, 64],  # the searched U-Net's widths (3 down levels)
+        "supernet_steps": 1500,
+        "lr": 2e-3,
+        "batch_size": 2,
+        "max_sweeps": 3,
+        "validation_patients": 8,  # the first N validation patients score the candidates
+        "teachers": 3,  # K
+        "diversity_weight": 1.0,  # lambda of the selection rule
+        "pool": 20,  # teachers come from the best N by estimated score
+    },
+}
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used."""
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """DEFAULTS, updated by the file at ``path`` (YAML or JSON), then by ``key.sub=value`` overrides."""
-    config = copy.deepcopy(DEFAULTS)
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """``defaults``, updated by the file at ``path`` (YAML or JSON), then by ``key.sub=value`` overrides."""
+    config = copy.deepcopy(defaults)
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
@@ -63,7 +84,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
     for key, value in update.items():
         name = f"{prefix}{key}"
-        if name == "network":  # free-form: the builder's arguments; another network name starts afresh
+        if name == "network" and "network" in base:  # free-form: the builder's arguments; another network name starts afresh
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: network must be a mapping")
             same_network = value.get("name", base[key]["name"]) == base[key]["name"]

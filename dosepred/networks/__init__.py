@@ -4,4 +4,5 @@ from dosepred.networks.registry import create_network, network_names, register_n
 
 __all__ = ["create_network", "network_names", "register_network"]
 
-import dosepred.networks.unet  # noqa: E402,F401  (registers the baseline nets)
+import dosepred.networks.searched  # noqa: E402,F401  (registers the nets)
+import dosepred.networks.unet  # noqa: E402,F401

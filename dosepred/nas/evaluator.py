@@ -1,0 +1,72 @@
+"""Search data and the evaluator: a path's estimated validation dose score at the working resolution.
+
+The estimate is the OpenKBP dose score computed on the working grid (e.g. 32^3 or 64^3) rather than on
+128^3: per patient, sum |reference - prediction| / possible-dose voxels, in Gy, prediction zeroed
+outside the mask. It ranks architectures; stand-alone training then gives the real score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_prep import sources
+from dosepred.data.dataset import PatientSamples, stack
+from dosepred.data.transforms import REFERENCE_DOSE_GY
+from dosepred.networks.searched import Genotype
+
+
+@dataclass
+class SearchData:
+    """Training samples (augmented) and one stacked validation batch at the working resolution."""
+
+    train: PatientSamples
+    validation: dict[str, torch.Tensor]
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, data: dict, *, seed: int = 0, validation_patients: int | None = None) -> SearchData:
+        train = PatientSamples.from_source(data["train"], resolution=data["resolution"], augment=data["augment"],
+                                           cache_rate=data["cache_rate"], num_workers=data["num_workers"])
+        paths = sources.find_patients(Path(data["validation"]))[:validation_patients]
+        validation = PatientSamples(paths, resolution=data["resolution"], augment=False)
+        return cls(train, stack([validation.sample(i, seed=0) for i in range(len(validation))]), seed)
+
+
+class Evaluator:
+    """Runs paths of a network on the validation batch (in chunks) and scores them."""
+
+    def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8) -> None:
+        self.batch = {key: value.to(device) for key, value in data.validation.items()}
+        self.mask = self.batch["possible_dose_mask"]
+        self.reference = self.batch["dose"] * REFERENCE_DOSE_GY
+        self.chunk = chunk
+
+    @torch.inference_mode()
+    def predict(self, network: nn.Module, genotype: Genotype | None = None) -> torch.Tensor:
+        """Predicted dose (Gy) of every validation patient, zero outside the mask."""
+        network.eval()
+        images = self.batch["image"]
+        outputs = [network(images[i : i + self.chunk], genotype) if genotype is not None else
+                   network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+        return torch.cat(outputs).clamp(min=0) * REFERENCE_DOSE_GY * self.mask
+
+    def score(self, prediction: torch.Tensor) -> float:
+        per_patient = (prediction - self.reference).abs().sum(dim=(1, 2, 3, 4)) / self.mask.sum(dim=(1, 2, 3, 4))
+        return float(per_patient.mean())
+
+    def evaluate(self, network: nn.Module, genotype: Genotype | None = None) -> float:
+        return self.score(self.predict(network, genotype))
+
+
+def distance_gy(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean |a - b| (Gy) over the possible-dose voxels: how differently two networks predict."""
+    return float((a - b).abs().sum() / mask.sum())
+
+
+def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])

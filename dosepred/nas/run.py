@@ -1,0 +1,74 @@
+"""One search run: data, strategy, teacher selection, and the files it leaves in the run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from dosepred.engine.config import save_config
+from dosepred.inference.predictor import resolve_device
+from dosepred.nas import selection
+from dosepred.nas.evaluator import Evaluator, SearchData
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.strategies import Budget, get_strategy
+
+
+def run_search(config: dict[str, Any], output: Path, *, strategy: str,
+               progress: Callable[[str, int, int], None] | None = None) -> str:
+    """Search, select teachers, write ranked.json, teachers/teacher_*.json, diversity.json, log.json."""
+    settings = config["search"]
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    torch.manual_seed(config["seed"])
+    device = resolve_device(config["device"])
+    search = get_strategy(strategy)
+    output.mkdir(parents=True, exist_ok=True)
+    save_config({**config, "strategy": strategy}, output / "config.yaml")
+    started = time.perf_counter()
+    data = SearchData.from_config(config["data"], seed=config["seed"], validation_patients=settings["validation_patients"])
+    space = SearchSpace(tuple(settings["channels"]))
+    budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
+                    max_sweeps=settings["max_sweeps"], device=device)
+    result = search.search(space, data, budget, progress)
+    search_seconds = time.perf_counter() - started
+
+    evaluator = Evaluator(data, device=device)
+    pool = result.ranked[: settings["pool"]]
+    predictions = [evaluator.predict(result.supernet, entry["genotype"]) for entry in pool]
+    chosen = selection.select_teachers([entry["estimated_dose_score"] for entry in pool], predictions, evaluator.mask,
+                                       k=settings["teachers"], diversity_weight=settings["diversity_weight"])
+
+    ranked = [{"rank": rank, **entry} for rank, entry in enumerate(result.ranked, start=1)]
+    _write_json(output / "ranked.json", ranked)
+    for number, index in enumerate(chosen.chosen, start=1):
+        _write_json(output / "teachers" / f"teacher_{number}.json",
+                    {"genotype": pool[index]["genotype"], "channels": list(space.channels), "rank": index + 1,
+                     "estimated_dose_score": pool[index]["estimated_dose_score"], "strategy": strategy})
+    report = {
+        "rule": selection.__doc__.split("\n\n")[1].replace("\n", " "),
+        "k": settings["teachers"], "diversity_weight": settings["diversity_weight"], "pool": len(pool),
+        "selected": {"ranks": [i + 1 for i in chosen.chosen], "mean_pairwise_distance_gy": chosen.diversity},
+        "top_k": {"ranks": [i + 1 for i in chosen.top_k], "mean_pairwise_distance_gy": chosen.top_k_diversity},
+    }
+    _write_json(output / "diversity.json", report)
+    _write_json(output / "log.json", {"strategy": strategy, "search_seconds": search_seconds,
+                                      "evaluated": len(ranked), "space_size": space.size(), "log": result.log})
+    if result.supernet is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.supernet.state_dict().items()},
+                  output / "supernet.safetensors")
+    return (f"{strategy}: searched {space.size():.2e} architectures in {search_seconds / 60:.1f} min, "
+            f"{len(ranked)} evaluated; best estimated dose score {ranked[0]['estimated_dose_score']:.3f} Gy. "
+            f"Teachers (ranks {report['selected']['ranks']}): mean pairwise distance "
+            f"{chosen.diversity:.3f} Gy vs {chosen.top_k_diversity:.3f} Gy for the top {len(chosen.top_k)}. "
+            f"Results in {output}")
+
+
+def _write_json(path: Path, content: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")

@@ -1,0 +1,50 @@
+"""Choosing K teachers that are strong and diverse.
+
+Rule (greedy): the best-scoring architecture first; then, repeatedly, the candidate of the pool (the
+``pool`` best by estimated score) that minimises ``score - lambda * d_min``, where ``d_min`` is its
+smallest prediction distance to the teachers already chosen (mean |dose difference| over the
+possible-dose voxels of the validation patients, in Gy, as is the score). lambda = 0 gives the plain
+top K; a larger lambda trades estimated score for different predictions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from dosepred.nas.evaluator import distance_gy
+
+
+@dataclass
+class Selection:
+    chosen: list[int]  # indices into the ranked list
+    diversity: float  # mean pairwise prediction distance of the chosen set (Gy)
+    top_k: list[int]
+    top_k_diversity: float
+
+
+def mean_pairwise_distance(indices: list[int], predictions: list[torch.Tensor], mask: torch.Tensor) -> float:
+    pairs = list(itertools.combinations(indices, 2))
+    return sum(distance_gy(predictions[a], predictions[b], mask) for a, b in pairs) / max(1, len(pairs))
+
+
+def select_teachers(scores: list[float], predictions: list[torch.Tensor], mask: torch.Tensor, *, k: int,
+                    diversity_weight: float, pool: int | None = None) -> Selection:
+    """Greedy strong-and-diverse choice among candidates sorted best first (see the module docstring)."""
+    if not scores:
+        raise ValueError("no candidates to choose teachers from")
+    k = min(k, len(scores))
+    candidates = list(range(min(len(scores), pool or len(scores))))
+    chosen = [0]
+    distance = {}
+    while len(chosen) < k:
+        def utility(c: int) -> float:
+            nearest = min(distance.setdefault((c, s), distance_gy(predictions[c], predictions[s], mask)) for s in chosen)
+            return scores[c] - diversity_weight * nearest
+
+        chosen.append(min((c for c in candidates if c not in chosen), key=utility))
+    top_k = list(range(k))
+    return Selection(chosen, mean_pairwise_distance(chosen, predictions, mask), top_k,
+                     mean_pairwise_distance(top_k, predictions, mask))

@@ -1,0 +1,124 @@
+"""The searchable U-Net and THE builder from a genotype (plain JSON) to a network.
+
+A genotype lists, per block, its own choices::
+
+    {"encoder": [{"down": "max_pool", "ops": ["conv3", "se_conv3"], "residual": true}, ...],
+     "decoder": [{"up": "transposed_conv", "ops": ["sep_conv3", "identity"], "residual": false}, ...]}
+
+Encoder block l downsamples channels[l-1] -> channels[l] (block 0 follows a stem at full size); decoder
+block l upsamples back to channels[l], concatenates the skip and fuses it (1^3 conv), then both kinds
+apply their two slot operations, with an optional residual connection around them.
+
+``UNetSpaceNet`` holds, in every slot, a set of candidate operations: one each for a stand-alone network
+(``build_network``), all of them for a weight-sharing supernet (``dosepred.nas``). Both name their
+parameters alike, so a path's weights move between them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dosepred.data.transforms import INPUT_CHANNELS
+from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS, conv_norm_act
+from dosepred.networks.registry import register_network
+
+Genotype = dict[str, list[dict[str, Any]]]
+#: Per-block candidates: {"encoder": [{"down": [...], "ops": [[...], [...]], "residual": [...]}, ...], ...}
+Candidates = dict[str, list[dict[str, Any]]]
+
+
+class SearchBlock(nn.Module):
+    """Resample (down or up), then two slots with candidate ops and an optional residual connection."""
+
+    def __init__(self, kind: str, in_channels: int, out_channels: int, candidates: dict[str, Any]) -> None:
+        super().__init__()
+        resample_ops = DOWN_OPS if kind == "encoder" else UP_OPS
+        self.resample_key = "down" if kind == "encoder" else "up"
+        self.resample = nn.ModuleDict({name: resample_ops[name](in_channels, out_channels)
+                                       for name in candidates[self.resample_key]})
+        self.fuse = conv_norm_act(2 * out_channels, out_channels, kernel=1) if kind == "decoder" else None
+        self.slots = nn.ModuleList(nn.ModuleDict({name: SLOT_OPS[name](out_channels) for name in names})
+                                   for names in candidates["ops"])
+        self.residual_choices = list(candidates["residual"])
+
+    def forward(self, x: torch.Tensor, choice: dict[str, Any], skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.resample[choice[self.resample_key]](x)
+        if self.fuse is not None:
+            x = self.fuse(torch.cat([x, skip], dim=1))
+        out = x
+        for slot, name in zip(self.slots, choice["ops"]):
+            out = slot[name](out)
+        return out + x if choice["residual"] else out
+
+
+class UNetSpaceNet(nn.Module):
+    """A U-Net over the search space; ``forward(x, genotype)`` runs one path (stand-alone nets know theirs)."""
+
+    def __init__(self, candidates: Candidates, *, channels: Sequence[int], in_channels: int = len(INPUT_CHANNELS),
+                 out_channels: int = 1, genotype: Genotype | None = None) -> None:
+        super().__init__()
+        depth = len(channels) - 1
+        if len(candidates["encoder"]) != depth or len(candidates["decoder"]) != depth:
+            raise ValueError(f"{depth} down levels need {depth} encoder and {depth} decoder blocks")
+        self.genotype = genotype
+        self.stem = conv_norm_act(in_channels, channels[0])
+        self.encoder = nn.ModuleList(SearchBlock("encoder", channels[i], channels[i + 1], candidates["encoder"][i])
+                                     for i in range(depth))
+        self.decoder = nn.ModuleList(SearchBlock("decoder", channels[i + 1], channels[i], candidates["decoder"][i])
+                                     for i in range(depth))
+        self.head = nn.Conv3d(channels[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor, genotype: Genotype | None = None) -> torch.Tensor:
+        genotype = genotype or self.genotype
+        if genotype is None:
+            raise ValueError("a supernet needs the genotype of the path to run")
+        skips = [self.stem(x)]
+        for block, choice in zip(self.encoder, genotype["encoder"]):
+            skips.append(block(skips[-1], choice))
+        x = skips.pop()
+        for i in reversed(range(len(self.decoder))):
+            x = self.decoder[i](x, genotype["decoder"][i], skip=skips.pop())
+        return self.head(x)
+
+
+def genotype_candidates(genotype: Genotype) -> Candidates:
+    """The one-candidate-per-slot 'space' of a single genotype."""
+    return {kind: [{key: ([[op] for op in block["ops"]] if key == "ops" else [block[key]]) for key in block}
+                   for block in blocks] for kind, blocks in genotype.items()}
+
+
+def validate_genotype(genotype: Genotype, depth: int) -> None:
+    """Raise ValueError naming the first problem of a genotype for a U-Net with ``depth`` down levels."""
+    for kind, resample, table in (("encoder", "down", DOWN_OPS), ("decoder", "up", UP_OPS)):
+        blocks = genotype.get(kind)
+        if not isinstance(blocks, list) or len(blocks) != depth:
+            raise ValueError(f"genotype needs {depth} {kind} blocks")
+        for i, block in enumerate(blocks):
+            where = f"{kind} block {i}"
+            if block.get(resample) not in table:
+                raise ValueError(f"{where}: {resample} must be one of {sorted(table)}, got {block.get(resample)!r}")
+            ops = block.get("ops")
+            if not isinstance(ops, list) or len(ops) != 2 or any(op not in SLOT_OPS for op in ops):
+                raise ValueError(f"{where}: ops must be two of {sorted(SLOT_OPS)}, got {ops!r}")
+            if not isinstance(block.get("residual"), bool):
+                raise ValueError(f"{where}: residual must be true or false")
+
+
+def plain_genotype(depth: int) -> Genotype:
+    """A residual U-Net of plain 3^3 convolutions: the space's reference architecture."""
+    return {"encoder": [{"down": "strided_conv", "ops": ["conv3", "conv3"], "residual": True}] * depth,
+            "decoder": [{"up": "transposed_conv", "ops": ["conv3", "conv3"], "residual": True}] * depth}
+
+
+@register_network("searched")
+def build_network(*, genotype: Genotype | None = None, channels: Sequence[int] = (16, 32, 64, 128),
+                  in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1) -> nn.Module:
+    """THE builder: a stand-alone network from a genotype (default: ``plain_genotype``)."""
+    genotype = genotype or plain_genotype(len(channels) - 1)
+    validate_genotype(genotype, len(channels) - 1)
+    return UNetSpaceNet(genotype_candidates(genotype), channels=channels, in_channels=in_channels,
+                        out_channels=out_channels, genotype=genotype)

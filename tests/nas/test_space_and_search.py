@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.nas.selection import select_teachers
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.supernet import make_supernet
+from dosepred.networks import create_network
+from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.searched import build_network
+
+runner = CliRunner()
+SPACE = SearchSpace((4, 8, 16))
+
+
+@pytest.mark.parametrize("op", sorted(SLOT_OPS))
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("slot", [0, 1])
+def test_every_op_builds_and_runs_in_every_slot(op: str, kind: str, slot: int) -> None:
+    genotype = SPACE.reference()
+    for block in genotype[kind]:
+        block["ops"] = [op if s == slot else "conv3" for s in range(2)]
+    network = build_network(genotype=json.loads(json.dumps(genotype)), channels=SPACE.channels)
+    output = network(torch.randn(1, 10, 8, 8, 8))
+    assert output.shape == (1, 1, 8, 8, 8)
+    output.mean().backward()
+
+
+@pytest.mark.parametrize("down", sorted(DOWN_OPS))
+@pytest.mark.parametrize("up", sorted(UP_OPS))
+@pytest.mark.parametrize("residual", [False, True])
+def test_every_resampling_op_and_residual_setting_runs(down: str, up: str, residual: bool) -> None:
+    genotype = SPACE.reference()
+    for block in genotype["encoder"]:
+        block.update(down=down, residual=residual)
+    for block in genotype["decoder"]:
+        block.update(up=up, residual=residual)
+    assert build_network(genotype=genotype, channels=SPACE.channels)(torch.randn(2, 10, 8, 8, 8)).shape == (2, 1, 8, 8, 8)
+
+
+def test_genotype_json_round_trip_builds_the_same_network() -> None:
+    genotype = SPACE.sample(np.random.default_rng(3))
+    text = json.dumps({"genotype": genotype})
+    torch.manual_seed(0)
+    a = create_network("searched", genotype=genotype, channels=list(SPACE.channels))
+    torch.manual_seed(0)
+    b = create_network("searched", genotype=json.loads(text)["genotype"], channels=list(SPACE.channels))
+    x = torch.randn(1, 10, 8, 8, 8)
+    assert torch.equal(a(x), b(x))
+
+
+def test_blocks_choose_independently_and_the_space_is_counted() -> None:
+    space = SearchSpace((16, 32, 64, 128))
+    assert space.size() == 150**3 * 100**3
+    genotype = space.sample(np.random.default_rng(0))
+    assert len({json.dumps(b, sort_keys=True) for b in genotype["encoder"]}) > 1
+    with pytest.raises(ValueError, match="encoder block 0: ops"):
+        bad = space.reference()
+        bad["encoder"][0]["ops"] = ["conv3", "nope"]
+        build_network(genotype=bad, channels=space.channels)
+
+
+def test_a_supernet_path_equals_the_stand_alone_network_with_its_weights() -> None:
+    supernet = make_supernet(SPACE).eval()
+    genotype = SPACE.sample(np.random.default_rng(1))
+    network = build_network(genotype=genotype, channels=SPACE.channels).eval()
+    weights = supernet.state_dict()
+    network.load_state_dict({name: weights[name] for name in network.state_dict()})
+    x = torch.randn(1, 10, 8, 8, 8)
+    assert torch.allclose(network(x), supernet(x, genotype))
+
+
+def test_selection_prefers_a_diverse_set_over_near_duplicates() -> None:
+    mask = torch.ones(1, 1, 4, 4, 4)
+    base = torch.zeros(1, 1, 4, 4, 4)
+    # Ranked best first: three near-copies of the best, then a slightly weaker but different network.
+    predictions = [base, base + 0.01, base + 0.02, base + 5.0]
+    scores = [1.00, 1.01, 1.02, 1.30]
+    plain = select_teachers(scores, predictions, mask, k=2, diversity_weight=0.0)
+    diverse = select_teachers(scores, predictions, mask, k=2, diversity_weight=0.5)
+    assert plain.chosen == [0, 1]
+    assert diverse.chosen == [0, 3]
+    assert diverse.diversity > plain.diversity == plain.top_k_diversity
+
+
+def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path) -> None:
+    run = tmp_path / "search"
+    result = runner.invoke(app, ["search", "--strategy", "lenas", "-o", str(run),
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                 "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=2",
+                                 "search.max_sweeps=1",
+                                 "search.teachers=2", "search.pool=4"])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads((run / "ranked.json").read_text())
+    assert len(ranked) == 150 + 100 - 1  # one sweep over both blocks' choices (the start is met twice)
+    assert [r["estimated_dose_score"] for r in ranked] == sorted(r["estimated_dose_score"] for r in ranked)
+    teacher = json.loads((run / "teachers" / "teacher_1.json").read_text())
+    assert "genotype" in teacher and teacher["rank"] == 1
+    assert json.loads((run / "diversity.json").read_text())["selected"]["ranks"][0] == 1
+    result = runner.invoke(app, ["train", "-o", str(tmp_path / "teacher"), "--genotype", str(run / "teachers" / "teacher_1.json"),
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                 "data.resolution=16", "optim.steps=1", "validate_every=1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())["network"]["name"] == "searched"
