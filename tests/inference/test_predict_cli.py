@@ -93,3 +93,13 @@ def test_demo_writes_dose_plot_and_table(tiny_model: Path, tmp_path: Path) -> No
     for name in ("phantom_dose.nii.gz", "phantom_dvh.png", "phantom_metrics.csv"):
         assert (tmp_path / name).is_file() and name in result.output
     assert "dose score" in result.output
+
+
+def test_the_default_shipped_model_runs_the_demo(tmp_path: Path) -> None:
+    from dosepred.inference.models import DEFAULT_MODEL, shipped_models
+
+    assert DEFAULT_MODEL in shipped_models()
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    dose, _ = nifti.read_volume(tmp_path / "phantom_dose.nii.gz")
+    assert 40 < dose.max() < 90  # a trained model, not noise
