@@ -30,11 +30,6 @@ class PrepareFormat(str, Enum):
     pack = "pack"
 
 
-class PatientFormat(str, Enum):
-    openkbp = "openkbp-csv"
-    nifti = "nifti"
-
-
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
@@ -216,7 +211,7 @@ def demo(
     from dosepred.inference.writers import write_dose
     from dosepred.inference.models import resolve_model
     from dosepred.inference.predictor import ModelError, Predictor, resolve_device
-    from dosepred.inference.report import metrics_rows, save_dvh_plot, write_metrics_csv
+    from dosepred.visual.dvh import metrics_rows, save_dvh_plot, write_metrics_csv
 
     try:
         model_dir = resolve_model(model)
@@ -245,14 +240,41 @@ def demo(
         Console().print(f"{what}: {path}", soft_wrap=True)
 
 
+@app.command("app")
+def viewer(
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder of patients the viewer may open; "
+                                                   "nothing outside it is read.")] = None,
+) -> None:
+    """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise _fail("the viewer needs Streamlit: pip install -e '.[app]'")
+    if data_root is not None and not data_root.is_dir():
+        raise _fail(f"{data_root}: not a folder")
+    script = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    environment = dict(os.environ)
+    environment.pop("DOSEPRED_DATA_ROOT", None)
+    if data_root is not None:
+        environment["DOSEPRED_DATA_ROOT"] = str(data_root.resolve())
+    console.print(f"dosepred viewer on http://127.0.0.1:{port} (Ctrl+C to stop)")
+    raise typer.Exit(subprocess.call(command, env=environment))
+
+
 @app.command()
 def phantom(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the patient folder into.")],
-    format: Annotated[PatientFormat, typer.Option("--format", help="Patient folder format.")] = PatientFormat.openkbp,
+    format: Annotated[OutputFormat, typer.Option("--format", help="Patient folder format.")] = OutputFormat.openkbp,
 ) -> None:
     """Write the embedded synthetic head-and-neck patient (with its reference dose) as OUTPUT/phantom."""
     patient = make_phantom()
-    (nifti.write_patient if format is PatientFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
+    (nifti.write_patient if format is OutputFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
     console.print(f"wrote the phantom patient to {output / patient.id}")
 
 
@@ -299,3 +321,7 @@ def evaluate(
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
+
+
+if __name__ == "__main__":  # torchrun -m dosepred.cli train ...
+    app()

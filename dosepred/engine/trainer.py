@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data_prep import sources
+from data_prep.files import atomic_folder
 from dosepred.data.dataset import PatientSamples, stack
 from dosepred.engine.config import save_config
 from dosepred.engine.distributed import Topology, barrier, init_distributed
@@ -163,6 +164,7 @@ class Trainer:
             "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "best_dose_score": self.best_dose_score,
             "history": self.history, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -179,15 +181,17 @@ class Trainer:
         self.best_dose_score = state["best_dose_score"]
         self.history = state["history"]
         torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
 
     def export(self, folder: Path) -> None:
         """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""
-        folder.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.network.state_dict().items()}
-        save_file(weights, folder / WEIGHTS_FILE)
         model_config = {"network": self.config["network"], "data": {"resolution": self.config["data"]["resolution"]},
                         "trained_steps": self.step}
-        save_config(model_config, folder / CONFIG_FILE)
+        with atomic_folder(folder) as tmp:
+            save_file(weights, tmp / WEIGHTS_FILE)
+            save_config(model_config, tmp / CONFIG_FILE)
 
     # --- loop ------------------------------------------------------------------------------------
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:

@@ -1,4 +1,7 @@
-"""A one-patient report: DVH figure and metrics table of a predicted dose (and of the reference, if any)."""
+"""A patient's DVHs and metrics: records, an interactive chart, a static plot and the metrics table.
+
+The predicted dose is drawn solid and the reference (when the patient has one) dashed.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +39,37 @@ def write_metrics_csv(rows: list[dict[str, object]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def dvh_records(patient: Patient, predicted: np.ndarray, *, bin_width_gy: float = 0.5) -> list[dict[str, object]]:
+    """Long-form DVH points: {"roi", "dose_gy", "volume_pct", "dose"} with dose "predicted" or "reference"."""
+    doses = {"predicted": predicted} | ({"reference": patient.dose} if patient.dose is not None else {})
+    top = max(float(d.max()) for d in doses.values())
+    records = []
+    for kind, dose in doses.items():
+        levels, curves = dvh_curves(dose, patient.structures, bin_width_gy=bin_width_gy, max_dose_gy=top)
+        for roi, curve in curves.items():
+            records += [{"roi": roi, "dose_gy": float(level), "volume_pct": float(volume), "dose": kind}
+                        for level, volume in zip(levels, curve)]
+    return records
+
+
+def dvh_chart(records: list[dict[str, object]], title: str = "DVH"):  # noqa: ANN201 - an altair.Chart
+    """An interactive DVH (zoom, pan, tooltips): colour per ROI, predicted solid, reference dashed."""
+    import altair as alt
+
+    return (
+        alt.Chart(alt.Data(values=records), title=title)
+        .mark_line()
+        .encode(
+            x=alt.X("dose_gy:Q", title="dose (Gy)"),
+            y=alt.Y("volume_pct:Q", title="volume (%)", scale=alt.Scale(domain=[0, 100])),
+            color=alt.Color("roi:N", title="structure", sort=list(ROIS)),
+            strokeDash=alt.StrokeDash("dose:N", title="dose", sort=["predicted", "reference"]),
+            tooltip=["roi:N", "dose:N", alt.Tooltip("dose_gy:Q", format=".1f"), alt.Tooltip("volume_pct:Q", format=".1f")],
+        )
+        .interactive()
+    )
 
 
 def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:

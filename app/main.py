@@ -1,0 +1,166 @@
+"""dosepred viewer: predict a patient's dose and inspect it (slices, isodoses, DVH, metrics, downloads).
+
+Run with ``dosepred app [--port N] [--data-root DIR]``. A thin face over library functions: nothing here
+computes anything the library does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from data_prep import sources
+from data_prep.errors import PatientDataError
+from data_prep.patient import ROIS, Patient, require_grid
+from data_prep.phantom import make_phantom
+from data_prep.uploads import extract_zip, patients_under, resolve_under, save_images
+from dosepred.inference.models import DEFAULT_MODEL, resolve_model
+from dosepred.inference.predictor import Predictor
+from dosepred.inference.writers import OutputFormat, write_dose
+from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
+from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis, slice_figure
+
+NOTICE = "Research use only — not for clinical decisions."
+DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
+REFERENCE_GY = 70.0
+
+
+def data_root() -> Path | None:
+    """The folder of patients the viewer may open (``dosepred app --data-root`` sets it)."""
+    root = os.environ.get(DATA_ROOT_VARIABLE)
+    return Path(root) if root else None
+
+
+@st.cache_resource(show_spinner=False)
+def load_predictor(device: str) -> Predictor:
+    """The default model, loaded once per process and device."""
+    return Predictor.from_model_dir(resolve_model(None), device=torch.device(device))
+
+
+@st.cache_resource(show_spinner=False)
+def phantom() -> Patient:
+    return make_phantom()
+
+
+def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
+    """The sidebar's source choice; returns (cache key, patient), or None after showing why not."""
+    options = ["Phantom (embedded)"] + (["Patient under the data root"] if root else []) + ["Upload"]
+    source = st.sidebar.radio("Patient", options)
+    if source == options[0]:
+        return "phantom", phantom()
+    if source == "Upload":
+        uploads = st.sidebar.file_uploader("A zip of an OpenKBP patient folder, or NIfTI files (ct.nii.gz, "
+                                           "possible_dose_mask.nii.gz, <ROI>.nii.gz, ...)", type=["zip", "nii", "gz"],
+                                           accept_multiple_files=True)
+        if not uploads:
+            st.info("Upload a patient to predict its dose.")
+            return None
+        data = [(upload.name, upload.getvalue()) for upload in uploads]
+        key = "upload:" + hashlib.sha256(b"".join(name.encode() + blob for name, blob in data)).hexdigest()
+        folder = Path(tempfile.mkdtemp(prefix="dosepred-upload-"))
+        if len(data) == 1 and data[0][0].lower().endswith(".zip"):
+            return key, sources.read_patient(extract_zip(data[0][1], folder))
+        return key, sources.read_patient(save_images(data, folder / "upload"))
+    names = patients_under(root)
+    if not names:
+        st.info(f"No patient folders under {root}.")
+        return None
+    name = st.sidebar.selectbox("Patient folder", names)
+    return f"root:{name}", sources.read_patient(resolve_under(root, name))
+
+
+def predicted_dose(key: str, patient: Patient, device: str) -> np.ndarray:
+    """The prediction for this patient, computed once per session and device."""
+    cache = st.session_state.setdefault("predictions", {})
+    if (key, device) not in cache:
+        require_grid(patient)
+        with st.spinner(f"Predicting the dose of {patient.id} with {DEFAULT_MODEL} on {device}…"):
+            cache[(key, device)] = load_predictor(device).predict(patient, tta=True)
+    return cache[(key, device)]
+
+
+def view_controls() -> SliceView:
+    sidebar = st.sidebar
+    sidebar.header("Display")
+    preset = sidebar.selectbox("CT window", list(WINDOW_PRESETS))
+    threshold = sidebar.slider("Dose colourwash from (Gy)", 0.0, 70.0, 5.0, 0.5)
+    opacity = sidebar.slider("Colourwash opacity", 0.0, 1.0, 0.45, 0.05)
+    mode = sidebar.radio("Isodose lines", ["Gy", "% of 70 Gy"], horizontal=True)
+    if mode == "Gy":
+        isodoses = sidebar.multiselect("Isodose levels (Gy)", [10.0, 20.0, 30.0, 40.0, 50.0, 56.0, 63.0, 70.0],
+                                       default=[56.0, 63.0, 70.0])
+    else:
+        percent = sidebar.multiselect("Isodose levels (%)", [20, 50, 80, 90, 95, 100, 105], default=[50, 95])
+        isodoses = [REFERENCE_GY * p / 100 for p in percent]
+    shown = sidebar.multiselect("Structure outlines", list(ROIS), default=list(ROIS))
+    return SliceView(window=WINDOW_PRESETS[preset], dose_threshold_gy=threshold, dose_opacity=opacity,
+                     isodose_gy=tuple(isodoses), structures=tuple(shown))
+
+
+def show_slices(patient: Patient, dose: np.ndarray, view: SliceView) -> None:
+    for column, plane in zip(st.columns(3), PLANES):
+        with column:
+            size = patient.shape[plane_axis(plane)]
+            index = st.slider(f"{plane} slice", 1, size, size // 2 + 1, key=f"slice-{plane}") - 1
+            st.pyplot(slice_figure(patient, dose, SliceView(**{**view.__dict__, "plane": plane, "index": index})))
+
+
+def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, object]]:
+    title = f"DVH — {patient.id}" + (": predicted solid, reference dashed" if patient.dose is not None else "")
+    st.altair_chart(dvh_chart(dvh_records(patient, dose), title=title), width="stretch")
+    rows, scores = metrics_rows(patient, dose)
+    if scores:
+        first, second = st.columns(2)
+        first.metric("OpenKBP dose score", f"{scores['dose_score']:.3f} Gy")
+        second.metric("OpenKBP DVH score", f"{scores['dvh_score']:.3f} Gy")
+    st.subheader("Metrics")
+    st.dataframe(rows, width="stretch", hide_index=True)
+    return rows
+
+
+def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
+    st.subheader("Downloads")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for output_format, name in ((OutputFormat.nifti, f"{patient.id}_dose.nii.gz"),
+                                    (OutputFormat.openkbp, f"{patient.id}.csv")):
+            write_dose(patient, dose, Path(tmp) / name, output_format)
+            files[name] = (Path(tmp) / name).read_bytes()
+    table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
+    columns = st.columns(3)
+    columns[0].download_button("Dose (NIfTI)", files[f"{patient.id}_dose.nii.gz"], f"{patient.id}_dose.nii.gz")
+    columns[1].download_button("Dose (OpenKBP CSV)", files[f"{patient.id}.csv"], f"{patient.id}.csv")
+    columns[2].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
+
+
+def main() -> None:
+    st.set_page_config(page_title="dosepred", layout="wide")
+    st.title("dosepred — dose prediction viewer")
+    st.warning(NOTICE)
+    root = data_root()
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = st.sidebar.selectbox("Device", ["cuda", "cpu"])
+    try:
+        chosen = choose_patient(root)
+        if chosen is None:
+            return
+        key, patient = chosen
+        dose = predicted_dose(key, patient, device)
+    except PatientDataError as error:
+        st.error(f"Cannot use this patient: {error}")
+        return
+    st.caption(f"{patient.id}: grid {'x'.join(map(str, patient.shape))}, spacing "
+               f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {DEFAULT_MODEL}")
+    show_slices(patient, dose, view_controls())
+    rows = show_dvh_and_metrics(patient, dose)
+    show_downloads(patient, dose, rows)
+
+
+main()

@@ -1,0 +1,60 @@
+"""The viewer's flow with Streamlit's AppTest: opens on the phantom with its prediction, switches sources,
+and answers bad input with a message while it keeps working."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit", reason="the viewer needs the 'app' extra")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from data_prep import openkbp_csv  # noqa: E402
+from data_prep.phantom import make_phantom  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+
+
+def run(monkeypatch, root: Path | None = None) -> AppTest:
+    if root is None:
+        monkeypatch.delenv("DOSEPRED_DATA_ROOT", raising=False)
+    else:
+        monkeypatch.setenv("DOSEPRED_DATA_ROOT", str(root))
+    return AppTest.from_file(APP, default_timeout=180).run()
+
+
+def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
+    at = run(monkeypatch)
+    assert not at.exception
+    assert "Research use only" in at.warning[0].value
+    assert [m.label for m in at.metric] == ["OpenKBP dose score", "OpenKBP DVH score"]
+    assert len(at.get("vega_lite_chart")) == 1 and "DVH" in at.get("vega_lite_chart")[0].proto.spec
+    assert len(at.get("image")) == 3  # axial, coronal, sagittal
+    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 3
+
+
+def test_display_controls_redraw_without_error(monkeypatch) -> None:
+    at = run(monkeypatch)
+    at.sidebar.selectbox[0].set_value("bone")
+    at.sidebar.radio[1].set_value("% of 70 Gy")
+    at.slider[0].set_value(20)
+    at.run()
+    assert not at.exception and len(at.get("image")) == 3
+
+
+def test_patients_under_the_data_root_and_a_broken_one(monkeypatch, tmp_path: Path) -> None:
+    patient = make_phantom()
+    for pid in ("pt_1", "pt_2"):
+        patient.id = pid
+        openkbp_csv.write_patient(patient, tmp_path / pid)
+    (tmp_path / "pt_2" / "ct.csv").write_text("not,a\nvalid file\n")
+    at = run(monkeypatch, tmp_path)
+    at.sidebar.radio[0].set_value("Patient under the data root").run()
+    assert not at.exception and not at.error
+    assert "pt_1" in at.caption[0].value
+    at.sidebar.selectbox[0].set_value("pt_2").run()
+    assert not at.exception
+    assert "ct.csv" in at.error[0].value and "wrong header" in at.error[0].value
+    at.sidebar.radio[0].set_value("Phantom (embedded)").run()  # the app keeps working
+    assert not at.exception and not at.error and len(at.metric) == 2

@@ -1,0 +1,84 @@
+"""The viewer in a real browser: Debian's chromium driven by Playwright against `streamlit run` on 127.0.0.1.
+
+Writes browser-artifacts/viewer.png (screenshot) and browser-artifacts/viewer_timing.txt (seconds from
+page load to the displayed phantom prediction).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "browser-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed "
+                                "(apt-get install chromium); .ci/run installs it")
+sync_playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package").sync_playwright
+pytest.importorskip("streamlit", reason="the viewer needs the 'app' extra")
+
+
+@pytest.fixture(scope="module")
+def viewer_url():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the Streamlit server did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_browser_shows_the_phantom_prediction_and_survives_a_bad_upload(viewer_url: str, tmp_path: Path) -> None:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1900})
+        started = time.perf_counter()
+        page.goto(viewer_url)
+        page.get_by_text("OpenKBP dose score").wait_for(timeout=240_000)
+        elapsed = time.perf_counter() - started
+        page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=60_000)
+        assert page.get_by_text("Research use only").first.is_visible()
+        assert page.get_by_text("Metrics").first.is_visible()
+        assert page.locator('[data-testid="stImage"]').count() >= 3
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+        (ARTIFACTS / "viewer_timing.txt").write_text(f"page load to displayed phantom prediction: {elapsed:.1f} s\n")
+
+        evil = io.BytesIO()
+        with zipfile.ZipFile(evil, "w") as archive:
+            archive.writestr("../../escape.csv", ",data\n1,1\n")
+        (tmp_path / "evil.zip").write_bytes(evil.getvalue())
+        page.get_by_text("Upload", exact=True).click()
+        page.locator('input[type="file"]').set_input_files(str(tmp_path / "evil.zip"))
+        page.get_by_text("unsafe path in the archive").wait_for(timeout=60_000)
+        assert not (tmp_path.parent / "escape.csv").exists()
+        page.get_by_text("Phantom (embedded)").click()
+        page.get_by_text("OpenKBP dose score").wait_for(timeout=120_000)  # still working
+        browser.close()
