@@ -7,6 +7,7 @@ computes anything the library does not.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import streamlit as st
 import torch
 
 from data_prep import sources
+from data_prep.dicom import write_rt_dose
 from data_prep.errors import PatientDataError
 from data_prep.patient import ROIS, Patient, require_grid
 from data_prep.phantom import make_phantom
@@ -132,11 +134,21 @@ def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, obje
                                     (OutputFormat.openkbp, f"{patient.id}.csv")):
             write_dose(patient, dose, Path(tmp) / name, output_format)
             files[name] = (Path(tmp) / name).read_bytes()
+        if importlib.util.find_spec("pydicom") is not None:
+            write_rt_dose(patient, dose, Path(tmp) / f"{patient.id}_rtdose.dcm")
+            files[f"{patient.id}_rtdose.dcm"] = (Path(tmp) / f"{patient.id}_rtdose.dcm").read_bytes()
     table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
-    columns = st.columns(3)
+    columns = st.columns(4)
     columns[0].download_button("Dose (NIfTI)", files[f"{patient.id}_dose.nii.gz"], f"{patient.id}_dose.nii.gz")
     columns[1].download_button("Dose (OpenKBP CSV)", files[f"{patient.id}.csv"], f"{patient.id}.csv")
     columns[2].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
+    if f"{patient.id}_rtdose.dcm" in files:
+        columns[3].download_button("Dose (DICOM RT Dose)", files[f"{patient.id}_rtdose.dcm"], f"{patient.id}_rtdose.dcm")
+        st.caption("RT Dose frame of reference: a new one, the same as dosepred's NIfTI files (voxel (0,0,0) at the "
+                   "origin, x towards the patient's left, y posterior, z superior); it does not line up with the "
+                   "original planning CT, which OpenKBP does not provide.")
+    else:
+        columns[3].caption("DICOM RT Dose: install pydicom (pip install -e '.[dicom]').")
 
 
 def main() -> None:

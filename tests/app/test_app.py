@@ -31,7 +31,7 @@ def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
     assert [m.label for m in at.metric] == ["OpenKBP dose score", "OpenKBP DVH score"]
     assert len(at.get("vega_lite_chart")) == 1 and "DVH" in at.get("vega_lite_chart")[0].proto.spec
     assert len(at.get("image")) == 3  # axial, coronal, sagittal
-    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 3
+    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 4  # NIfTI, CSV, DVH table, RT Dose
 
 
 def test_display_controls_redraw_without_error(monkeypatch) -> None:
