@@ -30,6 +30,7 @@ from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis
 
 NOTICE = "Research use only — not for clinical decisions."
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
+MODEL_VARIABLE = "DOSEPRED_MODEL"
 REFERENCE_GY = 70.0
 
 
@@ -39,10 +40,15 @@ def data_root() -> Path | None:
     return Path(root) if root else None
 
 
+def model_name() -> str:
+    """The model to predict with (``dosepred app --model`` sets it; the default shipped model otherwise)."""
+    return os.environ.get(MODEL_VARIABLE) or DEFAULT_MODEL
+
+
 @st.cache_resource(show_spinner=False)
-def load_predictor(device: str) -> Predictor:
-    """The default model, loaded once per process and device."""
-    return Predictor.from_model_dir(resolve_model(None), device=torch.device(device))
+def load_predictor(model: str, device: str) -> Predictor:
+    """A model, loaded once per process and device."""
+    return Predictor.from_model_dir(resolve_model(model), device=torch.device(device))
 
 
 @st.cache_resource(show_spinner=False)
@@ -77,19 +83,22 @@ def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
     return f"root:{name}", sources.read_patient(resolve_under(root, name))
 
 
-def predicted_dose(key: str, patient: Patient, device: str) -> np.ndarray:
-    """The prediction for this patient, computed once per session and device."""
+def predicted_dose(key: str, patient: Patient, device: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The predicted dose (and uncertainty, if the model gives one), computed once per session and device."""
     cache = st.session_state.setdefault("predictions", {})
     if (key, device) not in cache:
         require_grid(patient)
-        with st.spinner(f"Predicting the dose of {patient.id} with {DEFAULT_MODEL} on {device}…"):
-            cache[(key, device)] = load_predictor(device).predict(patient, tta=True)
+        with st.spinner(f"Predicting the dose of {patient.id} with {model_name()} on {device}…"):
+            cache[(key, device)] = load_predictor(model_name(), device).predict_with_uncertainty(patient, tta=True)
     return cache[(key, device)]
 
 
-def view_controls() -> SliceView:
+def view_controls(has_uncertainty: bool) -> SliceView:
     sidebar = st.sidebar
     sidebar.header("Display")
+    overlay = "dose"
+    if has_uncertainty:
+        overlay = sidebar.radio("Colourwash", ["dose", "uncertainty"], horizontal=True)
     preset = sidebar.selectbox("CT window", list(WINDOW_PRESETS))
     threshold = sidebar.slider("Dose colourwash from (Gy)", 0.0, 70.0, 5.0, 0.5)
     opacity = sidebar.slider("Colourwash opacity", 0.0, 1.0, 0.45, 0.05)
@@ -102,15 +111,16 @@ def view_controls() -> SliceView:
         isodoses = [REFERENCE_GY * p / 100 for p in percent]
     shown = sidebar.multiselect("Structure outlines", list(ROIS), default=list(ROIS))
     return SliceView(window=WINDOW_PRESETS[preset], dose_threshold_gy=threshold, dose_opacity=opacity,
-                     isodose_gy=tuple(isodoses), structures=tuple(shown))
+                     isodose_gy=tuple(isodoses), structures=tuple(shown), overlay=overlay)
 
 
-def show_slices(patient: Patient, dose: np.ndarray, view: SliceView) -> None:
+def show_slices(patient: Patient, dose: np.ndarray, uncertainty: np.ndarray | None, view: SliceView) -> None:
     for column, plane in zip(st.columns(3), PLANES):
         with column:
             size = patient.shape[plane_axis(plane)]
             index = st.slider(f"{plane} slice", 1, size, size // 2 + 1, key=f"slice-{plane}") - 1
-            st.pyplot(slice_figure(patient, dose, SliceView(**{**view.__dict__, "plane": plane, "index": index})))
+            view_here = SliceView(**{**view.__dict__, "plane": plane, "index": index})
+            st.pyplot(slice_figure(patient, dose, view_here, uncertainty=uncertainty))
 
 
 def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, object]]:
@@ -164,13 +174,13 @@ def main() -> None:
         if chosen is None:
             return
         key, patient = chosen
-        dose = predicted_dose(key, patient, device)
+        dose, uncertainty = predicted_dose(key, patient, device)
     except PatientDataError as error:
         st.error(f"Cannot use this patient: {error}")
         return
     st.caption(f"{patient.id}: grid {'x'.join(map(str, patient.shape))}, spacing "
-               f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {DEFAULT_MODEL}")
-    show_slices(patient, dose, view_controls())
+               f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {model_name()}")
+    show_slices(patient, dose, uncertainty, view_controls(uncertainty is not None))
     rows = show_dvh_and_metrics(patient, dose)
     show_downloads(patient, dose, rows)
 

@@ -245,6 +245,7 @@ def viewer(
     port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder of patients the viewer may open; "
                                                    "nothing outside it is read.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
 ) -> None:
     """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
     import importlib.util
@@ -259,10 +260,11 @@ def viewer(
     script = Path(__file__).resolve().parents[1] / "app" / "main.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    environment = dict(os.environ)
-    environment.pop("DOSEPRED_DATA_ROOT", None)
+    environment = {k: v for k, v in os.environ.items() if k not in ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL")}
     if data_root is not None:
         environment["DOSEPRED_DATA_ROOT"] = str(data_root.resolve())
+    if model is not None:
+        environment["DOSEPRED_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
     console.print(f"dosepred viewer on http://127.0.0.1:{port} (Ctrl+C to stop)")
     raise typer.Exit(subprocess.call(command, env=environment))
 

@@ -66,9 +66,14 @@ class Predictor:
         return cls(network, resolution=config["data"]["resolution"], device=device,
                    patch_size=config.get("inference", {}).get("patch_size"))
 
-    @torch.inference_mode()
     def predict(self, patient: Patient, *, tta: bool = True) -> np.ndarray:
         """The predicted dose (Gy) on the patient's grid; test-time augmentation averages in the mirror image."""
+        return self.predict_with_uncertainty(patient, tta=tta)[0]
+
+    @torch.inference_mode()
+    def predict_with_uncertainty(self, patient: Patient, *, tta: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The dose and, from models with a second output channel, its uncertainty (both Gy, zero outside the
+        possible-dose mask); the uncertainty is None for single-output models."""
         if patient.ct.ndim != 3:
             raise PatientDataError(patient.source or patient.id, "expected a 3D patient")
         sample = patient_to_sample(patient)
@@ -82,8 +87,8 @@ class Predictor:
             output = (output + torch.flip(mirrored, dims=(LEFT_RIGHT_AXIS + 2,))) / 2
         if tuple(output.shape[2:]) != patient.shape:
             output = F.interpolate(output, size=patient.shape, mode="trilinear", align_corners=False)
-        dose = output[0, 0].clamp_(min=0).mul_(REFERENCE_DOSE_GY).cpu().numpy()
-        return dose * patient.possible_dose_mask
+        channels = output[0].clamp_(min=0).mul_(REFERENCE_DOSE_GY).cpu().numpy() * patient.possible_dose_mask
+        return channels[0], (channels[1] if len(channels) > 1 else None)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

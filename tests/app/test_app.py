@@ -16,7 +16,7 @@ from data_prep.phantom import make_phantom  # noqa: E402
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
 
-def run(monkeypatch, root: Path | None = None) -> AppTest:
+def run(monkeypatch, root: Path | None = None) -> AppTest:  # noqa: D103
     if root is None:
         monkeypatch.delenv("DOSEPRED_DATA_ROOT", raising=False)
     else:
@@ -58,3 +58,18 @@ def test_patients_under_the_data_root_and_a_broken_one(monkeypatch, tmp_path: Pa
     assert "ct.csv" in at.error[0].value and "wrong header" in at.error[0].value
     at.sidebar.radio[0].set_value("Phantom (embedded)").run()  # the app keeps working
     assert not at.exception and not at.error and len(at.metric) == 2
+
+
+def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_model: Path) -> None:
+    monkeypatch.setenv("DOSEPRED_MODEL", str(two_output_model))
+    at = run(monkeypatch)
+    assert not at.exception
+    colourwash = [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
+    assert colourwash and colourwash[0].options == ["dose", "uncertainty"]
+    colourwash[0].set_value("uncertainty").run()
+    assert not at.exception and len(at.get("image")) == 3
+
+
+def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
+    at = run(monkeypatch)
+    assert not [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]

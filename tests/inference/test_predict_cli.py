@@ -103,3 +103,12 @@ def test_the_default_shipped_model_runs_the_demo(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     dose, _ = nifti.read_volume(tmp_path / "phantom_dose.nii.gz")
     assert 40 < dose.max() < 90  # a trained model, not noise
+
+
+def test_uncertainty_comes_from_a_second_output_channel(tiny_model: Path, two_output_model: Path) -> None:
+    patient = make_phantom((32, 32, 32))
+    single = Predictor.from_model_dir(tiny_model, device=torch.device("cpu"))
+    assert single.predict_with_uncertainty(patient, tta=False)[1] is None
+    double = Predictor.from_model_dir(two_output_model, device=torch.device("cpu"))
+    dose, uncertainty = double.predict_with_uncertainty(patient, tta=True)
+    assert uncertainty.shape == dose.shape and not uncertainty[~patient.possible_dose_mask].any()
