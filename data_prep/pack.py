@@ -28,7 +28,7 @@ import numpy as np
 
 from data_prep.errors import PatientDataError
 from data_prep.files import atomic_file
-from data_prep.patient import ROIS, Patient
+from data_prep.patient import Patient
 
 MAGIC = b"DPK1"
 SUFFIX = ".dpk"

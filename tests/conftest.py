@@ -86,3 +86,17 @@ def two_output_model(tmp_path_factory):
     save_file(create_network(**network).state_dict(), folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"network": network, "data": {"resolution": 32}}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def phantom_split(tmp_path_factory):
+    """A split folder of two 128^3 phantom patients (pt_1, pt_2) in OpenKBP CSV format."""
+    from data_prep import openkbp_csv
+    from data_prep.phantom import make_phantom
+
+    split = tmp_path_factory.mktemp("split")
+    patient = make_phantom()
+    for pid in ("pt_1", "pt_2"):
+        patient.id = pid
+        openkbp_csv.write_patient(patient, split / pid)
+    return split

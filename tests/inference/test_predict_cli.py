@@ -18,15 +18,9 @@ from dosepred.inference.predictor import ModelError, Predictor
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def patients(tmp_path_factory) -> Path:
-    """Two 128^3 phantom patients in OpenKBP CSV format."""
-    root = tmp_path_factory.mktemp("patients")
-    patient = make_phantom()
-    for pid in ("pt_1", "pt_2"):
-        patient.id = pid
-        openkbp_csv.write_patient(patient, root / pid)
-    return root
+@pytest.fixture
+def patients(phantom_split: Path) -> Path:
+    return phantom_split
 
 
 def predict(*args: str):

@@ -8,26 +8,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from data_prep import nifti, openkbp_csv
-from data_prep.phantom import make_phantom
 from dosepred.cli import app
 from tests.conftest import SAMPLE, SAMPLE_PATIENTS, requires_openkbp
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def phantom_split(tmp_path_factory) -> Path:
-    """A split folder with two phantom patients in OpenKBP CSV format."""
-    split = tmp_path_factory.mktemp("split")
-    patient = make_phantom()
-    for pid in ("pt_1", "pt_2"):
-        patient.id = pid
-        openkbp_csv.write_patient(patient, split / pid)
-    return split
 
 
 @requires_openkbp
