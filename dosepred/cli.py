@@ -130,6 +130,46 @@ def _searched_network(path: Path, network: dict) -> dict:
 
 
 @app.command()
+def distill(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder, as for train.")],
+    teachers: Annotated[list[str] | None, typer.Option("--teachers", "-t", help="A teacher model (name or folder); "
+                                                       "repeat for each.")] = None,
+    student: Annotated[str, typer.Option("--student", help="A registered network name (e.g. unet) or a "
+                                         "genotype JSON file.")] = "unet",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (train + distill).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+) -> None:
+    """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
+    from dosepred.engine.config import DEFAULTS, ConfigError, load_config
+    from dosepred.engine.distillation import DISTILL_DEFAULTS, DistillationTrainer
+    from dosepred.inference.predictor import ModelError
+
+    defaults = {**DEFAULTS, "distill": DISTILL_DEFAULTS}
+    try:
+        if resume:
+            if teachers or config is not None or overrides:
+                raise ConfigError("--resume continues with the run's own config; give no --teachers, --config or overrides")
+            settings = load_config(output / "config.yaml", defaults=defaults)
+        else:
+            if not teachers:
+                raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ...")
+            settings = load_config(config, overrides or [], defaults=defaults)
+            settings["distill"]["teachers"] = list(teachers)
+            if Path(student).is_file():
+                settings["network"] = _searched_network(Path(student), settings["network"])
+            elif student != settings["network"]["name"]:
+                settings["network"] = {"name": student}
+        trainer = DistillationTrainer(settings, output, resume=resume)
+    except (ConfigError, ModelError, PatientDataError, FileNotFoundError, KeyError, ValueError) as error:
+        raise _fail(str(error)) from None
+    with _progress() as progress:
+        task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
+        trainer.fit(lambda step, row: progress.update(task, completed=step))
+    console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; student in {output / 'best'}")
+
+
+@app.command()
 def search(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder for the search's results.")] = None,
     strategy: Annotated[str, typer.Option("--strategy", help="Search strategy.")] = "lenas",
@@ -181,11 +221,11 @@ def predict(
 ) -> None:
     """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
     from dosepred.inference.batch import predict_patients
-    from dosepred.inference.models import resolve_model
-    from dosepred.inference.predictor import ModelError, Predictor, resolve_device
+    from dosepred.inference.models import load_predictor
+    from dosepred.inference.predictor import ModelError, resolve_device
 
     try:
-        predictor = Predictor.from_model_dir(resolve_model(model), device=resolve_device(device))
+        predictor = load_predictor(model, device=resolve_device(device))
         with sources.open_patients(input) as paths, _progress() as progress:
             task = progress.add_task("predict", total=len(paths))
             report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,

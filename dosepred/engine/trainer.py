@@ -31,7 +31,6 @@ from dosepred.metrics import OpenKBPScorer
 from dosepred.networks import create_network
 
 log = logging.getLogger(__name__)
-METRIC_FIELDS = ("step", "train_loss", "lr", "val_dose_score", "val_dvh_score", "elapsed_s")
 
 
 def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,6 +45,9 @@ def sample_seed(seed: int, step: int, position: int) -> int:
 
 class Trainer:
     """Trains ``config['network']`` on ``config['data']``; writes everything under ``run_dir``."""
+
+    #: Columns of metrics.csv; subclasses that log more extend it.
+    metric_fields: tuple[str, ...] = ("step", "train_loss", "lr", "val_dose_score", "val_dvh_score", "elapsed_s")
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> None:
         self.config = config
@@ -64,6 +66,7 @@ class Trainer:
         self.scheduler = self.build_scheduler()
         self.train_data, self.validation_paths = self.build_data()
         self.step = 0
+        self.step_log: dict[str, float] = {}
         self.best_dose_score = math.inf
         self.history: list[dict[str, float]] = []
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
@@ -130,6 +133,7 @@ class Trainer:
         return {key: value.to(self.device) for key, value in stack(samples).items()}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimisation step; returns the loss. Subclasses may log more in ``self.step_log``."""
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             prediction = self.model(batch["image"])
@@ -158,22 +162,16 @@ class Trainer:
     def amp(self) -> bool:
         return bool(self.config["amp"]) and self.device.type == "cuda"
 
-    def save_checkpoint(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything an exact resume needs; subclasses add their own parts."""
+        return {
             "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "best_dose_score": self.best_dose_score,
             "history": self.history, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
 
-    def load_checkpoint(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def restore_state(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -183,6 +181,17 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
+
+    def save_checkpoint(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.checkpoint_state(), tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        self.restore_state(torch.load(path, map_location=self.device, weights_only=True))
 
     def export(self, folder: Path) -> None:
         """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""
@@ -197,16 +206,17 @@ class Trainer:
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         """Train to ``optim.steps``, validating and checkpointing on schedule; returns the metrics history."""
         total = self.config["optim"]["steps"]
-        losses: list[float] = []
+        logged: list[dict[str, float]] = []
         started = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
         while self.step < total:
             loss = self.train_step(self.make_batch(self.step))
             self.step += 1
-            losses.append(loss)
-            row: dict[str, float] = {"step": self.step, "train_loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+            logged.append({"train_loss": loss, **self.step_log})
+            row: dict[str, float] = {"step": self.step, **logged[-1], "lr": self.scheduler.get_last_lr()[0]}
             if self.step % self.config["validate_every"] == 0 or self.step == total:
-                row = self._log_validation(row, float(np.mean(losses)), time.perf_counter() - started)
-                losses = []
+                means = {key: float(np.mean([entry[key] for entry in logged])) for key in logged[-1]}
+                row = self._log_validation({**row, **means}, time.perf_counter() - started)
+                logged = []
             if self.step % self.config["checkpoint_every"] == 0 or self.step == total:
                 if self.topology.is_main:
                     self.save_checkpoint(self.checkpoint_path)
@@ -215,12 +225,13 @@ class Trainer:
                 on_step(self.step, row)
         return self.history
 
-    def _log_validation(self, row: dict[str, float], mean_loss: float, elapsed: float) -> dict[str, float]:
+    def _log_validation(self, row: dict[str, float], elapsed: float) -> dict[str, float]:
+        """Validate (rank 0), record the row (training values averaged since the last one), export the best."""
         if self.topology.is_main:
-            row = {**row, "train_loss": mean_loss, **self.validate(), "elapsed_s": elapsed}
+            row = {**row, **self.validate(), "elapsed_s": elapsed}
             self.history.append(row)
-            log.info("step %d: loss %.4f, validation dose score %.3f Gy, DVH score %.3f Gy", self.step, mean_loss,
-                     row["val_dose_score"], row["val_dvh_score"])
+            log.info("step %d: loss %.4f, validation dose score %.3f Gy, DVH score %.3f Gy", self.step,
+                     row["train_loss"], row["val_dose_score"], row["val_dvh_score"])
             if row["val_dose_score"] < self.best_dose_score:
                 self.best_dose_score = row["val_dose_score"]
                 self.export(self.run_dir / "best")
@@ -230,9 +241,9 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=self.metric_fields)
             writer.writeheader()
-            writer.writerows({key: row.get(key, "") for key in METRIC_FIELDS} for row in self.history)
+            writer.writerows({key: row.get(key, "") for key in self.metric_fields} for row in self.history)
         plot_history(self.history, self.run_dir / "curves.png")
 
 

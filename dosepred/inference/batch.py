@@ -9,6 +9,7 @@ from pathlib import Path
 from data_prep import sources
 from data_prep.errors import PatientDataError
 from data_prep.patient import require_grid
+from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, output_path, write_dose
 
@@ -20,9 +21,12 @@ class BatchReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def predict_patients(predictor: Predictor, paths: Iterable[Path], output: Path, *, output_format: OutputFormat,
+def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[Path], output: Path, *, output_format: OutputFormat,
                      tta: bool, resume: bool, on_patient: Callable[[str], None] | None = None) -> BatchReport:
-    """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped."""
+    """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped.
+
+    Models that give an uncertainty map (ensembles, students) also write ``<id>_uncertainty`` beside the dose.
+    """
     report = BatchReport()
     for path in paths:
         name = path.name.removesuffix(".dpk")
@@ -32,7 +36,10 @@ def predict_patients(predictor: Predictor, paths: Iterable[Path], output: Path, 
                 continue
             patient = sources.read_patient(path)
             require_grid(patient)
-            dose = predictor.predict(patient, tta=tta)
+            dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
+            if uncertainty is not None:
+                write_dose(patient, uncertainty, output_path(output, f"{patient.id}_uncertainty", output_format),
+                           output_format)
             write_dose(patient, dose, output_path(output, patient.id, output_format), output_format)
             report.written.append(patient.id)
         except (PatientDataError, OSError, RuntimeError, ValueError) as error:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dosepred.inference.predictor import CONFIG_FILE, ModelError
+import torch
+
+from dosepred.inference.ensemble import ENSEMBLE_FILE, EnsemblePredictor, load_ensemble
+from dosepred.inference.predictor import CONFIG_FILE, ModelError, Predictor
 
 #: The models/ folder of this repository (override with DOSEPRED_MODELS).
 MODELS_DIR = Path(os.environ.get("DOSEPRED_MODELS", Path(__file__).resolve().parents[2] / "models"))
@@ -14,7 +17,9 @@ DEFAULT_MODEL = "unet-baseline-cpu64"
 
 
 def shipped_models() -> list[str]:
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / CONFIG_FILE).is_file()) if MODELS_DIR.is_dir() else []
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / CONFIG_FILE).is_file() or (p / ENSEMBLE_FILE).is_file())
 
 
 def resolve_model(name_or_path: str | None = None) -> Path:
@@ -27,3 +32,11 @@ def resolve_model(name_or_path: str | None = None) -> Path:
         return MODELS_DIR / name_or_path
     raise ModelError(f"no model {name_or_path!r}: not a path, and not among the shipped models in {MODELS_DIR} "
                      f"({', '.join(shipped_models()) or 'none'})")
+
+
+def load_predictor(name_or_path: str | None, *, device: torch.device) -> Predictor | EnsemblePredictor:
+    """A single model or an ensemble (a folder with ensemble.json), by name or path."""
+    folder = resolve_model(name_or_path)
+    if (folder / ENSEMBLE_FILE).is_file():
+        return load_ensemble(folder, device=device, resolve=resolve_model)
+    return Predictor.from_model_dir(folder, device=device)

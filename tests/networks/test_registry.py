@@ -7,13 +7,22 @@ from dosepred.data.transforms import INPUT_CHANNELS
 from dosepred.networks import create_network, network_names, register_network
 
 
+#: The critic judges (input, dose) pairs: one channel more, and it returns its features and patch scores.
+CRITICS = {"patch_critic"}
+
+
 @pytest.mark.parametrize("name", network_names())
 def test_every_registered_network_runs_forward_and_backward(name: str) -> None:
     torch.manual_seed(0)
     network = create_network(name)
-    image = torch.randn(1, len(INPUT_CHANNELS), 16, 16, 16)
+    size = 32 if name in CRITICS else 16  # the critic's deepest instance norm needs more than one voxel
+    image = torch.randn(1, len(INPUT_CHANNELS) + (name in CRITICS), size, size, size)
     output = network(image)
-    assert output.shape == (1, 1, 16, 16, 16)
+    if name in CRITICS:
+        output = output[-1]
+        assert output.shape[:2] == (1, 1)
+    else:
+        assert output.shape == (1, 1, 16, 16, 16)
     output.abs().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)
 

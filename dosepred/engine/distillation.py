@@ -1,0 +1,122 @@
+"""Distillation: a student learns from the teachers' ensemble, the ground truth and a trained critic.
+
+Each step: the frozen teachers predict the (augmented) batch; their mean is the soft target and their
+spread (std) the uncertainty target. The critic (a conditional patch discriminator on [inputs, dose]) is
+updated first with its own optimiser and a least-squares objective (teacher mean = real, student = fake);
+then the student minimises
+
+    truth_weight * L1(dose, ground truth) + soft_weight * L1(dose, teacher mean)
+    + uncertainty_weight * L1(second channel, teacher std) + adversarial_weight * (critic(student) - 1)^2
+    [+ feature_matching * L1 between the critic's features of student and teacher doses]
+
+with every L1 taken inside the possible-dose mask. Setting weights to 0 gives the ablations (ground truth
+only; + distillation; + adversarial critic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dosepred.engine.trainer import Trainer, masked_l1
+from dosepred.inference.models import resolve_model
+from dosepred.inference.predictor import Predictor
+from dosepred.networks import create_network
+
+DISTILL_DEFAULTS: dict[str, Any] = {
+    "teachers": [],  # model names or folders; their working resolution must match data.resolution
+    "truth_weight": 1.0,
+    "soft_weight": 1.0,
+    "uncertainty_weight": 1.0,
+    "adversarial_weight": 0.01,
+    "feature_matching": 0.0,
+    "critic_lr": 2e-4,
+    "critic": {"name": "patch_critic", "channels": 16, "num_layers_d": 3},
+}
+
+
+class DistillationTrainer(Trainer):
+    """The trainer, with teachers, a critic and a two-channel (dose, uncertainty) student."""
+
+    metric_fields = Trainer.metric_fields + ("truth_loss", "soft_loss", "uncertainty_loss", "adversarial_loss",
+                                             "critic_loss")
+
+    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False) -> None:  # noqa: ANN001
+        self.distill = {**DISTILL_DEFAULTS, **config.get("distill", {})}
+        config = {**config, "network": {**config["network"], "out_channels": 2}}  # dose + uncertainty
+        super().__init__(config, run_dir, resume=resume)
+
+    def build_network(self) -> nn.Module:
+        self.teachers = self.build_teachers()
+        self.critic = create_network(**self.distill["critic"]).to(self.build_device())
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.distill["critic_lr"], betas=(0.5, 0.999))
+        return create_network(**self.config["network"])
+
+    def build_teachers(self) -> list[nn.Module]:
+        if len(self.distill["teachers"]) < 1:
+            raise ValueError("distillation needs at least one teacher (distill.teachers)")
+        teachers = []
+        for name in self.distill["teachers"]:
+            predictor = Predictor.from_model_dir(resolve_model(name), device=self.build_device())
+            if predictor.resolution != self.config["data"]["resolution"]:
+                raise ValueError(f"teacher {name} works at {predictor.resolution}^3, the student at "
+                                 f"{self.config['data']['resolution']}^3")
+            teachers.append(predictor.network.requires_grad_(False).eval())
+        return teachers
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        image, truth, mask = batch["image"], batch["dose"], batch["possible_dose_mask"]
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            teacher_doses = torch.stack([teacher(image)[:, :1].float() for teacher in self.teachers])
+        soft, spread = teacher_doses.mean(dim=0), teacher_doses.std(dim=0, unbiased=False)
+
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            output = self.model(image).float()
+        dose, uncertainty = output[:, :1], output[:, 1:2]
+
+        critic_loss = self.critic_step(image, soft, dose.detach())
+        student_features = self.critic(torch.cat([image, dose], dim=1))
+        adversarial = ((student_features[-1] - 1) ** 2).mean()
+        losses = {
+            "truth_loss": masked_l1(dose, truth, mask), "soft_loss": masked_l1(dose, soft, mask),
+            "uncertainty_loss": masked_l1(uncertainty, spread, mask), "adversarial_loss": adversarial,
+        }
+        d = self.distill
+        loss = (d["truth_weight"] * losses["truth_loss"] + d["soft_weight"] * losses["soft_loss"]
+                + d["uncertainty_weight"] * losses["uncertainty_loss"] + d["adversarial_weight"] * adversarial)
+        if d["feature_matching"]:
+            with torch.no_grad():
+                teacher_features = self.critic(torch.cat([image, soft], dim=1))
+            loss = loss + d["feature_matching"] * sum(
+                torch.nn.functional.l1_loss(s, t) for s, t in zip(student_features[:-1], teacher_features[:-1]))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_log = {key: float(value.detach()) for key, value in losses.items()} | {"critic_loss": critic_loss}
+        return float(loss.detach())
+
+    def critic_step(self, image: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> float:
+        """One least-squares update of the critic: teacher ensemble doses are real, student doses fake."""
+        self.critic.train()
+        real_score = self.critic(torch.cat([image, real], dim=1))[-1]
+        fake_score = self.critic(torch.cat([image, fake], dim=1))[-1]
+        loss = 0.5 * (((real_score - 1) ** 2).mean() + (fake_score**2).mean())
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        self.critic.zero_grad(set_to_none=True)  # the student's adversarial term must not leave grads behind
+        return float(loss.detach())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return super().checkpoint_state() | {"critic": self.critic.state_dict(),
+                                             "critic_optimizer": self.critic_optimizer.state_dict()}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        self.critic.load_state_dict(state["critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from data_prep.phantom import make_phantom
+from dosepred.cli import app
+from dosepred.engine.distillation import DistillationTrainer
+from dosepred.engine.trainer import Trainer
+from dosepred.inference.models import load_predictor
+from tests.conftest import TINY_NETWORK, tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_packs, tiny_model, tmp_path_factory) -> list[Path]:
+    """Two different tiny teachers (another seed for the second)."""
+    run = tmp_path_factory.mktemp("teacher2")
+    Trainer(tiny_config(tiny_packs, "seed=1"), run).fit()
+    return [tiny_model, run / "best"]
+
+
+def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
+    (tmp_path / "ensemble.json").write_text(json.dumps({"members": [str(p) for p in teachers]}))
+    ensemble = load_predictor(str(tmp_path), device=torch.device("cpu"))
+    patient = make_phantom((32, 32, 32))
+    mean, spread = ensemble.predict_with_uncertainty(patient, tta=False)
+    members = [load_predictor(str(p), device=torch.device("cpu")).predict(patient, tta=False) for p in teachers]
+    np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(spread, np.std(members, axis=0), rtol=1e-4, atol=1e-4)
+    assert spread.max() > 0
+
+
+def test_critic_is_really_trained_and_the_student_predicts_uncertainty(tiny_packs, teachers, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=3", "validate_every=3", "checkpoint_every=3")
+    config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.1,
+                         "critic": {"name": "patch_critic", "channels": 4, "num_layers_d": 2}}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    before = [p.detach().clone() for p in trainer.critic.parameters()]
+    history = trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.critic.parameters()))
+    assert history[-1]["critic_loss"] > 0 and history[-1]["adversarial_loss"] > 0
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        assert "critic_loss" in next(csv.DictReader(handle))
+    student = load_predictor(str(tmp_path / "run" / "best"), device=torch.device("cpu"))
+    dose, uncertainty = student.predict_with_uncertainty(make_phantom((32, 32, 32)), tta=False)
+    assert uncertainty is not None and uncertainty.shape == dose.shape
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert "critic" in state and "critic_optimizer" in state
+
+
+def test_distill_cli_and_ensemble_predict_writes_uncertainty(tiny_packs, teachers, phantom_split, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--teachers", str(teachers[0]),
+                                 "--teachers", str(teachers[1]), "--student", "unet",
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                 "data.resolution=32", "optim.steps=2", "validate_every=2", *TINY_NETWORK,
+                                 "distill.critic.channels=4", "distill.critic.num_layers_d=2"])
+    assert result.exit_code == 0, result.output
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": [str(p) for p in teachers]}))
+    shutil.copytree(phantom_split / "pt_1", tmp_path / "in" / "pt_1")
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "-m", str(ensemble),
+                                 "--format", "nifti", "--no-tta"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["pt_1.nii.gz", "pt_1_uncertainty.nii.gz"]
+
+
+def test_distill_needs_teachers(tiny_packs, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--teachers", "no-such-model",
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}"])
+    assert result.exit_code == 2 and "no model 'no-such-model'" in result.output
+
+
+def test_distill_resumes_from_its_own_config(tiny_packs, teachers, tmp_path: Path) -> None:
+    common = [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
+              "optim.steps=2", "validate_every=1", "checkpoint_every=1", *TINY_NETWORK, "distill.critic.channels=4",
+              "distill.critic.num_layers_d=2"]
+    args = ["distill", "-o", str(tmp_path / "run"), "--teachers", str(teachers[0]), "--teachers", str(teachers[1])]
+    assert runner.invoke(app, args + common).exit_code == 0
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--resume"])
+    assert result.exit_code == 0, result.output  # already at its last step: nothing left to do, no error
