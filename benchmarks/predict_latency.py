@@ -25,23 +25,23 @@ def measure(model: str | None, patients: str, n: int, device: str, tta: bool, th
     import torch
 
     from data_prep import sources
-    from dosepred.inference.models import resolve_model
-    from dosepred.inference.predictor import Predictor, resolve_device
+    from dosepred.inference.models import load_predictor
+    from dosepred.inference.predictor import resolve_device
 
     torch.set_num_threads(threads)
-    predictor = Predictor.from_model_dir(resolve_model(model), device=resolve_device(device))
+    predictor = load_predictor(model, device=resolve_device(device))
     cases = [sources.read_patient(p) for p in sources.find_patients(Path(patients))[: n + 1]]
     predictor.predict(cases[0], tta=tta)  # warm-up
     seconds = []
     for patient in cases[1:]:
         start = time.perf_counter()
         predictor.predict(patient, tta=tta)
-        if predictor.device.type == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     result = {"median_s": float(np.median(seconds)), "max_s": float(np.max(seconds)), "patients": len(seconds),
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if predictor.device.type == "cuda":
+    if device.startswith("cuda"):
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
