@@ -71,16 +71,29 @@ def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
             return None
         data = [(upload.name, upload.getvalue()) for upload in uploads]
         key = "upload:" + hashlib.sha256(b"".join(name.encode() + blob for name, blob in data)).hexdigest()
-        folder = Path(tempfile.mkdtemp(prefix="dosepred-upload-"))
-        if len(data) == 1 and data[0][0].lower().endswith(".zip"):
-            return key, sources.read_patient(extract_zip(data[0][1], folder))
-        return key, sources.read_patient(save_images(data, folder / "upload"))
+        return key, remembered(key, lambda: read_upload(data))
     names = patients_under(root)
     if not names:
         st.info(f"No patient folders under {root}.")
         return None
     name = st.sidebar.selectbox("Patient folder", names)
-    return f"root:{name}", sources.read_patient(resolve_under(root, name))
+    return f"root:{name}", remembered(f"root:{name}", lambda: sources.read_patient(resolve_under(root, name)))
+
+
+def remembered(key: str, load) -> Patient:  # noqa: ANN001 - a function returning a Patient
+    """The patient of ``key``, loaded once per session (the page reruns on every widget change)."""
+    if st.session_state.get("patient_key") != key:
+        st.session_state["patient"] = load()
+        st.session_state["patient_key"] = key
+    return st.session_state["patient"]
+
+
+def read_upload(data: list[tuple[str, bytes]]) -> Patient:
+    """Unpack an upload into a temporary folder, read the patient into memory, and remove the folder."""
+    with tempfile.TemporaryDirectory(prefix="dosepred-upload-") as tmp:
+        if len(data) == 1 and data[0][0].lower().endswith(".zip"):
+            return sources.read_patient(extract_zip(data[0][1], Path(tmp)))
+        return sources.read_patient(save_images(data, Path(tmp) / "upload"))
 
 
 def predicted_dose(key: str, patient: Patient, device: str) -> tuple[np.ndarray, np.ndarray | None]:
