@@ -81,9 +81,10 @@ def pandas_score(reference_folders: list[Path], prediction_folder: Path) -> tupl
     return float(np.mean(dose_errors)), float(np.nanmean(np.abs(reference_df - predicted_df).to_numpy()))
 
 
-def timed(function, *args):
+def timed(function, *args, **kwargs):
+    """(result, seconds) of one call."""
     start = time.perf_counter()
-    result = function(*args)
+    result = function(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -113,14 +114,14 @@ def main() -> None:
             t["read"].append(seconds)
             arrays, seconds = timed(pandas_read_patient, folder)
             t["read_pandas"].append(seconds)
-            t["nifti"].append(seconds_of(nifti.write_patient, patient, out / "nifti" / patient.id) + t["read"][-1])
+            t["nifti"].append(timed(nifti.write_patient, patient, out / "nifti" / patient.id)[1] + t["read"][-1])
             pack_file = out / "pack" / f"{patient.id}{pack.SUFFIX}"
-            t["pack"].append(seconds_of(pack.write_patient, patient, pack_file) + t["read"][-1])
+            t["pack"].append(timed(pack.write_patient, patient, pack_file)[1] + t["read"][-1])
             npz_file = out / "npz" / f"{patient.id}.npz"
             npz_file.parent.mkdir(parents=True, exist_ok=True)
-            t["npz"].append(seconds_of(np.savez_compressed, npz_file, **arrays) + t["read_pandas"][-1])
-            t["load_pack"].append(seconds_of(pack.read_patient, pack_file))
-            t["load_npz"].append(seconds_of(lambda f: dict(np.load(f)), npz_file))
+            t["npz"].append(timed(np.savez_compressed, npz_file, **arrays)[1] + t["read_pandas"][-1])
+            t["load_pack"].append(timed(pack.read_patient, pack_file)[1])
+            t["load_npz"].append(timed(lambda f: dict(np.load(f)), npz_file)[1])
             pack_bytes += pack_file.stat().st_size
             npz_bytes += npz_file.stat().st_size
             print(f"\r{i + 1}/{len(folders)} patients", end="", file=sys.stderr, flush=True)
@@ -148,12 +149,6 @@ def main() -> None:
               f"pandas port of the official evaluation: {theirs_seconds:6.1f} s")
         print(f"   prescription predictor: dosepred dose {ours[0]:.4f} / DVH {ours[1]:.4f} Gy;   "
               f"pandas dose {theirs[0]:.4f} / DVH {theirs[1]:.4f} Gy")
-
-
-def seconds_of(function, *args, **kwargs) -> float:
-    start = time.perf_counter()
-    function(*args, **kwargs)
-    return time.perf_counter() - start
 
 
 def score_with_dosepred(reference_folders: list[Path], prediction_folder: Path) -> tuple[float, float]:

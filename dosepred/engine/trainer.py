@@ -248,14 +248,12 @@ class Trainer:
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss and validation scores against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss and validation scores against steps (a bare Figure: no pyplot, no backend change)."""
+    from matplotlib.figure import Figure
 
     steps = [row["step"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     left.plot(steps, [row["train_loss"] for row in history], marker="o")
     left.set(xlabel="step", ylabel="masked L1 (dose / 70 Gy)", title="training loss")
     right.plot(steps, [row["val_dose_score"] for row in history], marker="o", label="dose score")
@@ -264,4 +262,3 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -66,7 +65,3 @@ class Evaluator:
 def distance_gy(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean |a - b| (Gy) over the possible-dose voxels: how differently two networks predict."""
     return float((a - b).abs().sum() / mask.sum())
-
-
-def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *stream])

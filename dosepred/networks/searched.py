@@ -43,7 +43,6 @@ class SearchBlock(nn.Module):
         self.fuse = conv_norm_act(2 * out_channels, out_channels, kernel=1) if kind == "decoder" else None
         self.slots = nn.ModuleList(nn.ModuleDict({name: SLOT_OPS[name](out_channels) for name in names})
                                    for names in candidates["ops"])
-        self.residual_choices = list(candidates["residual"])
 
     def forward(self, x: torch.Tensor, choice: dict[str, Any], skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.resample[choice[self.resample_key]](x)

@@ -73,15 +73,14 @@ def dvh_chart(records: list[dict[str, object]], title: str = "DVH"):  # noqa: AN
 
 
 def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:
-    """Cumulative DVHs per ROI: predicted solid, reference dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Cumulative DVHs per ROI: predicted solid, reference dashed (a bare Figure: no pyplot, no backend change)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     top = float(max(predicted.max(), patient.dose.max() if patient.dose is not None else 0.0))
-    figure, axes = plt.subplots(figsize=(9, 6))
-    colours = dict(zip(ROIS, plt.get_cmap("tab10").colors))
+    figure = Figure(figsize=(9, 6))
+    axes = figure.subplots()
+    colours = dict(zip(ROIS, colormaps["tab10"].colors))
     levels, curves = dvh_curves(predicted, patient.structures, max_dose_gy=top)
     for roi, curve in curves.items():
         axes.plot(levels, curve, color=colours[roi], label=roi)
@@ -95,4 +94,3 @@ def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)

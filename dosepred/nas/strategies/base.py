@@ -12,7 +12,6 @@ from torch import nn
 
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
-from dosepred.networks.searched import Genotype
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,6 @@ class SearchResult:
     ranked: list[dict[str, Any]]  # {"genotype": ..., "estimated_dose_score": float}
     log: list[dict[str, Any]] = field(default_factory=list)
     supernet: nn.Module | None = None  # the trained weights behind the estimates, when there are any
-
-    @property
-    def best(self) -> Genotype:
-        return self.ranked[0]["genotype"]
 
 
 class Strategy(ABC):
