@@ -133,7 +133,7 @@ def _searched_network(path: Path, network: dict) -> dict:
 def distill(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder, as for train.")],
     teachers: Annotated[list[str] | None, typer.Option("--teachers", "-t", help="A teacher model (name or folder); "
-                                                       "repeat for each.")] = None,
+                                                       "repeat for each [default: the config's distill.teachers].")] = None,
     student: Annotated[str, typer.Option("--student", help="A registered network name (e.g. unet) or a "
                                          "genotype JSON file.")] = "unet",
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (train + distill).")] = None,
@@ -152,10 +152,10 @@ def distill(
                 raise ConfigError("--resume continues with the run's own config; give no --teachers, --config or overrides")
             settings = load_config(output / "config.yaml", defaults=defaults)
         else:
-            if not teachers:
-                raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ...")
             settings = load_config(config, overrides or [], defaults=defaults)
-            settings["distill"]["teachers"] = list(teachers)
+            settings["distill"]["teachers"] = list(teachers or settings["distill"]["teachers"])
+            if not settings["distill"]["teachers"]:
+                raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ... (or distill.teachers)")
             if Path(student).is_file():
                 settings["network"] = _searched_network(Path(student), settings["network"])
             elif student != settings["network"]["name"]:

@@ -31,7 +31,7 @@ def augmentation(resolution: int) -> Compose:
     return Compose([
         RandFlipLeftRightd(prob=0.5),
         RandAffined(keys=VOLUME_KEYS, prob=0.5, rotate_range=(math.radians(5),) * 3,
-                    translate_range=(0.03 * resolution,) * 3, mode=("bilinear", "bilinear", "nearest"),
+                    translate_range=(0.03 * resolution,) * 3, mode=("bilinear", "bilinear", "nearest", "bilinear"),
                     padding_mode="zeros", allow_missing_keys=True),
     ])
 
@@ -45,6 +45,7 @@ class PatientSamples:
         self.dataset = CacheDataset([{"path": str(p)} for p in paths], transform=deterministic_transforms(resolution),
                                     cache_rate=cache_rate, num_workers=num_workers or None, progress=False)
         self.augment = augmentation(resolution) if augment else None
+        self.attached: dict[str, list[torch.Tensor]] = {}
 
     @classmethod
     def from_source(cls, source: str | Path, **kwargs) -> PatientSamples:
@@ -57,9 +58,15 @@ class PatientSamples:
         """A batch of the samples at ``indices``, each augmented with the seed ``seed_of(position)``."""
         return stack([self.sample(int(index), seed_of(position)) for position, index in enumerate(indices)])
 
+    def attach(self, key: str, volumes: list[torch.Tensor]) -> None:
+        """Give each sample one more volume (one of VOLUME_KEYS), augmented together with the others."""
+        if len(volumes) != len(self):
+            raise ValueError(f"{len(volumes)} volumes for {len(self)} samples")
+        self.attached[key] = volumes
+
     def sample(self, index: int, seed: int) -> dict[str, object]:
         """Sample ``index``, augmented with randomness drawn from ``seed`` alone."""
-        item = self.dataset[index]
+        item = self.dataset[index] | {key: volumes[index] for key, volumes in self.attached.items()}
         if self.augment is not None:
             self.augment.set_random_state(seed=seed)
             item = self.augment(item)

@@ -29,7 +29,8 @@ INPUT_CHANNELS = ("CT", "target level", *OARS, "possible dose mask")
 LEFT_RIGHT_CHANNELS = (INPUT_CHANNELS.index("RightParotid"), INPUT_CHANNELS.index("LeftParotid"))
 #: The patient's right-left axis among the spatial axes of a channel-first volume.
 LEFT_RIGHT_AXIS = 1
-VOLUME_KEYS = ("image", "dose", "possible_dose_mask")
+#: The volumes of a sample; "teacher_dose" (teachers' mean and spread) exists only when distilling.
+VOLUME_KEYS = ("image", "dose", "possible_dose_mask", "teacher_dose")
 
 
 def patient_to_sample(patient: Patient) -> dict[str, object]:
@@ -54,7 +55,7 @@ def patient_to_sample(patient: Patient) -> dict[str, object]:
 
 def resize_to(resolution: int) -> Resized:
     """Resample every volume to ``resolution``^3: area averaging keeps masks as occupancy fractions."""
-    return Resized(keys=VOLUME_KEYS, spatial_size=(resolution,) * 3, mode=("area", "area", "nearest"),
+    return Resized(keys=VOLUME_KEYS, spatial_size=(resolution,) * 3, mode=("area", "area", "nearest", "area"),
                    allow_missing_keys=True)
 
 

@@ -1,9 +1,13 @@
 """Distillation: a student learns from the teachers' ensemble, the ground truth and a trained critic.
 
-Each step: the frozen teachers predict the (augmented) batch; their mean is the soft target and their
-spread (std) the uncertainty target. The critic (a conditional patch discriminator on [inputs, dose]) is
-updated first with its own optimiser and a least-squares objective (teacher mean = real, student = fake);
-then the student minimises
+Before training, the frozen teachers predict every training patient once (with test-time mirroring, as
+the ensemble predicts); their mean (the soft target) and spread (std, the uncertainty target) become one
+more volume of each sample, "teacher_dose", augmented together with the dose. This costs one pass of each
+teacher per patient instead of one per step, and assumes the teachers roughly commute with the small
+augmentations (mirroring, 5 degree rotations, 3% shifts) they were themselves trained with.
+
+Each step: the critic (a conditional patch discriminator on [inputs, dose]) is updated first with its own
+optimiser and a least-squares objective (teacher mean = real, student = fake); then the student minimises
 
     truth_weight * L1(dose, ground truth) + soft_weight * L1(dose, teacher mean)
     + uncertainty_weight * L1(second channel, teacher std) + adversarial_weight * (critic(student) - 1)^2
@@ -15,11 +19,13 @@ only; + distillation; + adversarial critic).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dosepred.data.dataset import PatientSamples
 from dosepred.engine.trainer import Trainer, masked_l1
 from dosepred.inference.models import resolve_model
 from dosepred.inference.predictor import Predictor
@@ -49,28 +55,31 @@ class DistillationTrainer(Trainer):
         super().__init__(config, run_dir, resume=resume)
 
     def build_network(self) -> nn.Module:
-        self.teachers = self.build_teachers()
         self.critic = create_network(**self.distill["critic"]).to(self.build_device())
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.distill["critic_lr"], betas=(0.5, 0.999))
         return create_network(**self.config["network"])
 
-    def build_teachers(self) -> list[nn.Module]:
+    def build_data(self) -> tuple[PatientSamples, list[Path]]:
+        train, validation = super().build_data()
+        teachers = self.load_teachers()
+        train.attach("teacher_dose", [teacher_targets(teachers, train.dataset[i]["image"]) for i in range(len(train))])
+        return train, validation
+
+    def load_teachers(self) -> list[Predictor]:
         if len(self.distill["teachers"]) < 1:
             raise ValueError("distillation needs at least one teacher (distill.teachers)")
         teachers = []
         for name in self.distill["teachers"]:
-            predictor = Predictor.from_model_dir(resolve_model(name), device=self.build_device())
+            predictor = Predictor.from_model_dir(resolve_model(name), device=self.device)
             if predictor.resolution != self.config["data"]["resolution"]:
                 raise ValueError(f"teacher {name} works at {predictor.resolution}^3, the student at "
                                  f"{self.config['data']['resolution']}^3")
-            teachers.append(predictor.network.requires_grad_(False).eval())
+            teachers.append(predictor)
         return teachers
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         image, truth, mask = batch["image"], batch["dose"], batch["possible_dose_mask"]
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            teacher_doses = torch.stack([teacher(image)[:, :1].float() for teacher in self.teachers])
-        soft, spread = teacher_doses.mean(dim=0), teacher_doses.std(dim=0, unbiased=False)
+        soft, spread = batch["teacher_dose"][:, :1], batch["teacher_dose"][:, 1:2]
 
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -120,3 +129,10 @@ class DistillationTrainer(Trainer):
         super().restore_state(state)
         self.critic.load_state_dict(state["critic"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+def teacher_targets(teachers: list[Predictor], image: torch.Tensor) -> torch.Tensor:
+    """(2, *shape) on the CPU: the teachers' mean dose and its spread (std) for one input volume."""
+    doses = torch.stack([teacher.predict_volume(torch.as_tensor(image).as_subclass(torch.Tensor))[:1].cpu()
+                         for teacher in teachers])
+    return torch.cat([doses.mean(dim=0), doses.std(dim=0, unbiased=False)])

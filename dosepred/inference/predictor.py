@@ -80,15 +80,21 @@ class Predictor:
         sample.pop("dose", None)
         if patient.shape != (self.resolution,) * 3:
             sample = resize_to(self.resolution)(sample)
-        image = torch.as_tensor(sample["image"]).as_subclass(torch.Tensor).to(self.device)
-        output = self._forward(image[None])
-        if tta:
-            mirrored = self._forward(flip_left_right(image)[None])
-            output = (output + torch.flip(mirrored, dims=(LEFT_RIGHT_AXIS + 2,))) / 2
+        output = self.predict_volume(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor), tta=tta)[None]
         if tuple(output.shape[2:]) != patient.shape:
             output = F.interpolate(output, size=patient.shape, mode="trilinear", align_corners=False)
         channels = output[0].clamp_(min=0).mul_(REFERENCE_DOSE_GY).cpu().numpy() * patient.possible_dose_mask
         return channels[0], (channels[1] if len(channels) > 1 else None)
+
+    @torch.inference_mode()
+    def predict_volume(self, image: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
+        """The raw output channels (dose / 70 Gy, ...) for one input volume at the working resolution."""
+        image = image.to(self.device)
+        output = self._forward(image[None])
+        if tta:
+            mirrored = self._forward(flip_left_right(image)[None])
+            output = (output + torch.flip(mirrored, dims=(LEFT_RIGHT_AXIS + 2,))) / 2
+        return output[0]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

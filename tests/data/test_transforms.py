@@ -65,3 +65,16 @@ def test_augmentation_is_a_function_of_the_seed(tiny_packs) -> None:
     assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in ("image", "dose"))
     batch = stack([data.sample(i, seed=i) for i in range(3)])
     assert batch["image"].shape == (3, 10, 32, 32, 32) and batch["dose"].shape == (3, 1, 32, 32, 32)
+
+
+def test_attached_volumes_are_augmented_with_the_dose(tiny_packs) -> None:
+    data = PatientSamples.from_source(tiny_packs / "train", resolution=32, augment=True)
+    data.attach("teacher_dose", [torch.as_tensor(data.dataset[i]["dose"]).repeat(2, 1, 1, 1) for i in range(len(data))])
+    moved = 0
+    for seed in range(8):
+        item = data.sample(1, seed=seed)
+        dose, attached = torch.as_tensor(item["dose"]), torch.as_tensor(item["teacher_dose"])
+        torch.testing.assert_close(attached, dose.repeat(2, 1, 1, 1))
+        moved += not torch.equal(dose, torch.as_tensor(data.dataset[1]["dose"]))
+    assert moved > 0  # some seeds did augment
+    assert stack([data.sample(0, seed=0)])["teacher_dose"].shape == (1, 2, 32, 32, 32)

@@ -39,6 +39,19 @@ def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
     assert spread.max() > 0
 
 
+def test_soft_targets_are_the_teachers_mean_and_spread(tiny_packs, teachers, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=1")
+    config["distill"] = {"teachers": [str(p) for p in teachers], "critic": {"name": "patch_critic", "channels": 4,
+                                                                          "num_layers_d": 2}}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    image = torch.as_tensor(trainer.train_data.dataset[2]["image"]).as_subclass(torch.Tensor)
+    members = torch.stack([load_predictor(str(p), device=torch.device("cpu")).predict_volume(image)[0] for p in teachers])
+    targets = trainer.train_data.attached["teacher_dose"][2]
+    torch.testing.assert_close(targets[0], members.mean(dim=0))
+    torch.testing.assert_close(targets[1], members.std(dim=0, unbiased=False))
+    assert targets[1].max() > 0
+
+
 def test_critic_is_really_trained_and_the_student_predicts_uncertainty(tiny_packs, teachers, tmp_path: Path) -> None:
     config = tiny_config(tiny_packs, "optim.steps=3", "validate_every=3", "checkpoint_every=3")
     config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.1,
@@ -78,6 +91,8 @@ def test_distill_needs_teachers(tiny_packs, tmp_path: Path) -> None:
     result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--teachers", "no-such-model",
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}"])
     assert result.exit_code == 2 and "no model 'no-such-model'" in result.output
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), f"data.train={tiny_packs / 'train'}"])
+    assert result.exit_code == 2 and "give the teachers" in result.output
 
 
 def test_distill_resumes_from_its_own_config(tiny_packs, teachers, tmp_path: Path) -> None:
