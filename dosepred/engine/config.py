@@ -47,6 +47,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "teachers": 3,  # K
         "diversity_weight": 1.0,  # lambda of the selection rule
         "pool": 20,  # teachers come from the best N by estimated score
+        "options": {},  # the strategy's own options (see its file in dosepred/nas/strategies/)
     },
 }
 
@@ -89,6 +90,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
                 raise ConfigError(f"{where}: network must be a mapping")
             same_network = value.get("name", base[key]["name"]) == base[key]["name"]
             base[key] = {**base[key], **value} if same_network else dict(value)
+        elif name == "search.options":  # free-form: the strategy checks its own options
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: search.options must be a mapping")
+            base[key] = {**base[key], **value}
         elif key not in base:
             raise ConfigError(f"{where}: unknown key {name!r}")
         elif isinstance(base[key], dict):

@@ -7,8 +7,10 @@ outside the mask. It ranks architectures; stand-alone training then gives the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from torch import nn
 from data_prep import sources
 from dosepred.data.dataset import PatientSamples, stack
 from dosepred.data.transforms import REFERENCE_DOSE_GY
-from dosepred.networks.searched import Genotype
+from dosepred.nas.space import genotype_key
 
 
 @dataclass
@@ -37,7 +39,7 @@ class SearchData:
 
 
 class Evaluator:
-    """Runs paths of a network on the validation batch (in chunks) and scores them."""
+    """Runs a network on the validation batch (in chunks) and scores it."""
 
     def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8) -> None:
         self.batch = {key: value.to(device) for key, value in data.validation.items()}
@@ -46,20 +48,36 @@ class Evaluator:
         self.chunk = chunk
 
     @torch.inference_mode()
-    def predict(self, network: nn.Module, genotype: Genotype | None = None) -> torch.Tensor:
+    def predict(self, network: nn.Module) -> torch.Tensor:
         """Predicted dose (Gy) of every validation patient, zero outside the mask."""
         network.eval()
         images = self.batch["image"]
-        outputs = [network(images[i : i + self.chunk], genotype) if genotype is not None else
-                   network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-        return torch.cat(outputs).clamp(min=0) * REFERENCE_DOSE_GY * self.mask
+        outputs = [network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+        return torch.cat(outputs).float().clamp(min=0) * REFERENCE_DOSE_GY * self.mask
 
     def score(self, prediction: torch.Tensor) -> float:
         per_patient = (prediction - self.reference).abs().sum(dim=(1, 2, 3, 4)) / self.mask.sum(dim=(1, 2, 3, 4))
         return float(per_patient.mean())
 
-    def evaluate(self, network: nn.Module, genotype: Genotype | None = None) -> float:
-        return self.score(self.predict(network, genotype))
+    def evaluate(self, network: nn.Module) -> float:
+        return self.score(self.predict(network))
+
+
+class ScoreBook:
+    """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy."""
+
+    def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module]) -> None:
+        self.evaluator, self.path = evaluator, path
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, entry: dict[str, Any]) -> float:
+        key = genotype_key(entry)
+        if key not in self.entries:
+            self.entries[key] = {**entry, "estimated_dose_score": self.evaluator.evaluate(self.path(entry))}
+        return self.entries[key]["estimated_dose_score"]
+
+    def ranked(self) -> list[dict[str, Any]]:
+        return sorted(self.entries.values(), key=lambda entry: entry["estimated_dose_score"])
 
 
 def distance_gy(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:

@@ -27,7 +27,7 @@ def run_search(config: dict[str, Any], output: Path, *, strategy: str,
         torch.set_num_threads(int(config["threads"]))
     torch.manual_seed(config["seed"])
     device = resolve_device(config["device"])
-    search = get_strategy(strategy)
+    search = get_strategy(strategy, **settings.get("options", {}))
     output.mkdir(parents=True, exist_ok=True)
     save_config({**config, "strategy": strategy}, output / "config.yaml")
     started = time.perf_counter()
@@ -40,7 +40,7 @@ def run_search(config: dict[str, Any], output: Path, *, strategy: str,
 
     evaluator = Evaluator(data, device=device)
     pool = result.ranked[: settings["pool"]]
-    predictions = [evaluator.predict(result.supernet, entry["genotype"]) for entry in pool]
+    predictions = [evaluator.predict(result.path(entry)) for entry in pool]
     chosen = selection.select_teachers([entry["estimated_dose_score"] for entry in pool], predictions, evaluator.mask,
                                        k=settings["teachers"], diversity_weight=settings["diversity_weight"])
 
@@ -48,7 +48,8 @@ def run_search(config: dict[str, Any], output: Path, *, strategy: str,
     _write_json(output / "ranked.json", ranked)
     for number, index in enumerate(chosen.chosen, start=1):
         _write_json(output / "teachers" / f"teacher_{number}.json",
-                    {"genotype": pool[index]["genotype"], "channels": list(space.channels), "rank": index + 1,
+                    {"genotype": pool[index]["genotype"], "channels": pool[index].get("channels", list(space.channels)),
+                     "rank": index + 1,
                      "estimated_dose_score": pool[index]["estimated_dose_score"], "strategy": strategy})
     report = {
         "rule": selection.__doc__.split("\n\n")[1].replace("\n", " "),
@@ -58,9 +59,10 @@ def run_search(config: dict[str, Any], output: Path, *, strategy: str,
     }
     _write_json(output / "diversity.json", report)
     _write_json(output / "log.json", {"strategy": strategy, "search_seconds": search_seconds,
-                                      "evaluated": len(ranked), "space_size": space.size(), "log": result.log})
-    if result.supernet is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in result.supernet.state_dict().items()},
+                                      "evaluated": len(ranked), "space_size": space.size(), "counts": result.counts,
+                                      "log": result.log})
+    if result.weights is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.weights.state_dict().items()},
                   output / "supernet.safetensors")
     return (f"{strategy}: searched {space.size():.2e} architectures in {search_seconds / 60:.1f} min, "
             f"{len(ranked)} evaluated; best estimated dose score {ranked[0]['estimated_dose_score']:.3f} Gy. "

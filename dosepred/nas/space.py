@@ -79,6 +79,6 @@ class SearchSpace:
                 f"{self.size():.3e} architectures")
 
 
-def genotype_key(genotype: Genotype) -> str:
-    """A canonical string for a genotype (dictionary key, de-duplication)."""
+def genotype_key(genotype: dict) -> str:
+    """A canonical string for a genotype, or an entry holding one (dictionary key, de-duplication)."""
     return json.dumps(genotype, sort_keys=True, separators=(",", ":"))

@@ -1,4 +1,4 @@
-"""Training a weight-sharing supernet: each step trains one path drawn by a sampler (uniform by default)."""
+"""Weight-sharing supernets: building one, running one of its paths, and training it path by path."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from dosepred.engine.trainer import masked_l1, sample_seed
 from dosepred.nas.evaluator import SearchData
@@ -15,6 +16,25 @@ from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 def make_supernet(space: SearchSpace) -> UNetSpaceNet:
     return UNetSpaceNet(space.candidates(), channels=space.channels)
+
+
+class SupernetPath(nn.Module):
+    """One architecture run with a supernet's weights (a view: nothing is copied)."""
+
+    def __init__(self, supernet: UNetSpaceNet, genotype: Genotype) -> None:
+        super().__init__()
+        self.supernet, self.genotype = supernet, genotype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.genotype)
+
+
+def training_batch(data: SearchData, rng: np.random.Generator, step: int, batch_size: int,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """A random augmented batch of the training patients; the augmentation depends on (seed, step) only."""
+    indices = rng.choice(len(data.train), size=min(batch_size, len(data.train)), replace=False)
+    batch = data.train.collate(indices, lambda i: sample_seed(data.seed, step, i))
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def train_supernet(supernet: UNetSpaceNet, space: SearchSpace, data: SearchData, *, steps: int, lr: float,
@@ -29,10 +49,8 @@ def train_supernet(supernet: UNetSpaceNet, space: SearchSpace, data: SearchData,
     supernet.to(device).train()
     losses = []
     for step in range(steps):
-        indices = rng.choice(len(data.train), size=min(batch_size, len(data.train)), replace=False)
-        batch = {k: v.to(device) for k, v in data.train.collate(indices, lambda i: sample_seed(data.seed, step, i)).items()}
-        genotype = sampler(rng)
-        loss = masked_l1(supernet(batch["image"], genotype), batch["dose"], batch["possible_dose_mask"])
+        batch = training_batch(data, rng, step, batch_size, device)
+        loss = masked_l1(supernet(batch["image"], sampler(rng)), batch["dose"], batch["possible_dose_mask"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(supernet.parameters(), 1.0)

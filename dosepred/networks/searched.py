@@ -7,16 +7,18 @@ A genotype lists, per block, its own choices::
 
 Encoder block l downsamples channels[l-1] -> channels[l] (block 0 follows a stem at full size); decoder
 block l upsamples back to channels[l], concatenates the skip and fuses it (1^3 conv), then both kinds
-apply their two slot operations, with an optional residual connection around them.
+apply their two slot operations, with an optional residual connection around them. A slot (or the
+resampling) may also hold a list of operations whose outputs are summed: GOLD-NAS's enlarged space.
 
 ``UNetSpaceNet`` holds, in every slot, a set of candidate operations: one each for a stand-alone network
 (``build_network``), all of them for a weight-sharing supernet (``dosepred.nas``). Both name their
-parameters alike, so a path's weights move between them unchanged.
+parameters alike, so a path's weights move between them unchanged. A ``Gate`` scales each operation's
+output (and the residual connection) by a learnt factor while searching.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +31,13 @@ from dosepred.networks.registry import register_network
 Genotype = dict[str, list[dict[str, Any]]]
 #: Per-block candidates: {"encoder": [{"down": [...], "ops": [[...], [...]], "residual": [...]}, ...], ...}
 Candidates = dict[str, list[dict[str, Any]]]
+#: gate(part, op) -> factor for one block: part is "resample", a slot index or "residual" (op None).
+Gate = Callable[[str | int, str | None], torch.Tensor]
+
+
+def op_names(choice: str | list[str]) -> list[str]:
+    """The operations of a slot or resampling choice: one name, or a list of names to sum."""
+    return [choice] if isinstance(choice, str) else list(choice)
 
 
 class SearchBlock(nn.Module):
@@ -44,14 +53,21 @@ class SearchBlock(nn.Module):
         self.slots = nn.ModuleList(nn.ModuleDict({name: SLOT_OPS[name](out_channels) for name in names})
                                    for names in candidates["ops"])
 
-    def forward(self, x: torch.Tensor, choice: dict[str, Any], skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.resample[choice[self.resample_key]](x)
+    def forward(self, x: torch.Tensor, choice: dict[str, Any], skip: torch.Tensor | None = None,
+                gate: Gate | None = None) -> torch.Tensor:
+        def run(ops: nn.ModuleDict, part: str | int, names: str | list[str], value: torch.Tensor) -> torch.Tensor:
+            outputs = [ops[name](value) if gate is None else gate(part, name) * ops[name](value) for name in op_names(names)]
+            return outputs[0] if len(outputs) == 1 else torch.stack(outputs).sum(dim=0)
+
+        x = run(self.resample, "resample", choice[self.resample_key], x)
         if self.fuse is not None:
             x = self.fuse(torch.cat([x, skip], dim=1))
         out = x
-        for slot, name in zip(self.slots, choice["ops"]):
-            out = slot[name](out)
-        return out + x if choice["residual"] else out
+        for index, (slot, names) in enumerate(zip(self.slots, choice["ops"])):
+            out = run(slot, index, names, out)
+        if not choice["residual"]:
+            return out
+        return out + (x if gate is None else gate("residual", None) * x)
 
 
 class UNetSpaceNet(nn.Module):
@@ -71,38 +87,53 @@ class UNetSpaceNet(nn.Module):
                                      for i in range(depth))
         self.head = nn.Conv3d(channels[0], out_channels, 1)
 
-    def forward(self, x: torch.Tensor, genotype: Genotype | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, genotype: Genotype | None = None,
+                gates: Callable[[str, int], Gate] | None = None) -> torch.Tensor:
+        """``gates(kind, index)``, when given, is the gate of each block (GOLD-NAS)."""
         genotype = genotype or self.genotype
         if genotype is None:
             raise ValueError("a supernet needs the genotype of the path to run")
+
+        def gate(kind: str, index: int) -> Gate | None:
+            return None if gates is None else gates(kind, index)
+
         skips = [self.stem(x)]
-        for block, choice in zip(self.encoder, genotype["encoder"]):
-            skips.append(block(skips[-1], choice))
+        for index, (block, choice) in enumerate(zip(self.encoder, genotype["encoder"])):
+            skips.append(block(skips[-1], choice, gate=gate("encoder", index)))
         x = skips.pop()
         for i in reversed(range(len(self.decoder))):
-            x = self.decoder[i](x, genotype["decoder"][i], skip=skips.pop())
+            x = self.decoder[i](x, genotype["decoder"][i], skip=skips.pop(), gate=gate("decoder", i))
         return self.head(x)
 
 
 def genotype_candidates(genotype: Genotype) -> Candidates:
-    """The one-candidate-per-slot 'space' of a single genotype."""
-    return {kind: [{key: ([[op] for op in block["ops"]] if key == "ops" else [block[key]]) for key in block}
+    """The 'space' holding exactly the operations of one genotype."""
+    return {kind: [{key: ([op_names(names) for names in block["ops"]] if key == "ops" else
+                          op_names(block[key]) if key in ("down", "up") else [block[key]]) for key in block}
                    for block in blocks] for kind, blocks in genotype.items()}
 
 
 def validate_genotype(genotype: Genotype, depth: int) -> None:
     """Raise ValueError naming the first problem of a genotype for a U-Net with ``depth`` down levels."""
+
+    def valid(choice: Any, table: dict) -> bool:
+        names = [choice] if isinstance(choice, str) else choice
+        return (isinstance(names, list) and len(names) >= 1 and len(set(names)) == len(names)
+                and all(isinstance(name, str) and name in table for name in names))
+
     for kind, resample, table in (("encoder", "down", DOWN_OPS), ("decoder", "up", UP_OPS)):
         blocks = genotype.get(kind)
         if not isinstance(blocks, list) or len(blocks) != depth:
             raise ValueError(f"genotype needs {depth} {kind} blocks")
         for i, block in enumerate(blocks):
             where = f"{kind} block {i}"
-            if block.get(resample) not in table:
-                raise ValueError(f"{where}: {resample} must be one of {sorted(table)}, got {block.get(resample)!r}")
+            if not valid(block.get(resample), table):
+                raise ValueError(f"{where}: {resample} must be one of {sorted(table)} (or a list of them), "
+                                 f"got {block.get(resample)!r}")
             ops = block.get("ops")
-            if not isinstance(ops, list) or len(ops) != 2 or any(op not in SLOT_OPS for op in ops):
-                raise ValueError(f"{where}: ops must be two of {sorted(SLOT_OPS)}, got {ops!r}")
+            if not isinstance(ops, list) or len(ops) != 2 or not all(valid(op, SLOT_OPS) for op in ops):
+                raise ValueError(f"{where}: ops must be two of {sorted(SLOT_OPS)} (each may be a list of them), "
+                                 f"got {ops!r}")
             if not isinstance(block.get("residual"), bool):
                 raise ValueError(f"{where}: residual must be true or false")
 

@@ -4,4 +4,5 @@ from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, get_str
 
 __all__ = ["Budget", "SearchResult", "Strategy", "get_strategy", "strategy_names"]
 
-import dosepred.nas.strategies.lenas  # noqa: E402,F401  (registers the strategies)
+# Importing a strategy's module registers it.
+from dosepred.nas.strategies import fpnas, gold, kshot, lenas, random_search  # noqa: E402,F401

@@ -13,6 +13,9 @@ from torch import nn
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 
+#: ``progress(phase, done, total)``: how a strategy reports long work.
+Progress = Callable[[str, int, int], None]
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -27,24 +30,41 @@ class Budget:
 
 @dataclass
 class SearchResult:
-    """Evaluated architectures, best (lowest estimated dose score) first, with the search's log."""
+    """Evaluated architectures, best (lowest estimated dose score) first, and how to run any architecture
+    with the search's trained weights.
 
-    ranked: list[dict[str, Any]]  # {"genotype": ..., "estimated_dose_score": float}
+    ``ranked`` entries: ``{"genotype": ..., "estimated_dose_score": float}``, plus ``"channels"`` when the
+    strategy also searched widths. ``path(entry)`` is a module running that architecture (any entry of the
+    space, ranked or not) with the weights the estimates came from.
+    """
+
+    ranked: list[dict[str, Any]]
+    path: Callable[[dict[str, Any]], nn.Module]
     log: list[dict[str, Any]] = field(default_factory=list)
-    supernet: nn.Module | None = None  # the trained weights behind the estimates, when there are any
+    #: training_forward_passes (architecture x batch forwards while training), sampled_architectures
+    #: (distinct architectures trained on), evaluated_architectures (scored on the validation batch)
+    counts: dict[str, int] = field(default_factory=dict)
+    weights: nn.Module | None = None  # saved as supernet.safetensors when there are any
 
 
 class Strategy(ABC):
-    """A search strategy: spend the budget, return ranked genotypes with estimated scores."""
+    """A search strategy: spend the budget, return ranked genotypes with estimated scores.
+
+    Each strategy declares its ``options`` (name -> default); ``search.options`` in the config sets them.
+    """
 
     name: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"strategy {self.name!r} has no option {', '.join(unknown)}; "
+                             f"its options: {', '.join(sorted(self.options)) or 'none'}")
+        self.settings = {**self.options, **options}
 
     @abstractmethod
-    def search(self, space: SearchSpace, data: SearchData, budget: Budget,
-               progress: Callable[[str, int, int], None] | None = None) -> SearchResult:
+    def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         """Search ``space``; ``progress(phase, done, total)`` reports long work."""
 
 
@@ -64,3 +84,7 @@ def get_strategy(name: str, **options: Any) -> Strategy:
 
 def strategy_names() -> list[str]:
     return sorted(_STRATEGIES)
+
+
+def silent(phase: str, done: int, total: int) -> None:
+    """The progress callback that reports nothing."""

@@ -1,55 +1,42 @@
-"""LE-NAS: train a supernet with uniform path sampling, then search block by block exhaustively.
-
-Starting from the reference architecture, each block in turn tries every one of its choices with the
-other blocks at their current best, on the validation batch, and keeps the best; sweeps repeat until no
-block changes (or ``max_sweeps``). Every evaluated architecture is kept with its estimated score.
-"""
+"""LE-NAS: train a supernet with uniform path sampling, then search it block by block exhaustively."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from dosepred.nas.evaluator import Evaluator, SearchData
-from dosepred.nas.space import SearchSpace, genotype_key
-from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy
-from dosepred.nas.supernet import make_supernet, train_supernet
-from dosepred.networks.searched import Genotype
+from dosepred.nas.blockwise import blockwise_search
+from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.supernet import SupernetPath, make_supernet, train_supernet
+from dosepred.networks.searched import UNetSpaceNet
+
+
+def uniform_supernet(space: SearchSpace, data: SearchData, budget: Budget,
+                     report: Progress) -> tuple[UNetSpaceNet, dict[str, Any]]:
+    """A supernet trained with one uniformly sampled path per step, and its log entry."""
+    supernet = make_supernet(space)
+    losses = train_supernet(supernet, space, data, steps=budget.supernet_steps, lr=budget.lr,
+                            batch_size=budget.batch_size, device=budget.device,
+                            on_step=lambda step, loss: report("supernet", step, budget.supernet_steps))
+    return supernet, {"phase": "supernet", "steps": budget.supernet_steps,
+                      "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
 
 
 @register_strategy
 class LENAS(Strategy):
     name = "lenas"
 
-    def search(self, space: SearchSpace, data: SearchData, budget: Budget,
-               progress: Callable[[str, int, int], None] | None = None) -> SearchResult:
-        report = progress or (lambda phase, done, total: None)
-        supernet = make_supernet(space)
-        losses = train_supernet(supernet, space, data, steps=budget.supernet_steps, lr=budget.lr,
-                                batch_size=budget.batch_size, device=budget.device,
-                                on_step=lambda step, loss: report("supernet", step, budget.supernet_steps))
-        evaluator = Evaluator(data, device=budget.device)
-        scores: dict[str, tuple[Genotype, float]] = {}
+    def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
+        report = progress or silent
+        supernet, trained = uniform_supernet(space, data, budget, report)
 
-        def estimate(genotype: Genotype) -> float:
-            key = genotype_key(genotype)
-            if key not in scores:
-                scores[key] = (genotype, evaluator.evaluate(supernet, genotype))
-            return scores[key][1]
+        def path(entry: dict) -> SupernetPath:
+            return SupernetPath(supernet, entry["genotype"])
 
-        current = space.reference()
-        log = [{"phase": "supernet", "steps": budget.supernet_steps, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}]
-        per_sweep = sum(len(space.block_choices(kind)) for kind, _ in space.blocks)
-        for sweep in range(budget.max_sweeps):
-            changed = []
-            for b, block in enumerate(space.blocks):
-                best = min(space.neighbours(current, block), key=estimate)
-                if estimate(best) < estimate(current):
-                    current = best
-                    changed.append(f"{block[0]} {block[1]}")
-                report(f"sweep {sweep + 1}", (b + 1) * per_sweep // len(space.blocks), per_sweep)
-            log.append({"phase": f"sweep {sweep + 1}", "changed_blocks": changed, "best": estimate(current),
-                        "evaluated": len(scores)})
-            if not changed:
-                break
-        ranked = sorted(scores.values(), key=lambda item: item[1])
-        return SearchResult([{"genotype": g, "estimated_dose_score": s} for g, s in ranked], log, supernet)
+        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
+                                     max_sweeps=budget.max_sweeps, report=report)
+        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": budget.supernet_steps,
+                  "evaluated_architectures": len(book.entries)}
+        return SearchResult(book.ranked(), path, [trained, *sweeps], counts, supernet)

@@ -1,0 +1,204 @@
+"""FP-NAS (Yan et al., CVPR 2021): a distribution over architectures, learnt PARSEC-style, coarse to fine.
+
+Each step draws M architectures from the distribution, runs the same batch through each with the shared
+supernet weights (the weights follow the mean gradient) and moves the distribution with importance-
+weighted gradients (PARSEC, Casale et al. 2019): sum_i w_i grad log p(a_i), with w_i = softmax(-loss_i / T)
+over the samples, the loss optionally plus ``cost_weight`` times the architecture's MACs relative to the
+reference architecture.
+
+Adaptive sampling: M follows the distribution's entropy, from ``max_samples`` (uniform distribution) down
+to ``min_samples``; ``adaptive: false`` keeps M fixed (the ablation). The budget is counted in forward
+passes (``supernet_steps`` of them, as one path per step costs the other strategies), so adaptive
+sampling spends it on many samples early and more steps late.
+
+Coarse to fine: first a factorised distribution (per block, independent categoricals over the resampling
+op, each slot's op and the residual switch); after ``joint_after`` of the budget, one categorical per block
+over all its choices, initialised to the product of the factors, so the marginals carry over unchanged.
+
+The ranking scores the distribution's most likely architecture and ``final_samples`` draws from it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dosepred.engine.trainer import masked_l1
+from dosepred.nas.cost import architecture_cost
+from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.space import SearchSpace, genotype_key
+from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.supernet import SupernetPath, make_supernet, training_batch
+from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.searched import Genotype
+
+
+def decisions(kind: str) -> dict[str, list[Any]]:
+    """A block's separate decisions and their options (the factors of the coarse distribution)."""
+    resample, table = ("down", DOWN_OPS) if kind == "encoder" else ("up", UP_OPS)
+    return {resample: list(table), "op0": list(SLOT_OPS), "op1": list(SLOT_OPS), "residual": [False, True]}
+
+
+def factor_values(block: dict[str, Any]) -> dict[str, Any]:
+    """A block choice as its decisions' values."""
+    resample = "down" if "down" in block else "up"
+    return {resample: block[resample], "op0": block["ops"][0], "op1": block["ops"][1], "residual": block["residual"]}
+
+
+class ArchitectureDistribution(nn.Module):
+    """Per block: factorised categoricals (coarse) or one categorical over the block's choices (joint)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        self.factors = nn.ModuleList(
+            nn.ParameterDict({name: nn.Parameter(torch.zeros(len(options))) for name, options in decisions(kind).items()})
+            for kind, _ in space.blocks)
+        self.joint: nn.ParameterList | None = None
+        self._option_index: dict[str, torch.Tensor] = {}
+
+    @property
+    def is_joint(self) -> bool:
+        return self.joint is not None
+
+    def block_log_probs(self, b: int) -> torch.Tensor:
+        """Log-probabilities of every choice of block ``b`` (in ``space.block_choices`` order)."""
+        if self.joint is not None:
+            return self.joint[b].log_softmax(dim=0)
+        kind = self.space.blocks[b][0]
+        option_index = self.option_index(kind)
+        return sum(self.factors[b][name].log_softmax(dim=0)[option_index[:, d]] for d, name in enumerate(decisions(kind)))
+
+    def option_index(self, kind: str) -> torch.Tensor:
+        """(choices, decisions): which option of each decision every block choice takes."""
+        if kind not in self._option_index:
+            options = decisions(kind)
+            self._option_index[kind] = torch.tensor(
+                [[options[name].index(value) for name, value in factor_values(choice).items()]
+                 for choice in self.space.block_choices(kind)])
+        return self._option_index[kind]
+
+    def to_joint(self) -> None:
+        """Switch to one categorical per block, equal to the product of the factors."""
+        with torch.no_grad():
+            logits = [self.block_log_probs(b).clone() for b in range(len(self.space.blocks))]
+        self.joint = nn.ParameterList(nn.Parameter(value) for value in logits)
+
+    def sample(self, rng: np.random.Generator) -> tuple[Genotype, torch.Tensor]:
+        """An architecture and its log-probability (differentiable in the distribution's parameters)."""
+        genotype: Genotype = {"encoder": [], "decoder": []}
+        log_prob = torch.zeros(())
+        for b, (kind, _) in enumerate(self.space.blocks):
+            logs = self.block_log_probs(b)
+            probabilities = logs.detach().exp().double().numpy()
+            index = int(rng.choice(len(probabilities), p=probabilities / probabilities.sum()))
+            genotype[kind].append(self.space.block_choices(kind)[index])
+            log_prob = log_prob + logs[index]
+        return genotype, log_prob
+
+    def mode(self) -> Genotype:
+        genotype: Genotype = {"encoder": [], "decoder": []}
+        for b, (kind, _) in enumerate(self.space.blocks):
+            genotype[kind].append(self.space.block_choices(kind)[int(self.block_log_probs(b).argmax())])
+        return genotype
+
+    def entropy(self) -> float:
+        with torch.no_grad():
+            return float(sum(-(logs.exp() * logs).sum() for logs in map(self.block_log_probs, range(len(self.space.blocks)))))
+
+    def max_entropy(self) -> float:
+        return sum(math.log(len(self.space.block_choices(kind))) for kind, _ in self.space.blocks)
+
+    def marginals(self, b: int) -> dict[str, torch.Tensor]:
+        """Block ``b``'s probability of each option of each decision."""
+        kind = self.space.blocks[b][0]
+        probabilities = self.block_log_probs(b).exp()
+        options = decisions(kind)
+        out = {name: torch.zeros(len(values)) for name, values in options.items()}
+        for choice, p in zip(self.space.block_choices(kind), probabilities):
+            for name, value in factor_values(choice).items():
+                out[name][options[name].index(value)] += p
+        return out
+
+
+def sample_count(entropy: float, max_entropy: float, *, low: int, high: int) -> int:
+    """How many architectures to draw: proportional to the normalised entropy, within [low, high]."""
+    return int(min(high, max(low, round(high * entropy / max_entropy))))
+
+
+@register_strategy
+class FPNAS(Strategy):
+    name = "fpnas"
+    options = {"max_samples": 8, "min_samples": 2, "adaptive": True, "fixed_samples": 4, "joint_after": 0.5,
+               "distribution_lr": 0.05, "temperature": 0.02, "cost_weight": 0.0, "final_samples": 200}
+
+    def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
+        report = progress or silent
+        supernet = make_supernet(space).to(budget.device)
+        distribution = ArchitectureDistribution(space)
+        log, counts = self.train(supernet, distribution, space, data, budget, report)
+
+        def path(entry: dict) -> SupernetPath:
+            return SupernetPath(supernet, entry["genotype"])
+
+        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        rng = np.random.default_rng([data.seed, 2])
+        with torch.no_grad():
+            candidates = [distribution.mode()] + [distribution.sample(rng)[0] for _ in range(self.settings["final_samples"])]
+        for done, genotype in enumerate(candidates):
+            book({"genotype": genotype})
+            report("scoring samples", done + 1, len(candidates))
+        log.append({"phase": "final", "mode": book({"genotype": candidates[0]}), "entropy": distribution.entropy()})
+        counts["evaluated_architectures"] = len(book.entries)
+        return SearchResult(book.ranked(), path, log, counts, supernet)
+
+    def train(self, supernet: nn.Module, distribution: ArchitectureDistribution, space: SearchSpace, data: SearchData,
+              budget: Budget, report: Progress) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        s = self.settings
+        weights = torch.optim.AdamW(supernet.parameters(), lr=budget.lr, weight_decay=1e-4)
+        new_distribution_optimizer = lambda: torch.optim.Adam(distribution.parameters(), lr=s["distribution_lr"])  # noqa: E731
+        distribution_optimizer = new_distribution_optimizer()
+        reference_macs = architecture_cost(space.reference(), space.channels, 8)["macs"]
+        rng = np.random.default_rng([data.seed, 1])
+        passes = step = 0
+        distinct: set[str] = set()
+        trace = []
+        supernet.train()
+        while passes < budget.supernet_steps:
+            if not distribution.is_joint and passes >= s["joint_after"] * budget.supernet_steps:
+                distribution.to_joint()
+                distribution_optimizer = new_distribution_optimizer()
+            entropy = distribution.entropy()
+            m = (sample_count(entropy, distribution.max_entropy(), low=s["min_samples"], high=s["max_samples"])
+                 if s["adaptive"] else s["fixed_samples"])
+            m = min(m, budget.supernet_steps - passes)
+            batch = training_batch(data, rng, step, budget.batch_size, budget.device)
+            for group in weights.param_groups:  # cosine decay over the forward-pass budget
+                group["lr"] = budget.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * passes / budget.supernet_steps)))
+            weights.zero_grad(set_to_none=True)
+            losses, log_probs = [], []
+            for _ in range(m):
+                genotype, log_prob = distribution.sample(rng)
+                distinct.add(genotype_key(genotype))
+                loss = masked_l1(supernet(batch["image"], genotype), batch["dose"], batch["possible_dose_mask"])
+                (loss / m).backward()
+                cost = architecture_cost(genotype, space.channels, 8)["macs"] / reference_macs
+                losses.append(float(loss.detach()) + s["cost_weight"] * cost)
+                log_probs.append(log_prob)
+            torch.nn.utils.clip_grad_norm_(supernet.parameters(), 1.0)
+            weights.step()
+            importance = torch.softmax(-torch.tensor(losses) / s["temperature"], dim=0)
+            distribution_optimizer.zero_grad(set_to_none=True)
+            (-(importance * torch.stack(log_probs)).sum()).backward()  # ascend the log marginal likelihood
+            distribution_optimizer.step()
+            passes += m
+            step += 1
+            trace.append({"step": step, "samples": m, "entropy": entropy})
+            report("fp-nas", passes, budget.supernet_steps)
+        log = [{"phase": "distribution", "steps": step, "forward_passes": passes, "adaptive": s["adaptive"],
+                "samples_per_step": [t["samples"] for t in trace], "entropy": [round(t["entropy"], 4) for t in trace]}]
+        return log, {"training_forward_passes": passes, "sampled_architectures": len(distinct)}

@@ -1,0 +1,241 @@
+"""GOLD-NAS (Bi et al., 2020) on the dose search space: one-level search with gradual pruning.
+
+The enlarged space: every block keeps any non-empty subset of its resampling ops and of each slot's ops
+(their outputs summed), and its residual switch; each op and each residual is scaled by a sigmoid gate.
+Weights and gates are optimised together on the same batches (one level). The resource term is the
+gate-weighted MACs of the ops still alive, relative to all ops' MACs; its coefficient mu grows by a factor
+(1 + ``mu_step``) after a pruning round that removed fewer than ``min_pruned`` ops and shrinks by it after
+one that reached the limit of ``max_pruned``. Every ``prune_every`` steps after the warm-up, ops whose gate
+is below ``threshold`` are pruned (at most ``max_pruned`` a round, weakest first; each slot and each
+resampling keeps at least one op). The architecture after every round that pruned something is a stable
+point, scored on the validation batch with its MACs: one search gives a (cost, quality) Pareto front.
+
+``pruning: hard`` is the ablation: the same objective without gradual pruning, then one hard pruning at
+the end to each slot's strongest op (and resampling), keeping residuals whose gate is above 0.5.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dosepred.engine.trainer import masked_l1
+from dosepred.nas.cost import architecture_cost, count_macs
+from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.space import SearchSpace, genotype_key
+from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.supernet import make_supernet, training_batch
+from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.searched import Gate, Genotype, UNetSpaceNet
+
+Part = str | int  # "resample", a slot index, or "residual"
+
+
+def parts(kind: str) -> dict[Part, list[str]]:
+    """The gated parts of a block and their candidate ops."""
+    return {"resample": list(DOWN_OPS if kind == "encoder" else UP_OPS), 0: list(SLOT_OPS), 1: list(SLOT_OPS),
+            "residual": ["residual"]}
+
+
+class GatedSupernet(nn.Module):
+    """The supernet, a gate per op, and which ops are still alive (the current enlarged architecture)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        self.supernet: UNetSpaceNet = make_supernet(space)
+        self.logits = nn.ParameterDict({self.key(kind, index, part): nn.Parameter(torch.zeros(len(names)))
+                                        for kind, index in space.blocks for part, names in parts(kind).items()})
+        self.alive = {self.key(kind, index, part): list(names) for kind, index in space.blocks
+                      for part, names in parts(kind).items()}
+
+    @staticmethod
+    def key(kind: str, index: int, part: Part) -> str:
+        return f"{kind}{index}_{part}"
+
+    def gate(self, kind: str, index: int, part: Part, name: str) -> torch.Tensor:
+        names = parts(kind)[part]
+        return torch.sigmoid(self.logits[self.key(kind, index, part)][names.index(name)])
+
+    def gates(self, kind: str, index: int) -> Gate:
+        return lambda part, name: self.gate(kind, index, part, name or "residual")
+
+    def architecture(self) -> Genotype:
+        """The alive ops as a genotype (lists where a part keeps several ops)."""
+        genotype: Genotype = {"encoder": [], "decoder": []}
+        for kind, index in self.space.blocks:
+            alive = {part: self.alive[self.key(kind, index, part)] for part in parts(kind)}
+            single = {part: names[0] if len(names) == 1 else names for part, names in alive.items()}
+            genotype[kind].append({"down" if kind == "encoder" else "up": single["resample"],
+                                   "ops": [single[0], single[1]], "residual": bool(alive["residual"])})
+        return genotype
+
+    def forward(self, x: torch.Tensor, genotype: Genotype | None = None) -> torch.Tensor:
+        return self.supernet(x, genotype or self.architecture(), gates=self.gates)
+
+    def op_macs(self, resolution: int) -> dict[str, np.ndarray]:
+        """MACs of every candidate op (one input of ``resolution``^3), per gated part."""
+        everything = self.architecture()
+        x = torch.zeros(1, self.supernet.stem[0].in_channels, *(resolution,) * 3,
+                        device=next(self.parameters()).device)
+        by_module = count_macs(self.supernet, lambda: self.supernet(x, everything))
+        macs = {key: np.zeros(len(names)) for key, names in self.alive.items()}
+        for name, value in by_module.items():
+            path = name.split(".")  # e.g. encoder.0.slots.1.se_conv3.conv.0 / decoder.2.resample.up_op...
+            if path[0] in ("encoder", "decoder") and path[2] in ("resample", "slots"):
+                kind, index = path[0], int(path[1])
+                part: Part = "resample" if path[2] == "resample" else int(path[3])
+                op = path[3] if path[2] == "resample" else path[4]
+                macs[self.key(kind, index, part)][parts(kind)[part].index(op)] += value
+        return macs
+
+    def prune(self, threshold: float, limit: int) -> list[str]:
+        """Remove up to ``limit`` alive ops whose gate is below ``threshold``, weakest first."""
+        weak = []
+        for key, names in self.alive.items():
+            candidates = parts_of(key)
+            gates = torch.sigmoid(self.logits[key].detach())
+            for name in names:
+                value = float(gates[candidates.index(name)])
+                if value < threshold:
+                    weak.append((value, key, name))
+        pruned = []
+        for _, key, name in sorted(weak):
+            if len(pruned) == limit:
+                break
+            if key.endswith("_residual") or len(self.alive[key]) > 1:
+                self.alive[key].remove(name)
+                pruned.append(f"{key}:{name}")
+        return pruned
+
+    def prune_hard(self) -> None:
+        """Keep each slot's and resampling's strongest op, and residuals whose gate is above 0.5."""
+        for key, names in self.alive.items():
+            gates = torch.sigmoid(self.logits[key].detach())
+            if key.endswith("_residual"):
+                self.alive[key] = names if float(gates[0]) > 0.5 else []
+            else:
+                candidates = parts_of(key)
+                self.alive[key] = [max(names, key=lambda name: float(gates[candidates.index(name)]))]
+
+
+def parts_of(key: str) -> list[str]:
+    """The candidate ops of a gated part, from its key."""
+    block, part = key.split("_", 1)
+    kind = "encoder" if block.startswith("encoder") else "decoder"
+    return parts(kind)[int(part) if part.isdigit() else part]
+
+
+class GatedPath(nn.Module):
+    """One (possibly enlarged) architecture run with the gated supernet's weights and gates."""
+
+    def __init__(self, gold: GatedSupernet, genotype: Genotype) -> None:
+        super().__init__()
+        self.gold, self.genotype = gold, genotype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gold(x, self.genotype)
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both MACs and estimated score, cheapest first."""
+    front, best = [], float("inf")
+    for point in sorted(points, key=lambda p: (p["macs"], p["estimated_dose_score"])):
+        if point["estimated_dose_score"] < best:
+            front.append(point)
+            best = point["estimated_dose_score"]
+    return front
+
+
+@register_strategy
+class GOLDNAS(Strategy):
+    name = "gold"
+    options = {"pruning": "gradual", "warmup_fraction": 0.3, "prune_every": 20, "threshold": 0.05, "min_pruned": 1,
+               "max_pruned": 4, "mu_start": 0.05, "mu_step": 0.5, "gate_lr": 0.05}
+
+    def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
+        report = progress or silent
+        s = self.settings
+        if s["pruning"] not in ("gradual", "hard"):
+            raise ValueError(f"gold pruning must be 'gradual' or 'hard', got {s['pruning']!r}")
+        gold = GatedSupernet(space).to(budget.device)
+        resolution = data.validation["image"].shape[-1]
+        macs = {key: torch.as_tensor(value, dtype=torch.float32, device=budget.device)
+                for key, value in gold.op_macs(resolution).items()}
+        total_macs = float(sum(value.sum() for value in macs.values()))
+        book = ScoreBook(Evaluator(data, device=budget.device), lambda entry: GatedPath(gold, entry["genotype"]))
+        stable: list[dict[str, Any]] = []
+
+        def record() -> None:
+            genotype = copy.deepcopy(gold.architecture())
+            entry = {"genotype": genotype}
+            book(entry)
+            stable.append({**entry, "estimated_dose_score": book(entry),
+                           **architecture_cost(genotype, space.channels, resolution)})
+
+        optimizer = torch.optim.AdamW([{"params": gold.supernet.parameters(), "lr": budget.lr, "weight_decay": 1e-4},
+                                       {"params": gold.logits.parameters(), "lr": s["gate_lr"], "weight_decay": 0.0}])
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, budget.supernet_steps),
+                                                              eta_min=budget.lr * 0.05)
+        warmup = int(s["warmup_fraction"] * budget.supernet_steps)
+        rng = np.random.default_rng([data.seed, 1])
+        mu, rounds, architectures = 0.0, [], {genotype_key(gold.architecture())}
+        gold.train()
+        for step in range(budget.supernet_steps):
+            if step == warmup:
+                mu = s["mu_start"]
+            batch = training_batch(data, rng, step, budget.batch_size, budget.device)
+            task = masked_l1(gold(batch["image"]), batch["dose"], batch["possible_dose_mask"])
+            cost = sum((torch.sigmoid(gold.logits[key]) * macs[key] * alive_mask(gold, key, macs[key])).sum()
+                       for key in macs) / total_macs
+            loss = task + mu * cost
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(gold.supernet.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            if s["pruning"] == "gradual" and step >= warmup and (step + 1 - warmup) % s["prune_every"] == 0:
+                pruned = gold.prune(s["threshold"], s["max_pruned"])
+                if len(pruned) < s["min_pruned"]:
+                    mu *= 1 + s["mu_step"]
+                elif len(pruned) == s["max_pruned"]:
+                    mu /= 1 + s["mu_step"]
+                rounds.append({"step": step + 1, "pruned": pruned, "mu": mu, "cost": float(cost.detach())})
+                if pruned:
+                    architectures.add(genotype_key(gold.architecture()))
+                    record()
+            report("gold-nas", step + 1, budget.supernet_steps)
+        if s["pruning"] == "hard":
+            gold.prune_hard()
+            architectures.add(genotype_key(gold.architecture()))
+        record()
+        front = pareto_front(stable)
+        log = [{"phase": "gates", "pruning": s["pruning"], "rounds": rounds, "final_mu": mu},
+               {"phase": "pareto", "front": [{"macs": p["macs"], "parameters": p["parameters"],
+                                              "estimated_dose_score": p["estimated_dose_score"]} for p in front]}]
+        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(architectures),
+                  "evaluated_architectures": len(book.entries)}
+        ranked = sorted(({"genotype": p["genotype"], "estimated_dose_score": p["estimated_dose_score"],
+                          "macs": p["macs"], "parameters": p["parameters"]} for p in stable),
+                        key=lambda entry: entry["estimated_dose_score"])
+        return SearchResult(dedupe(ranked), lambda entry: GatedPath(gold, entry["genotype"]), log, counts, gold)
+
+
+def alive_mask(gold: GatedSupernet, key: str, like: torch.Tensor) -> torch.Tensor:
+    names = parts_of(key)
+    return torch.tensor([name in gold.alive[key] for name in names], dtype=like.dtype, device=like.device)
+
+
+def dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first entry of each architecture (the list is sorted best first)."""
+    seen, out = set(), []
+    for entry in entries:
+        key = genotype_key(entry["genotype"])
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out

@@ -1,0 +1,41 @@
+"""Random search with weight sharing (Li & Talwalkar, 2019): the baseline every strategy must beat.
+
+The supernet is trained exactly as LE-NAS trains it (uniform path sampling); then architectures drawn
+uniformly from the space are scored with it. By default it scores as many as LE-NAS may at most
+(``max_sweeps`` full block-wise sweeps), so both spend the same evaluation budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.lenas import uniform_supernet
+from dosepred.nas.supernet import SupernetPath
+
+
+@register_strategy
+class RandomSearch(Strategy):
+    name = "random"
+    options = {"architectures": None}  # how many to score; None: as many as LE-NAS's max_sweeps allow
+
+    def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
+        report = progress or silent
+        supernet, trained = uniform_supernet(space, data, budget, report)
+
+        def path(entry: dict) -> SupernetPath:
+            return SupernetPath(supernet, entry["genotype"])
+
+        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
+                                                                           for kind, _ in space.blocks)
+        rng = np.random.default_rng([data.seed, 2])
+        for done in range(count):
+            book({"genotype": space.sample(rng)})
+            report("random architectures", done + 1, count)
+        log = [trained, {"phase": "random", "drawn": count, "best": book.ranked()[0]["estimated_dose_score"]}]
+        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": budget.supernet_steps,
+                  "evaluated_architectures": len(book.entries)}
+        return SearchResult(book.ranked(), path, log, counts, supernet)

@@ -1,0 +1,180 @@
+"""The search strategies' mechanisms on tiny inputs (K-shot, GOLD-NAS, FP-NAS, random) and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.engine.config import DEFAULTS
+from dosepred.nas.cost import architecture_cost
+from dosepred.nas.evaluator import SearchData
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.strategies import Budget, get_strategy, strategy_names
+from dosepred.nas.strategies.fpnas import ArchitectureDistribution, sample_count
+from dosepred.nas.strategies.kshot import KShotSupernet
+from dosepred.networks.searched import build_network
+
+runner = CliRunner()
+SPACE = SearchSpace((2, 4))
+BUDGET = Budget(supernet_steps=8, batch_size=1, max_sweeps=1)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_packs) -> SearchData:
+    config = {**DEFAULTS["data"], "train": str(tiny_packs / "train"), "validation": str(tiny_packs / "validation"),
+              "resolution": 16}
+    return SearchData.from_config(config, seed=0)
+
+
+@pytest.mark.parametrize("strategy", ["lenas", "random", "kshot", "gold", "fpnas"])
+def test_every_strategy_searches_from_the_cli(strategy: str, tiny_packs, tmp_path: Path) -> None:
+    run = tmp_path / strategy
+    options = {"random": ["search.options.architectures=12"], "fpnas": ["search.options.final_samples=6"],
+               "gold": ["search.options.prune_every=2", "search.options.threshold=0.6"]}.get(strategy, [])
+    result = runner.invoke(app, ["search", "--strategy", strategy, "-o", str(run),
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                 "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=6",
+                                 "search.max_sweeps=1", "search.teachers=2", "search.pool=4", *options])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads((run / "ranked.json").read_text())
+    scores = [entry["estimated_dose_score"] for entry in ranked]
+    assert len(ranked) >= 2 and scores == sorted(scores) and all(np.isfinite(scores))
+    counts = json.loads((run / "log.json").read_text())["counts"]
+    assert counts["training_forward_passes"] == 6 and counts["evaluated_architectures"] >= len(ranked)
+    teacher = json.loads((run / "teachers" / "teacher_1.json").read_text())
+    build_network(genotype=teacher["genotype"], channels=teacher["channels"])  # a buildable architecture
+
+
+def test_unknown_strategy_and_option_are_refused(tiny_packs, tmp_path: Path) -> None:
+    assert set(strategy_names()) == {"lenas", "random", "kshot", "gold", "fpnas"}
+    with pytest.raises(ValueError, match="has no option"):
+        get_strategy("kshot", kk=3)
+    result = runner.invoke(app, ["search", "--strategy", "nope", "-o", str(tmp_path / "x"),
+                                 f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}"])
+    assert result.exit_code == 2 and "unknown strategy 'nope'" in result.output
+
+
+def test_kshot_lambda_is_on_the_simplex_and_depends_on_the_architecture(data: SearchData) -> None:
+    torch.manual_seed(0)
+    result = get_strategy("kshot", k=3, warmup_fraction=0.25, simplex_lr=0.05).search(SPACE, data, BUDGET)
+    kshot: KShotSupernet = result.weights
+    rng = np.random.default_rng(0)
+    a, b = SPACE.sample(rng), SPACE.sample(rng)
+    while a == b:
+        b = SPACE.sample(rng)
+    la, lb = kshot.lambdas(a, 2), kshot.lambdas(b, 2)
+    for lam in (la, lb, kshot.lambdas(a, 0)):
+        assert lam.shape == (4, 3) and bool((lam >= 0).all())
+        torch.testing.assert_close(lam.sum(dim=1), torch.ones(4))
+    assert not torch.allclose(la, lb) and not torch.allclose(la, kshot.lambdas(a, 0))
+    # the path's weights are sum_k lambda_k W_k: a one-hot lambda runs replica k itself
+    x = torch.randn(1, 10, 16, 16, 16)
+    one_hot = torch.zeros(4, 3)
+    one_hot[:, 1] = 1
+    with torch.no_grad():
+        torch.testing.assert_close(kshot(x, a, 2, one_hot), kshot.replicas[1](x, a))
+    assert result.ranked[0]["channels"] in ([1, 2], [2, 3], [2, 4])
+
+
+def test_kshot_with_k_1_is_plain_weight_sharing(data: SearchData) -> None:
+    result = get_strategy("kshot", k=1, widths=[1.0]).search(SPACE, data, BUDGET)
+    assert torch.equal(result.weights.lambdas(SPACE.reference(), 0), torch.ones(4, 1))
+
+
+def test_gold_prunes_monotonically_and_the_cost_falls(data: SearchData) -> None:
+    torch.manual_seed(0)
+    strategy = get_strategy("gold", warmup_fraction=0.0, prune_every=1, threshold=0.6, max_pruned=3)
+    result = strategy.search(SPACE, data, Budget(supernet_steps=6, batch_size=1))
+    rounds = result.log[0]["rounds"]
+    assert sum(len(r["pruned"]) for r in rounds) > 0
+    pruned = [op for r in rounds for op in r["pruned"]]
+    assert len(pruned) == len(set(pruned))  # an op once pruned never comes back
+    front = result.log[1]["front"]
+    assert [p["macs"] for p in front] == sorted(p["macs"] for p in front)
+    assert [p["estimated_dose_score"] for p in front] == sorted((p["estimated_dose_score"] for p in front), reverse=True)
+    gold = result.weights
+    for key, names in gold.alive.items():
+        assert key.endswith("_residual") or len(names) >= 1  # every slot keeps an op
+    full = architecture_cost(gold_full_genotype(), SPACE.channels, 16)["macs"]
+    assert architecture_cost(gold.architecture(), SPACE.channels, 16)["macs"] < full
+
+
+def gold_full_genotype() -> dict:
+    from dosepred.nas.strategies.gold import GatedSupernet
+
+    return GatedSupernet(SPACE).architecture()
+
+
+def test_gold_hard_pruning_leaves_one_op_per_slot(data: SearchData) -> None:
+    result = get_strategy("gold", pruning="hard").search(SPACE, data, Budget(supernet_steps=3, batch_size=1))
+    genotype = result.ranked[0]["genotype"]
+    for kind in ("encoder", "decoder"):
+        for block in genotype[kind]:
+            assert all(isinstance(op, str) for op in block["ops"]) and isinstance(block["down" if kind == "encoder" else "up"], str)
+    assert result.log[0]["rounds"] == []
+
+
+def test_fpnas_sample_count_tracks_the_entropy() -> None:
+    distribution = ArchitectureDistribution(SPACE)
+    counts, entropies = [], []
+    for sharpness in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0):
+        with torch.no_grad():
+            for factors in distribution.factors:
+                for logits in factors.values():
+                    logits.copy_(sharpness * torch.linspace(0, 1, len(logits)))
+        entropies.append(distribution.entropy())
+        counts.append(sample_count(entropies[-1], distribution.max_entropy(), low=2, high=8))
+    assert entropies == sorted(entropies, reverse=True)
+    assert counts == sorted(counts, reverse=True) and counts[0] == 8 and counts[-1] == 2
+
+
+def test_fpnas_factorised_to_joint_keeps_the_marginals() -> None:
+    torch.manual_seed(0)
+    distribution = ArchitectureDistribution(SPACE)
+    with torch.no_grad():
+        for factors in distribution.factors:
+            for logits in factors.values():
+                logits.normal_()
+    before = [distribution.marginals(b) for b in range(len(SPACE.blocks))]
+    genotype, log_prob = distribution.sample(np.random.default_rng(0))
+    entropy = distribution.entropy()
+    distribution.to_joint()
+    assert distribution.is_joint
+    for b, marginals in enumerate(before):
+        for name, probabilities in distribution.marginals(b).items():
+            torch.testing.assert_close(probabilities, marginals[name])
+    assert abs(distribution.entropy() - entropy) < 1e-4
+    _, joint_log_prob = distribution.sample(np.random.default_rng(0))
+    torch.testing.assert_close(joint_log_prob.detach(), log_prob.detach())
+
+
+def test_fpnas_adaptive_sampling_spends_the_budget_in_forward_passes(data: SearchData) -> None:
+    result = get_strategy("fpnas", distribution_lr=0.5, final_samples=4).search(SPACE, data, Budget(supernet_steps=20, batch_size=1))
+    trace = result.log[0]
+    assert sum(trace["samples_per_step"]) == 20 == result.counts["training_forward_passes"]
+    fixed = get_strategy("fpnas", adaptive=False, fixed_samples=4, final_samples=4).search(SPACE, data, Budget(supernet_steps=20, batch_size=1))
+    assert fixed.log[0]["samples_per_step"] == [4] * 5
+
+
+def test_enlarged_genotypes_sum_their_ops() -> None:
+    genotype = SPACE.reference()
+    genotype["encoder"][0]["ops"] = [["conv3", "identity"], "se_conv3"]
+    genotype["decoder"][0]["up"] = ["transposed_conv", "trilinear_conv"]
+    network = build_network(genotype=genotype, channels=SPACE.channels)
+    assert network(torch.randn(1, 10, 8, 8, 8)).shape == (1, 1, 8, 8, 8)
+    genotype["encoder"][0]["ops"] = [[], "conv3"]
+    with pytest.raises(ValueError, match="encoder block 0: ops"):
+        build_network(genotype=genotype, channels=SPACE.channels)
+
+
+def test_cost_counts_parameters_and_scales_macs_with_the_volume() -> None:
+    genotype = SPACE.reference()
+    small, large = architecture_cost(genotype, SPACE.channels, 8), architecture_cost(genotype, SPACE.channels, 16)
+    assert large["macs"] == 8 * small["macs"] > 0
+    assert small["parameters"] == sum(p.numel() for p in build_network(genotype=genotype, channels=SPACE.channels).parameters())
