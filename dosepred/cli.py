@@ -172,7 +172,7 @@ def distill(
 @app.command()
 def search(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder for the search's results.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="Search strategy.")] = "lenas",
+    strategy: Annotated[str, typer.Option("--strategy", help="lenas, random, kshot, gold or fpnas (see the README).")] = "lenas",
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON search config.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as search.supernet_steps=500.")] = None,
     space_size: Annotated[bool, typer.Option("--space-size", help="Print the search space and its size, then stop.")] = False,
