@@ -50,6 +50,12 @@ def encode(space: SearchSpace, genotype: Genotype, width: int, widths: int) -> t
     return torch.cat(parts).float()
 
 
+def module_of(parameter: str) -> str:
+    """The module a parameter belongs to for lambda: stem, encoder.<i>, decoder.<i> or head."""
+    parts = parameter.split(".")
+    return parts[0] if parts[0] in ("stem", "head") else ".".join(parts[:2])
+
+
 class KShotSupernet(nn.Module):
     """K supernets and the simplex-net; ``forward(x, genotype, width, lambdas)`` runs one merged path."""
 
@@ -59,9 +65,7 @@ class KShotSupernet(nn.Module):
         self.replicas = nn.ModuleList(make_supernet(space) for _ in range(k))
         self.modules_in_order = ["stem", *(f"encoder.{i}" for i in range(space.depth)),
                                  *(f"decoder.{i}" for i in range(space.depth)), "head"]
-        self.group = {name: self.modules_in_order.index(name.split(".")[0] if name.split(".")[0] in ("stem", "head")
-                                                        else ".".join(name.split(".")[:2]))
-                      for name, _ in self.replicas[0].named_parameters()}
+        self.group = {name: self.modules_in_order.index(module_of(name)) for name, _ in self.replicas[0].named_parameters()}
         inputs = len(encode(space, space.reference(), 0, len(widths)))
         self.simplex = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, len(self.modules_in_order) * k))
         nn.init.zeros_(self.simplex[-1].weight)  # uniform lambda until the simplex-net has learnt something
