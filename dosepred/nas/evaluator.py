@@ -50,9 +50,11 @@ class Evaluator:
     @torch.inference_mode()
     def predict(self, network: nn.Module) -> torch.Tensor:
         """Predicted dose (Gy) of every validation patient, zero outside the mask."""
+        was_training = network.training
         network.eval()
         images = self.batch["image"]
         outputs = [network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+        network.train(was_training)
         return torch.cat(outputs).float().clamp(min=0) * REFERENCE_DOSE_GY * self.mask
 
     def score(self, prediction: torch.Tensor) -> float:

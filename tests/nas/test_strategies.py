@@ -16,7 +16,7 @@ from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
-from dosepred.nas.strategies.fpnas import ArchitectureDistribution, sample_count
+from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
 from dosepred.nas.strategies.kshot import KShotSupernet
 from dosepred.networks.searched import build_network
 
@@ -84,31 +84,46 @@ def test_kshot_lambda_is_on_the_simplex_and_depends_on_the_architecture(data: Se
 
 def test_kshot_with_k_1_is_plain_weight_sharing(data: SearchData) -> None:
     result = get_strategy("kshot", k=1, widths=[1.0]).search(SPACE, data, BUDGET)
-    assert torch.equal(result.weights.lambdas(SPACE.reference(), 0), torch.ones(4, 1))
+    assert result.log[0]["simplex_steps"] == 0 and result.log[0]["weight_steps"] == BUDGET.supernet_steps
+    assert len(result.weights.replicas) == 1
 
 
-def test_gold_prunes_monotonically_and_the_cost_falls(data: SearchData) -> None:
+def test_kshot_width_masking_runs_exactly_a_narrower_network() -> None:
+    """At width 0.5 no parameter of the upper half of any layer's channels may change the output."""
     torch.manual_seed(0)
-    strategy = get_strategy("gold", warmup_fraction=0.0, prune_every=1, threshold=0.6, max_pruned=3)
-    result = strategy.search(SPACE, data, Budget(supernet_steps=6, batch_size=1))
+    space = SearchSpace((4, 8, 8))
+    kshot = KShotSupernet(space, k=2, widths=[0.5, 1.0]).eval()
+    genotype = space.sample(np.random.default_rng(4))
+    genotype["encoder"][0]["ops"] = ["se_conv3", "sep_conv3"]
+    lambdas = torch.full((len(kshot.modules_in_order), 2), 0.5)
+    x = torch.randn(1, 10, 16, 16, 16)
+    with torch.no_grad():
+        half, full = kshot(x, genotype, 0, lambdas), kshot(x, genotype, 1, lambdas)
+        for parameter in kshot.replicas.parameters():
+            if parameter.ndim >= 1 and parameter.shape[0] > 1:
+                parameter[-(parameter.shape[0] // 2):] += 1.0
+        torch.testing.assert_close(kshot(x, genotype, 0, lambdas), half)
+        assert not torch.allclose(kshot(x, genotype, 1, lambdas), full)
+
+
+def test_gold_prunes_costly_ops_first_monotonically_and_the_cost_falls(data: SearchData) -> None:
+    torch.manual_seed(0)
+    strategy = get_strategy("gold", warmup_fraction=0.0, prune_every=1, threshold=0.4, max_pruned=3, mu_start=50.0,
+                            gate_lr=0.2)
+    result = strategy.search(SPACE, data, Budget(supernet_steps=8, batch_size=1))
     rounds = result.log[0]["rounds"]
-    assert sum(len(r["pruned"]) for r in rounds) > 0
     pruned = [op for r in rounds for op in r["pruned"]]
-    assert len(pruned) == len(set(pruned))  # an op once pruned never comes back
-    front = result.log[1]["front"]
-    assert [p["macs"] for p in front] == sorted(p["macs"] for p in front)
+    assert pruned and len(pruned) == len(set(pruned))  # an op once pruned never comes back
+    assert not any(op.endswith((":identity", ":residual", ":max_pool", ":avg_pool")) for op in pruned[:3])  # MACs-free ops survive the cost
+    for before, after in zip(rounds, rounds[1:]):  # mu rises after a round that pruned too little
+        if not after["pruned"]:
+            assert after["mu"] == pytest.approx(before["mu"] * 1.5)
+    points = result.log[1]["points"]
+    assert [p["macs"] for p in points] == sorted((p["macs"] for p in points), reverse=True) and len(points) > 1
+    front = result.log[2]["front"]
     assert [p["estimated_dose_score"] for p in front] == sorted((p["estimated_dose_score"] for p in front), reverse=True)
-    gold = result.weights
-    for key, names in gold.alive.items():
+    for key, names in result.weights.alive.items():
         assert key.endswith("_residual") or len(names) >= 1  # every slot keeps an op
-    full = architecture_cost(gold_full_genotype(), SPACE.channels, 16)["macs"]
-    assert architecture_cost(gold.architecture(), SPACE.channels, 16)["macs"] < full
-
-
-def gold_full_genotype() -> dict:
-    from dosepred.nas.strategies.gold import GatedSupernet
-
-    return GatedSupernet(SPACE).architecture()
 
 
 def test_gold_hard_pruning_leaves_one_op_per_slot(data: SearchData) -> None:
@@ -154,12 +169,33 @@ def test_fpnas_factorised_to_joint_keeps_the_marginals() -> None:
     torch.testing.assert_close(joint_log_prob.detach(), log_prob.detach())
 
 
-def test_fpnas_adaptive_sampling_spends_the_budget_in_forward_passes(data: SearchData) -> None:
+def test_fpnas_adaptive_sampling_follows_the_entropy_within_the_budget(data: SearchData) -> None:
     result = get_strategy("fpnas", distribution_lr=0.5, final_samples=4).search(SPACE, data, Budget(supernet_steps=20, batch_size=1))
     trace = result.log[0]
-    assert sum(trace["samples_per_step"]) == 20 == result.counts["training_forward_passes"]
+    max_entropy = ArchitectureDistribution(SPACE).max_entropy()
+    expected = [min(sample_count(h, max_entropy, low=2, high=8), 20 - sum(trace["samples_per_step"][:i]))
+                for i, h in enumerate(trace["entropy"])]
+    assert trace["samples_per_step"] == expected and sum(expected) == 20 == result.counts["training_forward_passes"]
     fixed = get_strategy("fpnas", adaptive=False, fixed_samples=4, final_samples=4).search(SPACE, data, Budget(supernet_steps=20, batch_size=1))
     assert fixed.log[0]["samples_per_step"] == [4] * 5
+
+
+def test_fpnas_moves_probability_towards_the_lower_loss() -> None:
+    distribution = ArchitectureDistribution(SPACE)
+    optimizer = torch.optim.Adam(distribution.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    (good, good_log_p), (bad, bad_log_p) = distribution.sample(rng), distribution.sample(rng)
+    assert good != bad
+    before = float((good_log_p - bad_log_p).detach())
+    distribution_step(optimizer, [good_log_p, bad_log_p], importance_weights([0.10, 0.20], temperature=0.02))
+    assert float(distribution.log_prob(good) - distribution.log_prob(bad)) > before
+
+
+@pytest.mark.parametrize("strategy", ["gold", "fpnas", "kshot"])
+def test_strategies_run_at_depth_3(strategy: str, data: SearchData) -> None:
+    options = {"fpnas": {"final_samples": 2, "cost_weight": 0.1}, "kshot": {"rescored": 1}}.get(strategy, {})
+    result = get_strategy(strategy, **options).search(SearchSpace((2, 2, 2, 2)), data, Budget(supernet_steps=2, batch_size=1, max_sweeps=1))
+    assert result.ranked and np.isfinite(result.ranked[0]["estimated_dose_score"])
 
 
 def test_enlarged_genotypes_sum_their_ops() -> None:

@@ -1,10 +1,10 @@
 """FP-NAS (Yan et al., CVPR 2021): a distribution over architectures, learnt PARSEC-style, coarse to fine.
 
-Each step draws M architectures from the distribution, runs the same batch through each with the shared
-supernet weights (the weights follow the mean gradient) and moves the distribution with importance-
-weighted gradients (PARSEC, Casale et al. 2019): sum_i w_i grad log p(a_i), with w_i = softmax(-loss_i / T)
-over the samples, the loss optionally plus ``cost_weight`` times the architecture's MACs relative to the
-reference architecture.
+Each step draws M architectures from the distribution and runs the same batch through each with the
+shared supernet weights. Importance weights w_i = softmax(-loss_i / T) over the samples (PARSEC, Casale et
+al. 2019) weight both updates: the supernet follows sum_i w_i grad loss_i and the distribution ascends
+sum_i w_i grad log p(a_i). With ``cost_weight`` > 0 a sample's loss gets the penalty
+cost_weight * max(0, MACs / reference MACs - ``cost_target``).
 
 Adaptive sampling: M follows the distribution's entropy, from ``max_samples`` (uniform distribution) down
 to ``min_samples``; ``adaptive: false`` keeps M fixed (the ablation). The budget is counted in forward
@@ -100,6 +100,10 @@ class ArchitectureDistribution(nn.Module):
             log_prob = log_prob + logs[index]
         return genotype, log_prob
 
+    def log_prob(self, genotype: Genotype) -> torch.Tensor:
+        return sum(self.block_log_probs(b)[self.space.block_choices(kind).index(genotype[kind][index])]
+                   for b, (kind, index) in enumerate(self.space.blocks))
+
     def mode(self) -> Genotype:
         genotype: Genotype = {"encoder": [], "decoder": []}
         for b, (kind, _) in enumerate(self.space.blocks):
@@ -130,11 +134,24 @@ def sample_count(entropy: float, max_entropy: float, *, low: int, high: int) -> 
     return int(min(high, max(low, round(high * entropy / max_entropy))))
 
 
+def importance_weights(losses: list[float], temperature: float) -> torch.Tensor:
+    """PARSEC's self-normalised importance weights: the likelihood exp(-loss / T), normalised over the samples."""
+    return torch.softmax(-torch.tensor(losses) / temperature, dim=0)
+
+
+def distribution_step(optimizer: torch.optim.Optimizer, log_probs: list[torch.Tensor], importance: torch.Tensor) -> None:
+    """Ascend sum_i w_i log p(a_i): probability moves towards the samples with the larger weights."""
+    optimizer.zero_grad(set_to_none=True)
+    (-(importance * torch.stack(log_probs)).sum()).backward()
+    optimizer.step()
+
+
 @register_strategy
 class FPNAS(Strategy):
     name = "fpnas"
     options = {"max_samples": 8, "min_samples": 2, "adaptive": True, "fixed_samples": 4, "joint_after": 0.5,
-               "distribution_lr": 0.05, "temperature": 0.02, "cost_weight": 0.0, "final_samples": 200}
+               "distribution_lr": 0.05, "temperature": 0.02, "cost_weight": 0.0, "cost_target": 1.0,
+               "final_samples": 200}
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
@@ -160,9 +177,9 @@ class FPNAS(Strategy):
               budget: Budget, report: Progress) -> tuple[list[dict[str, Any]], dict[str, int]]:
         s = self.settings
         weights = torch.optim.AdamW(supernet.parameters(), lr=budget.lr, weight_decay=1e-4)
-        new_distribution_optimizer = lambda: torch.optim.Adam(distribution.parameters(), lr=s["distribution_lr"])  # noqa: E731
-        distribution_optimizer = new_distribution_optimizer()
-        reference_macs = architecture_cost(space.reference(), space.channels, 8)["macs"]
+        distribution_optimizer = torch.optim.Adam(distribution.parameters(), lr=s["distribution_lr"])
+        resolution = data.validation["image"].shape[-1]
+        reference_macs = architecture_cost(space.reference(), space.channels, resolution)["macs"]
         rng = np.random.default_rng([data.seed, 1])
         passes = step = 0
         distinct: set[str] = set()
@@ -171,7 +188,7 @@ class FPNAS(Strategy):
         while passes < budget.supernet_steps:
             if not distribution.is_joint and passes >= s["joint_after"] * budget.supernet_steps:
                 distribution.to_joint()
-                distribution_optimizer = new_distribution_optimizer()
+                distribution_optimizer = torch.optim.Adam(distribution.joint.parameters(), lr=s["distribution_lr"])
             entropy = distribution.entropy()
             m = (sample_count(entropy, distribution.max_entropy(), low=s["min_samples"], high=s["max_samples"])
                  if s["adaptive"] else s["fixed_samples"])
@@ -179,22 +196,23 @@ class FPNAS(Strategy):
             batch = training_batch(data, rng, step, budget.batch_size, budget.device)
             for group in weights.param_groups:  # cosine decay over the forward-pass budget
                 group["lr"] = budget.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * passes / budget.supernet_steps)))
-            weights.zero_grad(set_to_none=True)
-            losses, log_probs = [], []
+            losses, penalised, log_probs = [], [], []
             for _ in range(m):
                 genotype, log_prob = distribution.sample(rng)
                 distinct.add(genotype_key(genotype))
-                loss = masked_l1(supernet(batch["image"], genotype), batch["dose"], batch["possible_dose_mask"])
-                (loss / m).backward()
-                cost = architecture_cost(genotype, space.channels, 8)["macs"] / reference_macs
-                losses.append(float(loss.detach()) + s["cost_weight"] * cost)
+                losses.append(masked_l1(supernet(batch["image"], genotype), batch["dose"], batch["possible_dose_mask"]))
+                penalty = 0.0
+                if s["cost_weight"]:
+                    relative = architecture_cost(genotype, space.channels, resolution)["macs"] / reference_macs
+                    penalty = s["cost_weight"] * max(0.0, relative - s["cost_target"])
+                penalised.append(float(losses[-1].detach()) + penalty)
                 log_probs.append(log_prob)
+            importance = importance_weights(penalised, s["temperature"]).to(budget.device)
+            weights.zero_grad(set_to_none=True)
+            (importance * torch.stack(losses)).sum().backward()
             torch.nn.utils.clip_grad_norm_(supernet.parameters(), 1.0)
             weights.step()
-            importance = torch.softmax(-torch.tensor(losses) / s["temperature"], dim=0)
-            distribution_optimizer.zero_grad(set_to_none=True)
-            (-(importance * torch.stack(log_probs)).sum()).backward()  # ascend the log marginal likelihood
-            distribution_optimizer.step()
+            distribution_step(distribution_optimizer, log_probs, importance.cpu())
             passes += m
             step += 1
             trace.append({"step": step, "samples": m, "entropy": entropy})

@@ -8,7 +8,8 @@ gate-weighted MACs of the ops still alive, relative to all ops' MACs; its coeffi
 one that reached the limit of ``max_pruned``. Every ``prune_every`` steps after the warm-up, ops whose gate
 is below ``threshold`` are pruned (at most ``max_pruned`` a round, weakest first; each slot and each
 resampling keeps at least one op). The architecture after every round that pruned something is a stable
-point, scored on the validation batch with its MACs: one search gives a (cost, quality) Pareto front.
+point; at the end every stable point is scored on the validation batch with the final weights and gates
+(as ``path`` runs it) and costed in MACs: one search gives a (cost, quality) Pareto front.
 
 ``pruning: hard`` is the ablation: the same objective without gradual pruning, then one hard pruning at
 the end to each slot's strongest op (and resampling), keeping residuals whose gate is above 0.5.
@@ -17,6 +18,7 @@ the end to each slot's strongest op (and resampling), keeping residuals whose ga
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -93,6 +95,11 @@ class GatedSupernet(nn.Module):
                 macs[self.key(kind, index, part)][parts(kind)[part].index(op)] += value
         return macs
 
+    def alive_masks(self) -> dict[str, torch.Tensor]:
+        """Per gated part: 1 for each alive op, 0 for each pruned one."""
+        return {key: torch.tensor([name in self.alive[key] for name in parts_of(key)], dtype=torch.float32,
+                                  device=self.logits[key].device) for key in self.alive}
+
     def prune(self, threshold: float, limit: int) -> list[str]:
         """Remove up to ``limit`` alive ops whose gate is below ``threshold``, weakest first."""
         weak = []
@@ -167,34 +174,26 @@ class GOLDNAS(Strategy):
         macs = {key: torch.as_tensor(value, dtype=torch.float32, device=budget.device)
                 for key, value in gold.op_macs(resolution).items()}
         total_macs = float(sum(value.sum() for value in macs.values()))
-        book = ScoreBook(Evaluator(data, device=budget.device), lambda entry: GatedPath(gold, entry["genotype"]))
-        stable: list[dict[str, Any]] = []
+        warmup = int(s["warmup_fraction"] * budget.supernet_steps)
 
-        def record() -> None:
-            genotype = copy.deepcopy(gold.architecture())
-            entry = {"genotype": genotype}
-            book(entry)
-            stable.append({**entry, "estimated_dose_score": book(entry),
-                           **architecture_cost(genotype, space.channels, resolution)})
+        def weight_factor(step: int) -> float:  # cosine decay of the weights' rate; the gates' rate stays
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(1, budget.supernet_steps)))
 
         optimizer = torch.optim.AdamW([{"params": gold.supernet.parameters(), "lr": budget.lr, "weight_decay": 1e-4},
                                        {"params": gold.logits.parameters(), "lr": s["gate_lr"], "weight_decay": 0.0}])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, budget.supernet_steps),
-                                                              eta_min=budget.lr * 0.05)
-        warmup = int(s["warmup_fraction"] * budget.supernet_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [weight_factor, lambda step: 1.0])
         rng = np.random.default_rng([data.seed, 1])
-        mu, rounds, architectures = 0.0, [], {genotype_key(gold.architecture())}
+        mu, rounds, stable = 0.0, [], []
+        alive = gold.alive_masks()
         gold.train()
         for step in range(budget.supernet_steps):
             if step == warmup:
                 mu = s["mu_start"]
             batch = training_batch(data, rng, step, budget.batch_size, budget.device)
             task = masked_l1(gold(batch["image"]), batch["dose"], batch["possible_dose_mask"])
-            cost = sum((torch.sigmoid(gold.logits[key]) * macs[key] * alive_mask(gold, key, macs[key])).sum()
-                       for key in macs) / total_macs
-            loss = task + mu * cost
+            cost = sum((torch.sigmoid(gold.logits[key]) * macs[key] * alive[key]).sum() for key in macs) / total_macs
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (task + mu * cost).backward()
             torch.nn.utils.clip_grad_norm_(gold.supernet.parameters(), 1.0)
             optimizer.step()
             schedule.step()
@@ -206,36 +205,29 @@ class GOLDNAS(Strategy):
                     mu /= 1 + s["mu_step"]
                 rounds.append({"step": step + 1, "pruned": pruned, "mu": mu, "cost": float(cost.detach())})
                 if pruned:
-                    architectures.add(genotype_key(gold.architecture()))
-                    record()
+                    alive = gold.alive_masks()
+                    stable.append(copy.deepcopy(gold.architecture()))
             report("gold-nas", step + 1, budget.supernet_steps)
         if s["pruning"] == "hard":
             gold.prune_hard()
-            architectures.add(genotype_key(gold.architecture()))
-        record()
-        front = pareto_front(stable)
+        if s["pruning"] == "hard" or not stable:  # the hard-pruned result, or the unpruned one if nothing was pruned
+            stable.append(copy.deepcopy(gold.architecture()))
+
+        # Every stable point is scored with the final weights and gates, as path() runs it.
+        def path(entry: dict[str, Any]) -> GatedPath:
+            return GatedPath(gold, entry["genotype"])
+
+        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        points = [{"genotype": genotype, "estimated_dose_score": book({"genotype": genotype}),
+                   **architecture_cost(genotype, space.channels, resolution)} for genotype in stable]
+        front = pareto_front(points)
         log = [{"phase": "gates", "pruning": s["pruning"], "rounds": rounds, "final_mu": mu},
-               {"phase": "pareto", "front": [{"macs": p["macs"], "parameters": p["parameters"],
-                                              "estimated_dose_score": p["estimated_dose_score"]} for p in front]}]
-        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(architectures),
+               {"phase": "stable points", "points": [{key: p[key] for key in ("macs", "parameters", "estimated_dose_score")}
+                                                     for p in points]},
+               {"phase": "pareto", "front": [{key: p[key] for key in ("macs", "parameters", "estimated_dose_score")}
+                                             for p in front]}]
+        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(stable),
                   "evaluated_architectures": len(book.entries)}
-        ranked = sorted(({"genotype": p["genotype"], "estimated_dose_score": p["estimated_dose_score"],
-                          "macs": p["macs"], "parameters": p["parameters"]} for p in stable),
-                        key=lambda entry: entry["estimated_dose_score"])
-        return SearchResult(dedupe(ranked), lambda entry: GatedPath(gold, entry["genotype"]), log, counts, gold)
-
-
-def alive_mask(gold: GatedSupernet, key: str, like: torch.Tensor) -> torch.Tensor:
-    names = parts_of(key)
-    return torch.tensor([name in gold.alive[key] for name in names], dtype=like.dtype, device=like.device)
-
-
-def dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first entry of each architecture (the list is sorted best first)."""
-    seen, out = set(), []
-    for entry in entries:
-        key = genotype_key(entry["genotype"])
-        if key not in seen:
-            seen.add(key)
-            out.append(entry)
-    return out
+        unique = {genotype_key(point["genotype"]): point for point in points}.values()
+        ranked = sorted(unique, key=lambda point: point["estimated_dose_score"])
+        return SearchResult(ranked, path, log, counts, gold)

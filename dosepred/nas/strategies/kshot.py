@@ -2,15 +2,18 @@
 
 K supernets (K copies of every operation's weights) form a dictionary. A small simplex-net maps an
 architecture's encoding (its block choices and its width) to a convex code per module (stem, each block,
-head): lambda in the simplex, by softmax. The path runs with the weights sum_k lambda_k W_k. After a
-warm-up with uniform lambda, the supernets (lambda fixed) and the simplex-net (weights fixed) are trained
-in alternate steps, on different batches and architectures, so the number of forward passes equals the
-other strategies' ``supernet_steps``. K = 1 is plain weight sharing (the ablation).
+head): lambda in the simplex, by softmax. The path runs with the weights sum_k lambda_k W_k. During the
+warm-up lambda is drawn uniformly from the simplex (Dirichlet(1, ..., 1)), so every copy learns; then the
+supernets (lambda from the simplex-net, fixed) and the simplex-net (weights fixed) are trained in
+alternate steps, on different batches and architectures, so the number of forward passes equals the other
+strategies' ``supernet_steps``. K = 1 is plain weight sharing (the ablation).
 
-Widths: a ratio r keeps the first ceil(r * C) channels of every block's output and zeroes the rest (the
-slimmable way); the stand-alone network of that ratio has ceil(r * C) channels per level. The search is
-LE-NAS's block-wise search at full width on the lambda-merged weights; the best architectures found are
-then scored at every width, so the ranking lists each (architecture, width) it scored.
+Widths: a ratio r keeps the first ceil(r * C) channels of every layer's output and zeroes the rest (the
+slimmable way), so the masked path computes exactly a network with ceil(r * C) channels per layer. The
+search is LE-NAS's block-wise search at full width on the lambda-merged weights; the ``rescored`` best
+architectures are then scored at every width, so the ranking lists each (architecture, width) it scored.
+Widths are ranked by score alone (no resource constraint), so narrower ones rarely come first; their
+estimates show what width costs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch.func import functional_call
 from dosepred.engine.trainer import masked_l1
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
-from dosepred.nas.space import SearchSpace
+from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import make_supernet, training_batch
 from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
@@ -71,13 +74,13 @@ class KShotSupernet(nn.Module):
         nn.init.zeros_(self.simplex[-1].weight)  # uniform lambda until the simplex-net has learnt something
         nn.init.zeros_(self.simplex[-1].bias)
         self.ratio = 1.0
-        template = self.replicas[0]
-        for module in [template.stem, *template.encoder, *template.decoder]:
-            module.register_forward_hook(self._keep_width)
+        for module in self.replicas[0].modules():
+            if not list(module.children()):  # every layer: conv, norm, activation, pooling, ...
+                module.register_forward_hook(self._keep_width)
 
     def _keep_width(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         keep = max(1, math.ceil(self.ratio * output.shape[1]))
-        if keep == output.shape[1]:
+        if output.ndim != 5 or keep == output.shape[1]:
             return output
         mask = torch.zeros(output.shape[1], device=output.device, dtype=output.dtype)
         mask[:keep] = 1
@@ -122,7 +125,7 @@ class KShotNAS(Strategy):
         if not widths or widths[-1] != 1.0 or widths[0] <= 0:
             raise ValueError(f"kshot widths must be ratios in (0, 1] that include 1.0, got {self.settings['widths']}")
         kshot = KShotSupernet(space, k=int(self.settings["k"]), widths=widths).to(budget.device)
-        log = self.train(kshot, space, data, budget, report)
+        log, counts = self.train(kshot, space, data, budget, report)
 
         full = len(widths) - 1
         by_channels = {tuple(width_channels(space, ratio)): index for index, ratio in enumerate(widths)}
@@ -134,20 +137,18 @@ class KShotNAS(Strategy):
             return KShotPath(kshot, entry["genotype"], by_channels[channels])
 
         book = ScoreBook(Evaluator(data, device=budget.device), path)
-        with torch.no_grad():
-            _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
-                                         max_sweeps=budget.max_sweeps, report=report)
-            for entry in book.ranked()[: self.settings["rescored"]]:
-                for index in range(full):
-                    book({"genotype": entry["genotype"], "channels": width_channels(space, widths[index])})
+        _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
+                                     max_sweeps=budget.max_sweeps, report=report)
+        for entry in book.ranked()[: self.settings["rescored"]]:
+            for index in range(full):
+                book({"genotype": entry["genotype"], "channels": width_channels(space, widths[index])})
         ranked = [{**entry, "channels": entry.get("channels", list(space.channels))} for entry in book.ranked()]
-        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": budget.supernet_steps,
-                  "evaluated_architectures": len(book.entries)}
+        counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(ranked, path, [*log, *sweeps], counts, kshot)
 
     def train(self, kshot: KShotSupernet, space: SearchSpace, data: SearchData, budget: Budget,
-              report: Progress) -> list[dict[str, Any]]:
-        """Warm-up with uniform lambda, then alternate supernet and simplex-net steps."""
+              report: Progress) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Warm-up with lambda drawn uniformly from the simplex, then alternate supernet and simplex-net steps."""
         warmup = int(self.settings["warmup_fraction"] * budget.supernet_steps)
 
         def trains_simplex(step: int) -> bool:
@@ -157,16 +158,18 @@ class KShotNAS(Strategy):
         weights = torch.optim.AdamW(kshot.replicas.parameters(), lr=budget.lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=max(1, weight_steps), eta_min=budget.lr * 0.05)
         simplex = torch.optim.Adam(kshot.simplex.parameters(), lr=self.settings["simplex_lr"])
-        uniform = torch.full((len(kshot.modules_in_order), kshot.k), 1.0 / kshot.k, device=budget.device)
+        simplex_uniform = torch.distributions.Dirichlet(torch.ones(len(kshot.modules_in_order), kshot.k))
         rng = np.random.default_rng([data.seed, 1])
         kshot.train()
         losses: dict[str, list[float]] = {"supernets": [], "simplex": []}
+        drawn: set[str] = set()
         for step in range(budget.supernet_steps):
             batch = training_batch(data, rng, step, budget.batch_size, budget.device)
             genotype, width = space.sample(rng), int(rng.integers(len(kshot.widths)))
+            drawn.add(genotype_key({"genotype": genotype, "width": width}))
             simplex_step = trains_simplex(step)
             if step < warmup or kshot.k == 1:
-                lambdas = uniform
+                lambdas = simplex_uniform.sample().to(budget.device)
             else:
                 lambdas = kshot.lambdas(genotype, width)
                 lambdas = lambdas if simplex_step else lambdas.detach()
@@ -182,5 +185,7 @@ class KShotNAS(Strategy):
             losses["simplex" if simplex_step else "supernets"].append(float(loss.detach()))
             report("k-shot supernets", step + 1, budget.supernet_steps)
         kshot.zero_grad(set_to_none=True)
-        return [{"phase": "supernets", "k": kshot.k, "widths": kshot.widths, "warmup_steps": warmup, "steps": budget.supernet_steps,
-                 **{f"final_{name}_loss": sum(v[-20:]) / len(v[-20:]) for name, v in losses.items() if v}}]
+        log = [{"phase": "supernets", "k": kshot.k, "widths": kshot.widths, "warmup_steps": warmup,
+                "weight_steps": weight_steps, "simplex_steps": budget.supernet_steps - weight_steps,
+                **{f"final_{name}_loss": sum(v[-20:]) / len(v[-20:]) for name, v in losses.items() if v}}]
+        return log, {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(drawn)}

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
-from dosepred.nas.space import SearchSpace
+from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import SupernetPath, make_supernet, train_supernet
-from dosepred.networks.searched import UNetSpaceNet
+from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 
 def uniform_supernet(space: SearchSpace, data: SearchData, budget: Budget,
-                     report: Progress) -> tuple[UNetSpaceNet, dict[str, Any]]:
-    """A supernet trained with one uniformly sampled path per step, and its log entry."""
+                     report: Progress) -> tuple[UNetSpaceNet, dict[str, Any], dict[str, int]]:
+    """A supernet trained with one uniformly sampled path per step, its log entry and its counts."""
     supernet = make_supernet(space)
+    drawn: set[str] = set()
+
+    def sampler(rng: np.random.Generator) -> Genotype:
+        genotype = space.sample(rng)
+        drawn.add(genotype_key(genotype))
+        return genotype
+
     losses = train_supernet(supernet, space, data, steps=budget.supernet_steps, lr=budget.lr,
-                            batch_size=budget.batch_size, device=budget.device,
+                            batch_size=budget.batch_size, device=budget.device, sampler=sampler,
                             on_step=lambda step, loss: report("supernet", step, budget.supernet_steps))
-    return supernet, {"phase": "supernet", "steps": budget.supernet_steps,
-                      "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+    log = {"phase": "supernet", "steps": budget.supernet_steps, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+    return supernet, log, {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(drawn)}
 
 
 @register_strategy
@@ -29,7 +38,7 @@ class LENAS(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        supernet, trained = uniform_supernet(space, data, budget, report)
+        supernet, trained, counts = uniform_supernet(space, data, budget, report)
 
         def path(entry: dict) -> SupernetPath:
             return SupernetPath(supernet, entry["genotype"])
@@ -37,6 +46,5 @@ class LENAS(Strategy):
         book = ScoreBook(Evaluator(data, device=budget.device), path)
         _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
                                      max_sweeps=budget.max_sweeps, report=report)
-        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": budget.supernet_steps,
-                  "evaluated_architectures": len(book.entries)}
+        counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(book.ranked(), path, [trained, *sweeps], counts, supernet)

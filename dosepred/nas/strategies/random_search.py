@@ -23,7 +23,7 @@ class RandomSearch(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        supernet, trained = uniform_supernet(space, data, budget, report)
+        supernet, trained, counts = uniform_supernet(space, data, budget, report)
 
         def path(entry: dict) -> SupernetPath:
             return SupernetPath(supernet, entry["genotype"])
@@ -36,6 +36,5 @@ class RandomSearch(Strategy):
             book({"genotype": space.sample(rng)})
             report("random architectures", done + 1, count)
         log = [trained, {"phase": "random", "drawn": count, "best": book.ranked()[0]["estimated_dose_score"]}]
-        counts = {"training_forward_passes": budget.supernet_steps, "sampled_architectures": budget.supernet_steps,
-                  "evaluated_architectures": len(book.entries)}
+        counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(book.ranked(), path, log, counts, supernet)
