@@ -37,7 +37,7 @@ def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
 def test_display_controls_redraw_without_error(monkeypatch) -> None:
     at = run(monkeypatch)
     at.sidebar.selectbox[0].set_value("bone")
-    at.sidebar.radio[1].set_value("% of 70 Gy")
+    next(radio for radio in at.sidebar.radio if radio.label == "Isodose lines").set_value("% of 70 Gy")
     at.slider[0].set_value(20)
     at.run()
     assert not at.exception and len(at.get("image")) == 3
@@ -71,5 +71,6 @@ def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_
 
 
 def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
+    monkeypatch.setenv("DOSEPRED_MODEL", "unet-baseline-cpu64")
     at = run(monkeypatch)
     assert not [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]

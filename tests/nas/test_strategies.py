@@ -188,7 +188,7 @@ def test_fpnas_moves_probability_towards_the_lower_loss() -> None:
     assert good != bad
     before = float((good_log_p - bad_log_p).detach())
     distribution_step(optimizer, [good_log_p, bad_log_p], importance_weights([0.10, 0.20], temperature=0.02))
-    assert float(distribution.log_prob(good) - distribution.log_prob(bad)) > before
+    assert float((distribution.log_prob(good) - distribution.log_prob(bad)).detach()) > before
 
 
 @pytest.mark.parametrize("strategy", ["gold", "fpnas", "kshot"])
