@@ -29,6 +29,11 @@ class SupernetPath(nn.Module):
         return self.supernet(x, self.genotype)
 
 
+def paths_of(supernet: UNetSpaceNet) -> Callable[[dict], SupernetPath]:
+    """``SearchResult.path`` for a plain supernet: an entry's genotype run with the supernet's weights."""
+    return lambda entry: SupernetPath(supernet, entry["genotype"])
+
+
 def training_batch(data: SearchData, rng: np.random.Generator, step: int, batch_size: int,
                    device: torch.device) -> dict[str, torch.Tensor]:
     """A random augmented batch of the training patients; the augmentation depends on (seed, step) only."""

@@ -32,7 +32,7 @@ from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import SupernetPath, make_supernet, training_batch
+from dosepred.nas.supernet import make_supernet, paths_of, training_batch
 from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
 from dosepred.networks.searched import Genotype
 
@@ -159,9 +159,7 @@ class FPNAS(Strategy):
         distribution = ArchitectureDistribution(space)
         log, counts = self.train(supernet, distribution, space, data, budget, report)
 
-        def path(entry: dict) -> SupernetPath:
-            return SupernetPath(supernet, entry["genotype"])
-
+        path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
         rng = np.random.default_rng([data.seed, 2])
         with torch.no_grad():

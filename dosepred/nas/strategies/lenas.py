@@ -10,7 +10,7 @@ from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import SupernetPath, make_supernet, train_supernet
+from dosepred.nas.supernet import make_supernet, paths_of, train_supernet
 from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 
@@ -40,9 +40,7 @@ class LENAS(Strategy):
         report = progress or silent
         supernet, trained, counts = uniform_supernet(space, data, budget, report)
 
-        def path(entry: dict) -> SupernetPath:
-            return SupernetPath(supernet, entry["genotype"])
-
+        path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
         _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
                                      max_sweeps=budget.max_sweeps, report=report)

@@ -13,7 +13,7 @@ from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.strategies.lenas import uniform_supernet
-from dosepred.nas.supernet import SupernetPath
+from dosepred.nas.supernet import paths_of
 
 
 @register_strategy
@@ -25,9 +25,7 @@ class RandomSearch(Strategy):
         report = progress or silent
         supernet, trained, counts = uniform_supernet(space, data, budget, report)
 
-        def path(entry: dict) -> SupernetPath:
-            return SupernetPath(supernet, entry["genotype"])
-
+        path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
         count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
                                                                            for kind, _ in space.blocks)
