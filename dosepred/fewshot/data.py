@@ -1,0 +1,139 @@
+"""Few-shot data: 2D axial CT patches around each structure, scikit-learn's digits, and the episode sampler.
+
+A patch set is plain arrays (images, labels, class names, group = patient), so both datasets share one sampler.
+The CT split keeps fine-grained pairs (LeftParotid / RightParotid) among the novel classes, and patches keep
+their orientation: no mirroring anywhere, since a left-right flip would turn one parotid into the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data_prep import sources
+
+#: Meta-training classes (taken from training patients) and novel classes (evaluated on validation patients).
+CT_BASE: tuple[str, ...] = ("Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70")
+CT_NOVEL: tuple[str, ...] = ("LeftParotid", "RightParotid", "Esophagus", "Larynx", "PTV63")
+DIGITS_BASE: tuple[str, ...] = ("0", "1", "2", "3", "4")
+DIGITS_NOVEL: tuple[str, ...] = ("5", "6", "7", "8", "9")
+#: CT window in HU mapped to [0, 1]: soft tissue and bone stay apart, air (and padding) is 0.
+HU_WINDOW: tuple[float, float] = (-400.0, 600.0)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PatchSet:
+    """Images (N, 1, H, W) in [0, 1], integer labels into ``classes``, and the source (patient) of each."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    groups: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.labels == i).sum()) for i, name in enumerate(self.classes)}
+
+
+def ct_patches(source: Path, classes: Sequence[str], *, size: int = 32, slices: int = 4,
+               progress: Progress | None = None) -> PatchSet:
+    """Axial CT patches centred on each structure's in-slice mask centroid.
+
+    For each patient and each contoured class, ``slices`` axial slices are taken at evenly spaced quantiles of
+    the structure's superior-inferior extent (so a patch set covers each organ from top to bottom).
+
+    Raises:
+        PatientDataError: ``source`` holds no readable patient.
+    """
+    paths = sources.find_patients(source)
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[str] = []
+    for done, path in enumerate(paths, start=1):
+        patient = sources.read_patient(path)
+        ct = np.clip((patient.ct - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0)
+        for label, roi in enumerate(classes):
+            mask = patient.structures.get(roi)
+            if mask is None:
+                continue
+            present = np.flatnonzero(mask.any(axis=(0, 1)))
+            picks = np.unique(present[((np.arange(slices) + 0.5) / slices * len(present)).astype(int)])
+            for k in picks:
+                rows, cols = np.nonzero(mask[:, :, k])
+                images.append(_crop(ct[:, :, k], round(rows.mean()), round(cols.mean()), size))
+                labels.append(label)
+                groups.append(patient.id)
+        if progress is not None:
+            progress("patches", done, len(paths))
+    return PatchSet(torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels), tuple(classes), tuple(groups))
+
+
+def _crop(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """A size x size window centred on (row, col); outside the image is air (0)."""
+    padded = np.pad(image, size, constant_values=0.0)
+    top, left = row + size - size // 2, col + size - size // 2
+    return np.ascontiguousarray(padded[top:top + size, left:left + size], dtype=np.float32)
+
+
+def digits_patches(classes: Sequence[str], *, size: int = 32) -> PatchSet:
+    """scikit-learn's bundled 8x8 digits of the given classes, scaled to [0, 1] and resized to size x size."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    wanted = {int(name): label for label, name in enumerate(classes)}
+    keep = np.isin(digits.target, list(wanted))
+    images = torch.from_numpy(digits.images[keep] / 16.0).float()[:, None]
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    labels = torch.tensor([wanted[int(t)] for t in digits.target[keep]])
+    return PatchSet(images, labels, tuple(classes), tuple(f"digit_{i}" for i in np.flatnonzero(keep)))
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices into a patch set; episode label i means class ``classes[i]``; support is ordered way by way."""
+
+    classes: torch.Tensor
+    support: torch.Tensor
+    query: torch.Tensor
+
+    @property
+    def support_labels(self) -> torch.Tensor:
+        return torch.arange(len(self.classes)).repeat_interleave(len(self.support) // len(self.classes))
+
+    @property
+    def query_labels(self) -> torch.Tensor:
+        return torch.arange(len(self.classes)).repeat_interleave(len(self.query) // len(self.classes))
+
+
+class EpisodeSampler:
+    """N-way K-shot episodes: N classes drawn at random, then K support and Q query items per class, disjoint."""
+
+    def __init__(self, labels: torch.Tensor, *, ways: int, shots: int, queries: int, seed: int = 0) -> None:
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
+        eligible = [c for c, items in enumerate(self.by_class) if len(items) >= shots + queries]
+        if ways < 2 or shots < 1 or queries < 1:
+            raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 (got {ways}, {shots}, {queries})")
+        if len(eligible) < ways:
+            raise ValueError(f"{ways}-way {shots}-shot episodes with {queries} queries need {ways} classes with at "
+                             f"least {shots + queries} items; only {len(eligible)} have them")
+        self.eligible = torch.tensor(eligible)
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> Episode:
+        chosen = self.eligible[torch.randperm(len(self.eligible), generator=self.generator)[: self.ways]]
+        support, query = [], []
+        for c in chosen.tolist():
+            items = self.by_class[c][torch.randperm(len(self.by_class[c]), generator=self.generator)]
+            support.append(items[: self.shots])
+            query.append(items[self.shots: self.shots + self.queries])
+        return Episode(chosen, torch.cat(support), torch.cat(query))

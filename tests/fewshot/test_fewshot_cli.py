@@ -1,0 +1,71 @@
+"""dosepred fewshot train | eval end to end on tiny budgets, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from tests.conftest import SAMPLE, requires_openkbp
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digit_models(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    root = tmp_path_factory.mktemp("fewshot")
+    for method in ("protonet", "learned"):
+        result = runner.invoke(app, ["fewshot", "train", "-o", str(root / method), "--data", "digits", "--method", method,
+                                     "--steps", "3", "--shots", "2", "--queries", "3", "--patch-size", "16"])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_fewshot_cli_train_and_eval_digits(digit_models, tmp_path) -> None:
+    assert (digit_models / "learned" / "generator.safetensors").is_file()
+    assert not (digit_models / "protonet" / "generator.safetensors").exists()
+    config = json.loads((digit_models / "learned" / "config.json").read_text())
+    assert config["data"]["classes"] == ["0", "1", "2", "3", "4"] and config["train"]["steps"] == 3
+    out = tmp_path / "table.json"
+    result = runner.invoke(app, ["fewshot", "eval", str(digit_models / "protonet"), str(digit_models / "learned"),
+                                 "--data", "digits", "--episodes", "20", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5-way 1-shot" in result.output and "5-way 5-shot" in result.output
+    table = json.loads(out.read_text())
+    assert table["classes"] == ["5", "6", "7", "8", "9"] and [r["method"] for r in table["rows"]] == ["protonet", "learned"]
+    for row in table["rows"]:
+        for setting in ("5-way 1-shot", "5-way 5-shot"):
+            assert 0.2 < row[setting]["mean"] <= 1.0 and 0 < row[setting]["ci95"] < 0.2 and row[setting]["episodes"] == 20
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train", "-o", "{tmp}/x", "--method", "mixup", "--data", "digits"], "unknown method"),
+    (["train", "-o", "{tmp}/x", "--data", "ct", "--patients", "{tmp}/nowhere"], "nowhere"),
+    (["train", "-o", "{tmp}/x", "--data", "digits", "--ways", "6"], "only 5 have them"),
+    (["train", "-o", "{tmp}/x", "--data", "digits", "--patch-size", "20"], "multiple of 16"),
+    (["eval", "{tmp}", "--data", "digits"], "not a few-shot model folder"),
+    (["eval", "{models}/protonet", "--data", "digits", "--shots", "0"], "--shots >= 1"),
+    (["eval", "{models}/protonet", "--data", "ct"], "trained on digits"),
+])
+def test_fewshot_cli_errors(digit_models, tmp_path, arguments: list[str], message: str) -> None:
+    arguments = [a.format(tmp=tmp_path, models=digit_models) for a in arguments]
+    result = runner.invoke(app, ["fewshot", *arguments])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+@requires_openkbp
+def test_fewshot_cli_on_the_sample_patients(tmp_path) -> None:
+    model = tmp_path / "ct"
+    result = runner.invoke(app, ["fewshot", "train", "-o", str(model), "--patients", str(SAMPLE / "train-pats"),
+                                 "--method", "random", "--steps", "2", "--ways", "3", "--shots", "1", "--queries", "2"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((model / "config.json").read_text())
+    assert config["data"]["classes"] == ["Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70"]
+    result = runner.invoke(app, ["fewshot", "eval", str(model), "--patients", str(SAMPLE / "validation-pats"),
+                                 "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10"])
+    assert result.exit_code == 0, result.output
+    assert "3-way 1-shot" in result.output
