@@ -1,0 +1,80 @@
+"""Train a BLC detector on slices, save it (safetensors + JSON) and load it back."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dosepred.detection.data import SliceSet, network_input
+from dosepred.detection.detector import BLCDetector
+from dosepred.detection.embeddings import load_embeddings
+from dosepred.detection.network import DetectorConfig
+
+Progress = Callable[[str, int, int], None]
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 2000, batch_size: int = 8,
+                   learning_rate: float = 1e-3, warmup: int = 100, seed: int = 0, log_every: int = 50,
+                   progress: Progress | None = None) -> tuple[BLCDetector, list[dict[str, float]]]:
+    """AdamW with linear warm-up then cosine decay, random batches of slices; returns the detector and its loss log."""
+    torch.manual_seed(seed)
+    classes, background = load_embeddings()
+    detector = BLCDetector(config, classes, background)
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    batches = torch.Generator().manual_seed(seed)
+    log, running, start = [], {}, time.perf_counter()
+    detector.train()
+    for step in range(1, steps + 1):
+        chosen = torch.randint(len(slices), (batch_size,), generator=batches)
+        losses = detector.losses(network_input(slices.images[chosen]),
+                                 [(slices.boxes[i], slices.labels[i]) for i in chosen.tolist()])
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(detector.parameters(), 10.0)
+        optimizer.step()
+        schedule.step()
+        for name, value in losses.items():
+            running[name] = running.get(name, 0.0) + value.item() / log_every
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "seconds": round(time.perf_counter() - start, 1),
+                        **{name: round(value, 5) for name, value in running.items()}})
+            running = {}
+        if progress:
+            progress("training", step, steps)
+    return detector.eval(), log
+
+
+def save_detector(detector: BLCDetector, folder: Path, training: dict | None = None) -> None:
+    """Write weights and config to ``folder`` all at once: a half-written model never replaces a good one."""
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({name: tensor.contiguous() for name, tensor in detector.state_dict().items()}, str(staging / WEIGHTS))
+    (staging / CONFIG).write_text(json.dumps({"detector": detector.config.to_dict(), "training": training or {}}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def load_detector(folder: Path) -> BLCDetector:
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{folder} is not a detector folder ({WEIGHTS} and {CONFIG} expected)")
+    config = DetectorConfig.from_dict(json.loads((folder / CONFIG).read_text())["detector"])
+    weights = load_file(str(folder / WEIGHTS))
+    detector = BLCDetector(config, weights["class_embeddings"], weights["background"])
+    detector.load_state_dict(weights)
+    return detector.eval()

@@ -1,0 +1,44 @@
+"""`dosepred detect train | eval | embed` on the OpenKBP sample patients, and their errors on bad input."""
+
+import json
+
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from tests.conftest import SAMPLE, requires_openkbp
+
+runner = CliRunner()
+
+
+@requires_openkbp
+def test_detect_cli_trains_and_evaluates_on_real_slices(tmp_path):
+    model = tmp_path / "detector"
+    trained = runner.invoke(app, ["detect", "train", "-o", str(model), "--data", str(SAMPLE / "train-pats"),
+                                  "--steps", "2", "--batch-size", "2", "--slice-step", "8"])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((model / "config.json").read_text())["training"]["steps"] == 2
+    assert len(json.loads((model / "log.json").read_text())) == 1
+    evaluated = runner.invoke(app, ["detect", "eval", str(model), "--data", str(SAMPLE / "validation-pats"),
+                                    "--slice-step", "16", "--json", str(tmp_path / "metrics.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())[str(model)]
+    assert metrics["zsd"]["slices"] > 0 and metrics["gzsd"]["slices"] >= metrics["zsd"]["slices"]
+    values = [metrics["zsd"][f"recall@100_iou{iou}"] for iou in (0.4, 0.5, 0.6)]
+    assert all(0 <= value <= 1 for value in values) and values == sorted(values, reverse=True)
+    assert set(metrics["zsd"]["ap@0.5"]) == {"LeftParotid", "Larynx", "PTV63"}
+
+
+def test_detect_cli_rejects_bad_input(tmp_path):
+    missing = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "--data", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    assert not (tmp_path / "m").exists()
+    steps = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "--steps", "0"])
+    assert steps.exit_code == 2 and "at least 1" in steps.output
+    not_a_model = runner.invoke(app, ["detect", "eval", str(tmp_path)])
+    assert not_a_model.exit_code == 2 and "not a detector folder" in not_a_model.output
+
+
+def test_detect_cli_embed_writes_the_embeddings(tmp_path):
+    result = runner.invoke(app, ["detect", "embed", "-o", str(tmp_path / "e.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "e.safetensors").stat().st_size > 10 * 384 * 4
