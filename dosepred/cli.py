@@ -536,6 +536,8 @@ def fewshot_train(
     queries: Annotated[int, typer.Option("--queries", help="Query images per class.")] = 10,
     contrastive_weight: Annotated[float, typer.Option("--contrastive-weight", help="Weight of the InfoNCE loss.")] = 0.5,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Inner SGD step of the learned views' meta-loop.")] = 0.01,
+    view_strength: Annotated[float, typer.Option("--view-strength", help="Scale every view bound (rotation 20°, "
+                                                 "scale 1.2, shift 15%, gain 0.2, bias 0.1, noise 0.05).")] = 1.0,
     patch_size: Annotated[int, typer.Option("--patch-size", help="Patch side in voxels (pixels for digits).")] = 32,
     slices: Annotated[int, typer.Option("--slices", help="Axial slices per structure and patient.")] = 4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -544,16 +546,18 @@ def fewshot_train(
     """Meta-train an encoder on episodes of the base classes; the run folder is a model folder for 'fewshot eval'."""
     from dosepred.fewshot import data as fewshot_data
     from dosepred.fewshot.train import FewShotConfig, save_model, train as train_fewshot
+    from dosepred.fewshot.views import ViewFamily
 
     if patch_size < 16 or patch_size % 16:
         raise _fail(f"--patch-size must be a multiple of 16 (the encoder halves it four times), got {patch_size}")
     try:
         config = FewShotConfig(method=method, steps=steps, ways=ways, shots=shots, queries=queries,
-                               contrastive_weight=contrastive_weight, inner_lr=inner_lr, seed=seed)
+                               contrastive_weight=contrastive_weight, inner_lr=inner_lr, seed=seed,
+                               views=ViewFamily().scaled(view_strength))
     except ValueError as error:
         raise _fail(str(error)) from None
-    if steps < 1:
-        raise _fail(f"--steps must be at least 1, got {steps}")
+    if steps < 1 or view_strength < 0:
+        raise _fail(f"--steps must be at least 1 and --view-strength at least 0, got {steps} and {view_strength}")
     if threads:
         import torch
 

@@ -46,7 +46,7 @@ class FewShotConfig:
     depth: int = 4
     contrastive_weight: float = 0.5
     temperature: float = 0.2
-    inner_lr: float = 0.05
+    inner_lr: float = 0.01
     generator_lr: float = 1e-3
     seed: int = 0
     log_every: int = 50

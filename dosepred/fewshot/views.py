@@ -28,6 +28,11 @@ class ViewFamily:
     bias: float = 0.1
     noise: float = 0.05
 
+    def scaled(self, strength: float) -> ViewFamily:
+        """Every bound times ``strength`` (the scale bound in log space): 0 is the identity view."""
+        return ViewFamily(self.rotation_deg * strength, self.scale ** strength, self.shift * strength,
+                          self.gain * strength, self.bias * strength, self.noise * strength)
+
 
 def apply_views(images: torch.Tensor, params: torch.Tensor, family: ViewFamily = ViewFamily(), *,
                 generator: torch.Generator | None = None) -> torch.Tensor:

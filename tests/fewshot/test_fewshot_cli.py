@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
+from dosepred.fewshot.data import CT_BASE
 from tests.conftest import SAMPLE, requires_openkbp
 
 runner = CliRunner()
@@ -69,3 +71,17 @@ def test_fewshot_cli_on_the_sample_patients(tmp_path) -> None:
                                  "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10"])
     assert result.exit_code == 0, result.output
     assert "3-way 1-shot" in result.output
+
+
+@pytest.mark.parametrize("variant, method", [("protonet", "protonet"), ("random-views", "random"),
+                                             ("learned-views", "learned")])
+def test_fewshot_shipped_models_load(variant: str, method: str) -> None:
+    import torch
+
+    from dosepred.fewshot.train import load_encoder
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "fewshot-ct" / variant
+    encoder, config = load_encoder(folder)
+    assert config["train"]["method"] == method and config["data"]["classes"] == list(CT_BASE)
+    assert encoder(torch.zeros(2, 1, 32, 32)).shape == (2, 128)
+    assert (folder / "generator.safetensors").is_file() == (method == "learned")

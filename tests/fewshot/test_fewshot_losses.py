@@ -57,3 +57,11 @@ def test_fewshot_random_views_stay_in_bounds() -> None:
     gain = torch.zeros(4, 7)
     gain[:, 4], gain[:, 6] = 1.0, -1.0
     assert torch.allclose(apply_views(images, gain, ViewFamily(gain=0.2))[..., 6:10, 6:10], torch.full((4, 1, 4, 4), 0.6))
+
+
+def test_fewshot_view_strength_zero_is_the_identity() -> None:
+    images = torch.rand(3, 1, 16, 16)
+    params = random_params(3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(apply_views(images, params, ViewFamily().scaled(0.0)), images, atol=1e-5)
+    assert not torch.allclose(apply_views(images, params, ViewFamily().scaled(0.5)), images, atol=1e-2)
+    assert ViewFamily().scaled(0.5).scale == pytest.approx(1.2 ** 0.5)
