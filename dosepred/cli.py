@@ -530,7 +530,7 @@ def fewshot_train(
                                               "scikit-learn digits 0-4.")] = FewShotData.ct,
     patients: Annotated[Path | None, typer.Option("--patients", help="Training patients for --data ct "
                                                   "[default: data/pack/train].")] = None,
-    steps: Annotated[int, typer.Option("--steps", help="Training episodes.")] = 1500,
+    steps: Annotated[int, typer.Option("--steps", help="Training episodes.")] = 1000,
     ways: Annotated[int, typer.Option("--ways", help="Classes per training episode.")] = 5,
     shots: Annotated[int, typer.Option("--shots", help="Support images per class.")] = 5,
     queries: Annotated[int, typer.Option("--queries", help="Query images per class.")] = 10,

@@ -37,7 +37,7 @@ class FewShotConfig:
     """Training settings; every run folder keeps them in config.json."""
 
     method: str = "learned"
-    steps: int = 1500
+    steps: int = 1000
     ways: int = 5
     shots: int = 5
     queries: int = 10
