@@ -8,8 +8,8 @@ import torch
 from data_prep.patient import ROIS
 from dosepred.detection import embeddings
 from dosepred.detection.data import SEEN, UNSEEN, class_index, network_input
-from dosepred.detection.detector import BLCDetector
-from dosepred.detection.metrics import Detections, average_precision, harmonic_mean, recall_at
+from dosepred.detection.detector import BLCDetector, Detections
+from dosepred.detection.metrics import average_precision, harmonic_mean, recall_at
 from dosepred.detection.network import DetectorConfig, cosine_logits
 from dosepred.detection.targets import IGNORE, assign, sample
 from dosepred.detection.training import load_detector, save_detector
