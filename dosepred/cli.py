@@ -420,8 +420,7 @@ def detect_train(
     training = {"data": str(data), "slices": len(slices), "slice_step": slice_step, "steps": steps,
                 "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                 "threads": torch.get_num_threads(), "minutes": round(log[-1]["seconds"] / 60, 1)}
-    save_detector(detector, output, training)
-    (output / "log.json").write_text(json.dumps(log, indent=1) + "\n")
+    save_detector(detector, output, training, log)
     console.print(f"trained on {len(slices)} slices for {steps} steps in {training['minutes']} min; model in {output}")
 
 

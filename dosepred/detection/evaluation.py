@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from data_prep.patient import ROIS
-from dosepred.detection.data import SEEN, UNSEEN, SliceSet, class_index, network_input
+from dosepred.detection.data import SEEN, UNSEEN, Progress, SliceSet, class_index, network_input
 from dosepred.detection.detector import BLCDetector, Detections
 from dosepred.detection.metrics import average_precision, harmonic_mean, recall_at
 
-Progress = Callable[[str, int, int], None]
 RECALL_IOUS = (0.4, 0.5, 0.6)
 
 
@@ -29,7 +26,7 @@ def detect_slices(detector: BLCDetector, slices: SliceSet, rows: list[int], clas
 def evaluate_detector(detector: BLCDetector, slices: SliceSet, *, progress: Progress | None = None) -> dict:
     """ZSD on the slices showing an unseen structure (Recall@100 at each IoU, mAP@0.5); GZSD on every slice."""
     unseen, seen = class_index(UNSEEN), class_index(SEEN)
-    truth = [(boxes, labels) for boxes, labels in zip(slices.boxes, slices.labels, strict=True)]
+    truth = list(zip(slices.boxes, slices.labels, strict=True))
     zsd_rows = [row for row, labels in enumerate(slices.labels) if torch.isin(labels, unseen).any()]
     zsd = detect_slices(detector, slices, zsd_rows, unseen, phase="ZSD", progress=progress)
     zsd_truth = [truth[row] for row in zsd_rows]

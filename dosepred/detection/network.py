@@ -43,8 +43,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DetectorConfig:
-        known = {field.name: field.type for field in fields(cls)}
-        unknown = set(values) - set(known)
+        unknown = set(values) - {field.name for field in fields(cls)}
         if unknown:
             raise ValueError(f"unknown detector setting(s) {sorted(unknown)}")
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})

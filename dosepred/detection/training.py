@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from dosepred.detection.data import SliceSet, network_input
+from data_prep.files import atomic_folder
+from dosepred.detection.data import Progress, SliceSet, network_input
 from dosepred.detection.detector import BLCDetector
 from dosepred.detection.embeddings import load_embeddings
 from dosepred.detection.network import DetectorConfig
 
-Progress = Callable[[str, int, int], None]
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "log.json"
 
 
-def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 2000, batch_size: int = 8,
+def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 1200, batch_size: int = 8,
                    learning_rate: float = 1e-3, warmup: int = 100, seed: int = 0, log_every: int = 50,
                    progress: Progress | None = None) -> tuple[BLCDetector, list[dict[str, float]]]:
     """AdamW with linear warm-up then cosine decay, random batches of slices; returns the detector and its loss log."""
@@ -57,16 +55,14 @@ def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 200
     return detector.eval(), log
 
 
-def save_detector(detector: BLCDetector, folder: Path, training: dict | None = None) -> None:
-    """Write weights and config to ``folder`` all at once: a half-written model never replaces a good one."""
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({name: tensor.contiguous() for name, tensor in detector.state_dict().items()}, str(staging / WEIGHTS))
-    (staging / CONFIG).write_text(json.dumps({"detector": detector.config.to_dict(), "training": training or {}}, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+def save_detector(detector: BLCDetector, folder: Path, training: dict | None = None,
+                  log: list[dict[str, float]] | None = None) -> None:
+    """Write weights, config (settings + training record) and loss log to ``folder``, all at once."""
+    with atomic_folder(folder) as staging:
+        save_file({name: tensor.contiguous() for name, tensor in detector.state_dict().items()}, str(staging / WEIGHTS))
+        (staging / CONFIG).write_text(json.dumps({"detector": detector.config.to_dict(), "training": training or {}},
+                                                 indent=2) + "\n")
+        (staging / LOG).write_text(json.dumps(log or [], indent=1) + "\n")
 
 
 def load_detector(folder: Path) -> BLCDetector:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
+from data_prep.files import atomic_folder
 from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
@@ -157,14 +158,15 @@ def _learned_step(model: ContrastiveModel, generator: ViewGenerator, generator_o
 
 def save_model(result: TrainResult, config: FewShotConfig, folder: Path, *, data: dict[str, Any]) -> None:
     """model.safetensors (encoder), generator.safetensors (learned views only), config.json, log.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.model.encoder.state_dict().items()}, folder / "model.safetensors")
-    if result.generator is not None:
-        save_file({k: v.contiguous() for k, v in result.generator.state_dict().items()}, folder / "generator.safetensors")
     content = {"encoder": {"channels": config.channels, "depth": config.depth}, "data": data,
                "train": asdict(config), "training_seconds": round(result.seconds, 1)}
-    (folder / "config.json").write_text(json.dumps(content, indent=2) + "\n")
-    (folder / "log.json").write_text(json.dumps(result.log, indent=1) + "\n")
+    with atomic_folder(folder) as staging:  # a half-written model never replaces a good one
+        save_file({k: v.contiguous() for k, v in result.model.encoder.state_dict().items()}, staging / "model.safetensors")
+        if result.generator is not None:
+            save_file({k: v.contiguous() for k, v in result.generator.state_dict().items()},
+                      staging / "generator.safetensors")
+        (staging / "config.json").write_text(json.dumps(content, indent=2) + "\n")
+        (staging / "log.json").write_text(json.dumps(result.log, indent=1) + "\n")
 
 
 def load_encoder(folder: Path) -> tuple[ConvEncoder, dict[str, Any]]:
