@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dosepred.fewshot.data import EpisodeSampler, PatchSet
+from dosepred.fewshot.data import EpisodeSampler, PatchSet, Progress
 from dosepred.fewshot.losses import prototypes, proto_logits
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,12 @@ from torch import nn
 from torch.func import functional_call
 
 from data_prep.files import atomic_folder
-from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet
+from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet, Progress
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
 from dosepred.fewshot.views import ViewFamily, apply_views, random_params
 
 METHODS: tuple[str, ...] = ("protonet", "random", "learned")
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
