@@ -157,7 +157,7 @@ def score_with_dosepred(reference_folders: list[Path], prediction_folder: Path) 
     scorer = OpenKBPScorer()
     for folder in reference_folders:
         patient = openkbp_csv.read_patient(folder)
-        predicted = read_dose_file(prediction_folder / f"{folder.name}.csv", patient.shape)
+        predicted = read_dose_file(prediction_folder / f"{folder.name}.csv", patient.shape, patient.spacing)
         scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
                    possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
     return scorer.evaluation.dose_score, scorer.evaluation.dvh_score

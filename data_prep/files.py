@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def _create_beside(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """A new hidden sibling of ``path``, made by ``create`` (which must fail if the name exists).
+
+    Unlike mkstemp/mkdtemp (always 0600/0700), the file or folder gets the mode the umask gives a
+    normal one, so outputs are as shareable as any other file the user writes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):  # random names: a clash is already unlikely once
+        # The pid in the name lets a later run remove what a killed process left (remove_stale).
+        candidate = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+        with contextlib.suppress(FileExistsError):
+            create(candidate)
+            return candidate
+    raise FileExistsError(f"{path.parent}: no free temporary name beside {path.name}")
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -17,11 +39,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     The temporary name ends with the same extensions (``.nii.gz``), for writers that go by them.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
+    tmp = _create_beside(path, ".tmp" + "".join(path.suffixes), _new_file)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -32,8 +52,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _create_beside(path, ".tmp", lambda candidate: candidate.mkdir(0o777))
     try:
         yield tmp
         if path.exists():
@@ -41,3 +60,42 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Names of the temporaries above and of ``temporary_folder``: the owner's pid, then a random part.
+_TEMPORARY = re.compile(r"^(?:\..+\.|dosepred-)(\d+)-[0-9a-z_]+(?:\.tmp.*)?$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders that processes no longer running (killed by SIGKILL, a power
+    cut) left in ``folder``; returns what was removed. Other processes' live temporaries are kept."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            match = _TEMPORARY.match(entry.name)
+            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_folder() -> Iterator[Path]:
+    """A private folder in the system's temporary space, removed afterwards; one that a killed earlier run
+    left behind is removed first."""
+    remove_stale(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=f"dosepred-{os.getpid()}-") as tmp:
+        yield Path(tmp)

@@ -8,7 +8,8 @@ these axes first, whatever its own orientation, so what a viewer shows as left s
 
 Folder layout: ``ct``, ``possible_dose_mask``, ``dose`` (optional) and one file per contoured ROI,
 named as in ``data_prep.patient.ROIS``, each ``.nii.gz`` (or, when reading, any extension SimpleITK
-opens: ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...). CT in HU, dose in Gy, masks 0/1.
+opens: ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...). CT in HU, dose in Gy, masks 0/1. Every file of a
+folder must lie on the CT's grid: same spacing, orientation and position (affine).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import numpy as np
 
 from data_prep.errors import PatientDataError
 from data_prep.files import atomic_folder
-from data_prep.patient import ROIS, Patient
+from data_prep.patient import ROIS, Patient, check_grid
 
 AXIS_CODES = ("P", "L", "I")
 NIFTI_SUFFIX = ".nii.gz"
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: Two volumes lie on one grid when their affines agree this closely (mm); headers store float32, which
+#: keeps positions of a few hundred mm to about 1e-5 mm.
+FRAME_TOLERANCE_MM = 1e-3
 
 
 def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
@@ -48,11 +52,14 @@ def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: 
     nib.save(image, path)
 
 
-def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an image (NIfTI via nibabel, other formats via SimpleITK), reoriented to axes P, L, I.
 
+    The header is checked first (3D, a grid within ``check_grid``, numeric voxels), so no voxel is
+    read from an image that cannot be a patient volume.
+
     Returns:
-        The voxel array and its spacing in mm.
+        The voxel array and its RAS+ affine (mm) on those axes.
     """
     try:
         if path.name.endswith((".nii", ".nii.gz")):
@@ -60,30 +67,64 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
         return _read_with_simpleitk(path)
     except PatientDataError:
         raise
-    except Exception as error:  # nibabel and SimpleITK raise many types for a corrupt file
-        raise PatientDataError(path, f"cannot read image ({type(error).__name__}: {error})") from None
+    except Exception as error:  # nibabel and SimpleITK raise many types; their messages may quote the file
+        problem = f"cannot read image: corrupt, truncated or not an image ({type(error).__name__})"
+        raise PatientDataError(path, problem) from None
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """The voxel spacing (mm) of an affine, along its voxel axes."""
+    return _mm(nib.affines.voxel_sizes(affine))
+
+
+def check_same_frame(path: Path, affine: np.ndarray, reference: np.ndarray, whose: str) -> None:
+    """Raise unless ``affine`` puts the voxels where ``reference`` does: same spacing, orientation, position."""
+    spacing, expected = spacing_of(affine), spacing_of(reference)
+    if not np.allclose(spacing, expected, rtol=0, atol=FRAME_TOLERANCE_MM):
+        raise PatientDataError(path, f"voxel spacing {spacing} mm differs from {whose} {expected} mm")
+    if not np.allclose(affine, reference, rtol=0, atol=FRAME_TOLERANCE_MM):
+        raise PatientDataError(path, f"orientation or position in space (affine) differs from {whose}: "
+                               "the volumes would not line up")
+
+
+def _check_voxel_type(dtype: np.dtype, path: Path) -> None:
+    if dtype.kind not in "biuf":
+        raise PatientDataError(path, "voxels must be single real numbers (not colour, complex or other types)")
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(path)
     if len(image.shape) != 3:
-        raise PatientDataError(path, f"expected a 3D image, got shape {image.shape}")
+        raise PatientDataError(path, f"expected a 3D image, got a {len(image.shape)}D one")
+    check_grid(image.shape, path)
+    _check_voxel_type(image.get_data_dtype(), path)
     to_canonical = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(image.affine), nib.orientations.axcodes2ornt(AXIS_CODES)
     )
     image = image.as_reoriented(to_canonical)
-    return np.asanyarray(image.dataobj), _mm(nib.affines.voxel_sizes(image.affine))
+    return np.asanyarray(image.dataobj), image.affine
 
 
-def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
-    if image.GetDimension() != 3:
-        raise PatientDataError(path, f"expected a 3D image, got {image.GetDimension()}D")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetDimension() != 3:
+        raise PatientDataError(path, f"expected a 3D image, got a {reader.GetDimension()}D one")
+    check_grid(reader.GetSize(), path)
+    if reader.GetNumberOfComponents() != 1:
+        raise PatientDataError(path, "voxels must be single real numbers (not colour, complex or other types)")
     # SimpleITK arrays are indexed (z, y, x): orient the image axes to I, L, P so the array is P, L, I.
-    image = sitk.DICOMOrient(image, "".join(reversed(AXIS_CODES)))
-    return sitk.GetArrayFromImage(image), _mm(tuple(reversed(image.GetSpacing())))
+    image = sitk.DICOMOrient(reader.Execute(), "".join(reversed(AXIS_CODES)))
+    array = sitk.GetArrayFromImage(image)
+    _check_voxel_type(array.dtype, path)
+    # World (LPS) = origin + direction @ (spacing * (x, y, z)), and array index (i, j, k) is (z, y, x).
+    steps = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = steps[:, ::-1], image.GetOrigin()
+    return array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 def _mm(spacing: tuple[float, ...] | np.ndarray) -> tuple[float, float, float]:
@@ -111,24 +152,25 @@ def read_patient(folder: str | Path) -> Patient:
     if not folder.is_dir():
         raise PatientDataError(folder, "not a folder")
     volumes: dict[str, np.ndarray] = {}
-    spacing: tuple[float, float, float] | None = None
+    ct_frame: np.ndarray | None = None
     for stem in ("ct", "possible_dose_mask", "dose", *ROIS):
         path = find_image(folder, stem)
         if path is None:
             if stem in ("ct", "possible_dose_mask"):
                 raise PatientDataError(folder, f"missing {stem}{NIFTI_SUFFIX} (or another image format)")
             continue
-        volumes[stem], this_spacing = read_volume(path)
-        if spacing is not None and not np.allclose(this_spacing, spacing, rtol=1e-4):
-            raise PatientDataError(path, f"voxel spacing {this_spacing} differs from the CT's {spacing}")
-        spacing = spacing or this_spacing
-    assert spacing is not None
+        volumes[stem], frame = read_volume(path)
+        if ct_frame is None:
+            ct_frame = frame
+        else:
+            check_same_frame(path, frame, ct_frame, "the CT's")
+    assert ct_frame is not None
     return Patient(
         id=folder.name,
         ct=volumes["ct"],
         structures={roi: volumes[roi] for roi in ROIS if roi in volumes},
         possible_dose_mask=volumes["possible_dose_mask"],
-        spacing=spacing,
+        spacing=spacing_of(ct_frame),
         dose=volumes.get("dose"),
         source=str(folder),
     )

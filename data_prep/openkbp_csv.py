@@ -18,59 +18,77 @@ from data_prep.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_d
 
 HEADER = b",data"
 REQUIRED_FILES = ("ct.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
+KNOWN_FILES = (*REQUIRED_FILES, "dose.csv", *(f"{roi}.csv" for roi in ROIS))
+#: A row is at most ~30 bytes ("2097151,-1000.1234567e+300"): a file longer than this many bytes per
+#: voxel holds more rows than the grid has voxels, and is refused before it is parsed.
+MAX_ROW_BYTES = 64
+MAX_SPACING_BYTES = 1024
 
 
 def read_sparse(path: Path, *, values: bool, n_voxels: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Read one sparse CSV into (indices, values); values is None for a mask file.
 
+    Messages say what was expected and where, never what the file holds (it may not be a CSV at all).
+
     Raises:
-        PatientDataError: wrong header, garbled or truncated rows, indices out of range or repeated,
-            non-finite values.
+        PatientDataError: wrong header, too large, garbled or truncated rows, indices out of range or
+            repeated, non-finite values, mask values other than empty or 1.
     """
-    header, ends_cleanly = _header_and_ending(path)
+    header, size, ends_cleanly = _header_size_and_ending(path)
     if header.strip() != HEADER:
-        raise PatientDataError(path, f"wrong header {header[:40]!r}, expected {HEADER.decode()!r}")
+        raise PatientDataError(path, f"wrong header: the first line must be {HEADER.decode()!r}")
+    if size > len(header) + MAX_ROW_BYTES * n_voxels:
+        raise PatientDataError(path, f"too large for a grid of {n_voxels} voxels (one row per voxel at most)")
     if not ends_cleanly:
         raise PatientDataError(path, "the last row is cut off (file truncated?)")
+    # Mask values are read as 2-byte strings: enough to tell empty and "1" from anything else.
+    row = [("index", "<i8"), ("value", "<f8" if values else "S2")]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # numpy warns about a file with no rows
-            if values:  # a structured row type parses the index as an integer directly (as fast as pandas)
-                table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=1, dtype=[("index", "<i8"), ("value", "<f8")])
-                indices, data = table["index"], table["value"]
-            else:
-                indices, data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=1, usecols=0, dtype=np.int64), None
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=1, dtype=row, comments=None, encoding="latin-1")
     except ValueError as error:
-        raise PatientDataError(path, f"garbled content: {_with_line_numbers(str(error))}") from None
+        raise PatientDataError(path, _garbled(str(error), values)) from None
+    indices = table["index"]
     if indices.size and (indices.min() < 0 or indices.max() >= n_voxels):
-        bad = indices[(indices < 0) | (indices >= n_voxels)][0]
-        raise PatientDataError(path, f"index {bad} out of range for a grid of {n_voxels} voxels")
+        bad = np.flatnonzero((indices < 0) | (indices >= n_voxels))[0]
+        raise PatientDataError(path, f"line {bad + 2}: index out of range for a grid of {n_voxels} voxels")
     if indices.size > 1 and not (np.diff(indices) > 0).all() and np.unique(indices).size != indices.size:
         raise PatientDataError(path, "an index appears more than once")
-    if data is not None and not np.isfinite(data).all():
+    if not values:
+        not_binary = np.flatnonzero((table["value"] != b"") & (table["value"] != b"1"))
+        if not_binary.size:
+            line = not_binary[0] + 2
+            raise PatientDataError(path, f"line {line}: a mask value must be empty or 1 (masks are binary)")
+        return indices, None
+    if not np.isfinite(table["value"]).all():
         raise PatientDataError(path, "values contain NaN or infinity")
-    return indices, data
+    return indices, table["value"]
 
 
-def _header_and_ending(path: Path) -> tuple[bytes, bool]:
-    """The first line, and whether the file ends with a line break (a cut-off file does not)."""
+def _header_size_and_ending(path: Path) -> tuple[bytes, int, bool]:
+    """The first line (read up to a bound), the file size, and whether the file ends with a line break."""
     try:
         with open(path, "rb") as handle:
-            header = handle.readline()
+            header = handle.readline(len(HEADER) + 16)
             size = handle.seek(0, 2)
             if size <= len(header):
-                return header, True
+                return header, size, True
             handle.seek(-1, 2)
-            return header, handle.read(1) == b"\n"
+            return header, size, handle.read(1) == b"\n"
     except FileNotFoundError:
         raise PatientDataError(path, "file not found") from None
     except OSError as error:
         raise PatientDataError(path, f"cannot read ({error.strerror})") from None
 
 
-def _with_line_numbers(message: str) -> str:
-    """numpy counts data rows from 0; people count file lines from 1, the header being line 1."""
-    return re.sub(r"at row (\d+)", lambda m: f"at line {int(m.group(1)) + 2}", message)
+def _garbled(message: str, values: bool) -> str:
+    """numpy's message quotes the offending text: keep only its place. numpy counts data rows from 0;
+    people count file lines from 1, the header being line 1."""
+    found = re.search(r"at row (\d+)", message)
+    place = f" at line {int(found.group(1)) + 2}" if found else ""
+    expected = "'index,value': a whole-number index and a number" if values else "'index,': a whole-number index"
+    return f"garbled row{place}; expected {expected}"
 
 
 def read_dense(path: Path, shape: tuple[int, ...] = GRID_SHAPE, *, offset: float = 0.0) -> np.ndarray:
@@ -91,15 +109,24 @@ def read_mask(path: Path, shape: tuple[int, ...] = GRID_SHAPE) -> np.ndarray:
 
 def read_spacing(path: Path) -> tuple[float, float, float]:
     """Read ``voxel_dimensions.csv``: three positive numbers in mm, one per line."""
-    if not path.is_file():
-        raise PatientDataError(path, "file not found")
-    text = path.read_bytes().decode(errors="replace")
+    expected = "expected 3 positive voxel sizes in mm, one per line"
     try:
-        spacing = [float(token) for token in text.replace(",", " ").split()]
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SPACING_BYTES + 1)
+    except FileNotFoundError:
+        raise PatientDataError(path, "file not found") from None
+    except OSError as error:
+        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
+    if len(data) > MAX_SPACING_BYTES:
+        raise PatientDataError(path, f"{expected}; the file is far longer")
+    try:
+        spacing = [float(token) for token in data.decode("latin-1").replace(",", " ").split()]
     except ValueError:
-        raise PatientDataError(path, f"expected 3 numbers (mm), got {text[:60]!r}") from None
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise PatientDataError(path, f"expected 3 positive voxel sizes in mm, got {spacing}")
+        raise PatientDataError(path, f"{expected}; found something that is not a number") from None
+    if len(spacing) != 3:
+        raise PatientDataError(path, f"{expected}; found {len(spacing)} numbers")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise PatientDataError(path, f"{expected}; got {spacing}")
     return spacing[0], spacing[1], spacing[2]
 
 
@@ -114,6 +141,12 @@ def read_patient(folder: str | Path) -> Patient:
         raise PatientDataError(folder, "not a folder")
     if not any(folder.iterdir()):
         raise PatientDataError(folder, "empty folder; expected OpenKBP files (ct.csv, possible_dose_mask.csv, ...)")
+    # A misnamed file would silently be left out (a renamed PTV70.csv changes the targets): refuse it.
+    unknown = sorted(entry.name for entry in folder.iterdir() if entry.suffix.lower() == ".csv"
+                     and not entry.name.startswith(".") and entry.name not in KNOWN_FILES)
+    if unknown:
+        raise PatientDataError(folder, f"unknown file(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; "
+                               f"the CSV files of an OpenKBP folder are named {', '.join(KNOWN_FILES)}")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise PatientDataError(folder, f"missing {', '.join(missing)}")

@@ -14,6 +14,10 @@ spacing, contoured ROIs, crop boxes, offsets, stream lengths), then three stream
   non-zero: the two nearly coincide, so this channel costs almost nothing.
 
 JPEG-LS is CharLS through pyjpegls, which codes at the data's own bit depth (12-13 bits here).
+
+Reading trusts nothing in the file: every header field is checked (the grid against ``check_grid``,
+boxes within the grid, stream lengths adding up to the file), and each stream must decode to exactly
+the size its box gives, checked before the decoder allocates.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from data_prep.errors import PatientDataError
 from data_prep.files import atomic_file
-from data_prep.patient import Patient
+from data_prep.patient import ROIS, Patient, check_grid, check_patient_id
 
 MAGIC = b"DPK1"
 SUFFIX = ".dpk"
@@ -41,6 +45,12 @@ DOSE_LAYOUT = (2, 0, 1)  # axial slices first, for the slice differences
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
 
 Box = list[int]  # [start0, stop0, start1, stop1, start2, stop2]
+#: A 128^3 patient packs to ~150 KiB; even a full MAX_VOXELS grid stays far below this.
+MAX_PACK_BYTES = 512 * 2**20
+#: CT offsets are floor(min HU): any real CT lies well within this.
+MAX_CT_OFFSET_HU = 1e6
+# JPEG-LS streams as the encoder writes them: SOI, then the frame header (SOF55) with the image size.
+_JPEGLS_START = b"\xff\xd8\xff\xf7"
 
 
 def is_pack_file(path: Path) -> bool:
@@ -78,34 +88,44 @@ def read_patient(path: str | Path) -> Patient:
     """Read one ``.dpk`` file back into a Patient."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PACK_BYTES:
+            raise PatientDataError(path, f"larger than any pack file ({MAX_PACK_BYTES // 2**20} MiB)")
         return _decode(path.read_bytes(), path)
     except PatientDataError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, lzma.LZMAError, RuntimeError) as error:
-        raise PatientDataError(path, f"corrupt pack file ({type(error).__name__}: {error})") from None
+    except FileNotFoundError:
+        raise PatientDataError(path, "file not found") from None
+    except OSError as error:
+        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
+    except (ValueError, lzma.LZMAError, RuntimeError) as error:  # the stream decoders' own complaints
+        raise PatientDataError(path, f"corrupt pack file ({error})") from None
 
 
 def _decode(data: bytes, path: Path) -> Patient:
     if data[:4] != MAGIC:
         raise PatientDataError(path, f"not a dosepred pack file (expected {MAGIC!r} at the start)")
+    if len(data) < 8:
+        raise PatientDataError(path, "file length does not match its header (truncated?)")
     (header_length,) = struct.unpack_from("<I", data, 4)
-    header = json.loads(data[8 : 8 + header_length])
-    shape = tuple(header["shape"])
+    if 8 + header_length > len(data):
+        raise PatientDataError(path, "file length does not match its header (truncated?)")
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+    except (ValueError, RecursionError):
+        raise PatientDataError(path, "corrupt pack header (not valid JSON)") from None
+    shape = _check_header(header, len(data) - 8 - header_length, path)
     position = 8 + header_length
     streams = []
     for length in header["lengths"]:
         streams.append(data[position : position + length])
         position += length
-    if position != len(data):
-        raise PatientDataError(path, "file length does not match its header (truncated?)")
     ct = np.zeros(shape, dtype=np.float32)
     ct[_slices(header["ct_box"])] = _decode_image(streams[0], header["ct_box"])
     ct += header["ct_offset"]
     box = header["mask_box"]
     masks = np.zeros((1 + len(header["rois"]), *shape), dtype=bool)
     crop_shape = (masks.shape[0], *(box[2 * a + 1] - box[2 * a] for a in range(3)))
-    bits = np.frombuffer(lzma.decompress(streams[-1], format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS), dtype=np.uint8)
-    masks[(slice(None), *_slices(box))] = np.unpackbits(bits, count=int(np.prod(crop_shape))).reshape(crop_shape)
+    masks[(slice(None), *_slices(box))] = _decode_bits(streams[-1], crop_shape)
     dose = None
     if "dose_box" in header:
         bins = _decode_slice_differences(streams[1], header["dose_box"], header["dose_base"])
@@ -116,7 +136,43 @@ def _decode(data: bytes, path: Path) -> Patient:
         dose[_slices(header["dose_box"])] = cropped
         masks[0][_slices(header["dose_box"])] ^= coded
     return Patient(id=header["id"], ct=ct, structures=dict(zip(header["rois"], masks[1:])),
-                   possible_dose_mask=masks[0], spacing=tuple(header["spacing"]), dose=dose, source=str(path))
+                   possible_dose_mask=masks[0], spacing=header.get("spacing"), dose=dose, source=str(path))
+
+
+def _check_header(header: object, stream_bytes: int, path: Path) -> tuple[int, int, int]:
+    """Check every header field the decoder relies on, before anything is allocated; return the grid."""
+    def corrupt(field: str, expected: str) -> PatientDataError:
+        return PatientDataError(path, f"corrupt pack header: {field!r} must be {expected}")
+
+    if not isinstance(header, dict):
+        raise PatientDataError(path, "corrupt pack header (not a JSON object)")
+    check_patient_id(header.get("id"), path)
+    shape = check_grid(header.get("shape"), path)
+    rois = header.get("rois")
+    if not (isinstance(rois, list) and all(isinstance(roi, str) and roi in ROIS for roi in rois)
+            and len(set(rois)) == len(rois)):
+        raise corrupt("rois", f"a list of distinct names among {', '.join(ROIS)}")
+    offset = header.get("ct_offset")
+    if not (type(offset) in (int, float) and abs(offset) <= MAX_CT_OFFSET_HU):  # NaN fails the bound too
+        raise corrupt("ct_offset", f"a number of HU within +-{MAX_CT_OFFSET_HU:g}")
+    has_dose = "dose_box" in header
+    for field in ("ct_box", "mask_box", *(["dose_box"] if has_dose else [])):
+        box = header.get(field)
+        if not (_is_list_of_ints(box, 6) and all(0 <= box[2 * a] <= box[2 * a + 1] <= shape[a] for a in range(3))):
+            raise corrupt(field, "6 whole numbers: start and stop along each axis, within the grid")
+    base = header.get("dose_base")
+    if has_dose and not (type(base) is int and -(2**16) < base <= 0):
+        raise corrupt("dose_base", "a whole number from -65535 to 0")
+    lengths = header.get("lengths")
+    if not (_is_list_of_ints(lengths, 3 if has_dose else 2) and all(n >= 0 for n in lengths)):
+        raise corrupt("lengths", f"{3 if has_dose else 2} byte counts, one per stream")
+    if sum(lengths) != stream_bytes:
+        raise PatientDataError(path, "file length does not match its header (truncated?)")
+    return shape
+
+
+def _is_list_of_ints(value: object, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(type(v) is int for v in value)
 
 
 def _box(nonzero: np.ndarray) -> Box:
@@ -144,11 +200,31 @@ def _jpegls_encode(values: np.ndarray, near: int) -> bytes:
 
 
 def _jpegls_decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode an image the encoder wrote for an array of ``shape``; its frame header must say that size,
+    as CharLS allocates what the header says."""
+    rows, columns = int(np.prod(shape[:-1])), shape[-1]
     if not stream:
+        if rows * columns:
+            raise ValueError("an image stream is missing")
         return np.zeros(shape, dtype=np.uint16)
+    if len(stream) < 13 or not stream.startswith(_JPEGLS_START):
+        raise ValueError("an image stream is not JPEG-LS")
+    _, _, height, width, components = struct.unpack_from(">HBHHB", stream, len(_JPEGLS_START))
+    if (height, width, components) != (rows, columns, 1):
+        raise ValueError("an image's size differs from its box")
     pixels, info = jpeg_ls.decode_buffer(stream)
     dtype = np.uint8 if info["bits_per_sample"] <= 8 else np.uint16
     return np.frombuffer(pixels, dtype=dtype).reshape(shape)
+
+
+def _decode_bits(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Unpack the LZMA-coded mask bits of ``shape``, decompressing no more than they take."""
+    count = int(np.prod(shape))
+    expected = (count + 7) // 8
+    packed = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS).decompress(stream, expected + 1)
+    if len(packed) != expected:
+        raise ValueError("the mask stream's size differs from its box")
+    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=count).reshape(shape)
 
 
 def _box_shape(box: Box, layout: tuple[int, int, int]) -> tuple[int, ...]:

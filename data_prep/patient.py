@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,13 @@ PRESCRIPTION_GY: dict[str, float] = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0
 #: OpenKBP CT files store HU + 1000, so air (-1000 HU) is 0 and absent from the sparse file.
 CT_FILE_OFFSET = 1000.0
 AIR_HU = -1000.0
+#: Bounds on any grid read from a file, checked before allocating: a header cannot make a reader take
+#: all the memory. 2**26 voxels (256 MiB as float32) is 32 times OpenKBP's grid.
+MAX_GRID_EDGE = 512
+MAX_VOXELS = 2**26
+#: A patient id names output files and folders: letters, digits and ``._+ -``, starting with a letter
+#: or digit (so never '.', '..' or hidden), ending with neither '.' nor a space, at most 128 characters.
+PATIENT_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+ -]{0,126}[A-Za-z0-9_+-])?")
 
 
 @dataclass(eq=False)
@@ -48,10 +57,10 @@ class Patient:
     source: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        check_patient_id(self.id, self.source or "patient")
         where = self.source or self.id
         self.ct = np.asarray(self.ct, dtype=np.float32)
-        if self.ct.ndim != 3:
-            raise PatientDataError(where, f"CT must be a 3D volume, got shape {self.ct.shape}")
+        check_grid(self.ct.shape, where)
         if not np.isfinite(self.ct).all():
             raise PatientDataError(where, "CT contains NaN or infinite values")
         self.possible_dose_mask = self._as_mask("possible_dose_mask", self.possible_dose_mask, where)
@@ -60,9 +69,13 @@ class Patient:
             raise PatientDataError(where, f"unknown structure(s) {sorted(unknown)}; known: {', '.join(ROIS)}")
         masks = {roi: self._as_mask(roi, self.structures[roi], where) for roi in ROIS if roi in self.structures}
         self.structures = {roi: mask for roi, mask in masks.items() if mask.any()}
-        spacing = tuple(float(s) for s in np.asarray(self.spacing, dtype=float).ravel())
+        try:
+            spacing = tuple(float(s) for s in np.asarray(self.spacing, dtype=float).ravel())
+        except (TypeError, ValueError):
+            spacing = ()
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise PatientDataError(where, f"voxel spacing must be 3 positive finite numbers (mm), got {self.spacing}")
+            raise PatientDataError(where, "voxel spacing must be 3 positive finite numbers (mm)"
+                                   + (f", got {spacing}" if len(spacing) == 3 else ""))
         self.spacing = spacing  # type: ignore[assignment]
         if self.dose is not None:
             self.dose = np.asarray(self.dose, dtype=np.float32)
@@ -97,6 +110,26 @@ class Patient:
                 raise PatientDataError(where, f"{name} mask must hold only 0 and 1")
             array = array.astype(bool)
         return array
+
+
+def check_patient_id(text: object, where: str | Path) -> str:
+    """Return ``text`` if it is a safe patient id (see ``PATIENT_ID``): ids come from files, and become file names."""
+    if not isinstance(text, str) or PATIENT_ID.fullmatch(text) is None:
+        raise PatientDataError(where, "the patient id must be 1 to 128 letters, digits, '.', '_', '+', '-' or spaces, "
+                               "starting with a letter or digit and not ending with '.' or a space (it names files)")
+    return text
+
+
+def check_grid(shape: object, where: str | Path) -> tuple[int, int, int]:
+    """Return ``shape`` as 3 ints if it is a grid this project can hold (``MAX_GRID_EDGE``, ``MAX_VOXELS``)."""
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 3
+            and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape)):
+        raise PatientDataError(where, "the grid must be 3 whole numbers of voxels (a 3D volume)")
+    grid = (int(shape[0]), int(shape[1]), int(shape[2]))
+    if not all(0 < n <= MAX_GRID_EDGE for n in grid) or math.prod(grid) > MAX_VOXELS:
+        raise PatientDataError(where, f"grid {'x'.join(map(str, grid))} is outside what can be read: 1 to "
+                               f"{MAX_GRID_EDGE} voxels per axis and at most {MAX_VOXELS} voxels in all")
+    return grid
 
 
 def check_dose(dose: np.ndarray, where: str | Path) -> None:

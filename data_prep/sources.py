@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from data_prep import nifti, openkbp_csv, pack
 from data_prep.errors import PatientDataError
+from data_prep.files import temporary_folder
 from data_prep.patient import Patient, check_dose
 
 _TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
@@ -33,6 +33,10 @@ def is_patient(path: Path) -> bool:
 def find_patients(source: Path) -> list[Path]:
     """The patients in ``source``: itself if it is one patient, else its patient entries (sorted).
 
+    In a split folder every sub-folder and pack file is a patient entry, recognised or not, so one that
+    cannot be read fails with its own message instead of vanishing from the count; hidden entries and
+    other files (README.md) are not patients.
+
     Raises:
         PatientDataError: ``source`` is missing, empty, or holds no patient.
     """
@@ -45,14 +49,14 @@ def find_patients(source: Path) -> list[Path]:
     entries = sorted(source.iterdir(), key=natural_key)
     if not entries:
         raise PatientDataError(source, "empty folder")
-    patients = [entry for entry in entries if is_patient(entry)]
-    if not patients:
+    candidates = [entry for entry in entries
+                  if not entry.name.startswith(".") and (entry.is_dir() or entry.suffix == pack.SUFFIX)]
+    if not any(is_patient(entry) for entry in candidates):
         # A single split folder one level down (an extracted tarball holds ``train-pats/``).
-        subfolders = [entry for entry in entries if entry.is_dir()]
-        if len(subfolders) == 1:
-            return find_patients(subfolders[0])
+        if len(candidates) == 1 and candidates[0].is_dir():
+            return find_patients(candidates[0])
         raise PatientDataError(source, "holds no patient (OpenKBP CSV folders, image folders or pack files)")
-    return patients
+    return candidates
 
 
 @contextlib.contextmanager
@@ -60,7 +64,7 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
     """Yield the patient paths of ``source``; a tarball is unpacked to a temporary folder first."""
     source = Path(source)
     if source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
-        with tempfile.TemporaryDirectory(prefix="dosepred-") as tmp:
+        with temporary_folder() as tmp:
             try:
                 with tarfile.open(source) as archive:
                     archive.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out
@@ -89,14 +93,22 @@ def find_dose_file(folder: Path, patient_id: str) -> Path | None:
     return None
 
 
-def read_dose_file(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """Read a dose volume (OpenKBP sparse CSV or NIfTI) that must lie on a grid of ``shape``."""
+def read_dose_file(path: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """Read a dose volume (OpenKBP sparse CSV or NIfTI) that must lie on a grid of ``shape``.
+
+    An image also carries its voxel spacing and orientation: a dose on another ``spacing`` than the reference
+    patient's, or another orientation or orientation is refused, as its voxels would be scored against the
+    wrong ones. (Patients keep no position, so the image's own origin is not compared.)
+    """
     if path.suffix == ".csv":
         dose = openkbp_csv.read_dense(path, shape)
     else:
-        dose, _ = nifti.read_volume(path)
+        dose, affine = nifti.read_volume(path)
         if dose.shape != tuple(shape):
             raise PatientDataError(path, f"dose grid {dose.shape} differs from the patient's {tuple(shape)}")
+        expected = nifti.affine_from_spacing(spacing)
+        expected[:3, 3] = affine[:3, 3]
+        nifti.check_same_frame(path, affine, expected, "the reference patient's")
         dose = dose.astype(np.float32)
     check_dose(dose, path)
     return dose

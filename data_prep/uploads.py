@@ -1,26 +1,40 @@
 """Patients from untrusted places: a folder under a data root, an uploaded zip, uploaded NIfTI files.
 
-Nothing outside the data root is ever read: absolute paths, '..' and symbolic links are refused. Zips
-are checked before anything is written: size limits (archive, total unpacked, entry count), a
-compression-ratio limit against zip bombs, no absolute or '..' paths, no links.
+Nothing outside the data root is ever read: absolute paths, '..' and symbolic links are refused, and a
+patient folder that holds a link anywhere is refused before any file in it is opened. Zips are checked
+before anything is written: size limits (archive, total unpacked, entry count), a compression-ratio
+limit over the whole archive against zip bombs, names that stay inside the folder, fit a file system
+and name distinct files (whatever the case), no links. Unpacking counts the bytes it writes and stops
+at what the headers declared; it is all or nothing.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
+import os
 import stat
+import struct
+import unicodedata
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from data_prep import sources
 from data_prep.errors import PatientDataError
+from data_prep.files import atomic_folder
 from data_prep.patient import ROIS
 
 MAX_ARCHIVE_BYTES = 300 * 2**20
 MAX_UNPACKED_BYTES = 1500 * 2**20
 MAX_ENTRIES = 500
-MAX_RATIO = 100  # unpacked / compressed, per entry (sparse CSVs compress ~10x)
+MAX_RATIO = 100  # unpacked / archive bytes, over the whole archive (OpenKBP CSV folders: ~3, NIfTI: ~10)
+MAX_NAME_BYTES = 255  # one part of a path, as file systems allow
+MAX_PATH_CHARS = 1024
 IMAGE_STEMS = ("ct", "dose", "possible_dose_mask", *ROIS)
+# What zipfile and its decompressors raise for a corrupt, truncated, encrypted or unsupported archive.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, struct.error, EOFError,
+               NotImplementedError, RuntimeError, ValueError, OSError)
 
 
 class UploadError(PatientDataError):
@@ -28,7 +42,8 @@ class UploadError(PatientDataError):
 
 
 def resolve_under(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that could leave ``root``."""
+    """``root / relative``, refusing anything that could leave ``root``: '..', absolute paths and links,
+    on the way and anywhere inside the folder it names."""
     parts = PurePosixPath(relative.replace("\\", "/")).parts
     if not relative or PurePosixPath(relative).is_absolute() or ".." in parts:
         raise UploadError(relative or "(empty)", "paths must stay inside the data root (no '..', no absolute paths)")
@@ -39,6 +54,12 @@ def resolve_under(root: Path, relative: str) -> Path:
             raise UploadError(relative, "symbolic links are not followed")
     if not path.resolve().is_relative_to(root.resolve()):
         raise UploadError(relative, "outside the data root")
+    for folder, subfolders, files in os.walk(path):  # follows no link; nothing for a pack file
+        for name in subfolders + files:
+            if (Path(folder) / name).is_symlink():
+                inside = (Path(folder) / name).relative_to(root)
+                raise UploadError(inside, "symbolic links are not followed under the data root; this patient "
+                                  "folder holds one, so none of its files is read")
     return path
 
 
@@ -51,61 +72,108 @@ def patients_under(root: Path) -> list[str]:
 
 
 def extract_zip(data: bytes, destination: Path) -> Path:
-    """Check and unpack an uploaded zip; return the one patient it holds."""
+    """Check and unpack an uploaded zip into ``destination/upload``; return the one patient it holds."""
     if len(data) > MAX_ARCHIVE_BYTES:
         raise UploadError("upload", f"archive larger than {MAX_ARCHIVE_BYTES // 2**20} MiB")
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise UploadError("upload", "not a zip archive") from None
-    with archive:
-        entries = archive.infolist()
-        if len(entries) > MAX_ENTRIES:
-            raise UploadError("upload", f"more than {MAX_ENTRIES} files in the archive")
-        total = 0
-        for entry in entries:
-            name = PurePosixPath(entry.filename)
-            if name.is_absolute() or ".." in name.parts or entry.filename.startswith(("/", "\\")):
-                raise UploadError(entry.filename, "unsafe path in the archive")
-            if stat.S_ISLNK(entry.external_attr >> 16):
-                raise UploadError(entry.filename, "links are not allowed in the archive")
-            total += entry.file_size
-            if total > MAX_UNPACKED_BYTES:
-                raise UploadError("upload", f"unpacks to more than {MAX_UNPACKED_BYTES // 2**20} MiB")
-            if entry.file_size > MAX_RATIO * max(entry.compress_size, 1) and entry.file_size > 2**20:
-                raise UploadError(entry.filename, "compression ratio too high (zip bomb?)")
-        for entry in entries:
-            target = destination / entry.filename
-            if entry.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(entry) as source, open(target, "wb") as sink:
-                remaining = entry.file_size + 1  # never write more than the header promised
-                while chunk := source.read(min(2**20, remaining)):
-                    remaining -= len(chunk)
-                    if remaining <= 0:
-                        raise UploadError(entry.filename, "larger than its header says")
-                    sink.write(chunk)
-    patients = sources.find_patients(destination)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = _checked_members(archive, len(data))
+            with atomic_folder(destination / "upload") as folder:
+                for parts, entry in members:
+                    _unpack(archive, entry, folder.joinpath(*parts))
+    except UploadError:
+        raise
+    except _ZIP_ERRORS as error:
+        raise UploadError("upload", "not a zip archive, or a corrupt, truncated, encrypted or unsupported one "
+                          f"({type(error).__name__}: {_shown(str(error))})") from None
+    patients = sources.find_patients(destination / "upload")
     if len(patients) != 1:
         raise UploadError("upload", f"expected one patient in the archive, found {len(patients)}")
     return patients[0]
+
+
+def _checked_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[tuple[tuple[str, ...], zipfile.ZipInfo]]:
+    """The files to unpack, each with the safe parts of its name; refuses what could escape, clash or blow up."""
+    entries = archive.infolist()
+    if len(entries) > MAX_ENTRIES:
+        raise UploadError("upload", f"more than {MAX_ENTRIES} files in the archive")
+    members: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
+    files: dict[tuple[str, ...], str] = {}
+    folders: set[tuple[str, ...]] = set()
+    for entry in entries:
+        parts = _safe_parts(entry.filename)
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise UploadError(_shown(entry.filename), "links are not allowed in the archive")
+        if parts[0] == "__MACOSX":  # the Finder's resource forks: metadata, not patient files
+            continue
+        # One file per name as the file systems that matter see it: case and Unicode form do not count.
+        key = tuple(unicodedata.normalize("NFC", part).casefold() for part in parts)
+        folders.update(key[:n] for n in range(1, len(key)))
+        if entry.is_dir():
+            folders.add(key)
+            continue
+        if key in files:
+            raise UploadError(_shown(entry.filename), f"names the same file as {_shown(files[key])} "
+                              "(names that differ only in case are one file on many systems)")
+        files[key] = entry.filename
+        members.append((parts, entry))
+    both = [name for key, name in files.items() if key in folders]
+    if both:
+        raise UploadError(_shown(both[0]), "is both a file and a folder in the archive")
+    total = sum(entry.file_size for _, entry in members)
+    if total > MAX_UNPACKED_BYTES:
+        raise UploadError("upload", f"unpacks to more than {MAX_UNPACKED_BYTES // 2**20} MiB")
+    if total > MAX_RATIO * archive_bytes:
+        raise UploadError("upload", f"unpacks to more than {MAX_RATIO} times its size (zip bomb?)")
+    return members
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    """The parts of a member's name ('\\' counts as '/'): relative, no '..', each part short enough."""
+    text = name.replace("\\", "/")
+    parts = tuple(part for part in text.split("/") if part not in ("", "."))
+    if text.startswith("/") or ".." in parts or not parts:
+        raise UploadError(_shown(name), "unsafe path in the archive (absolute, '..' or empty)")
+    if len(text) > MAX_PATH_CHARS or any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in parts):
+        raise UploadError(_shown(name), f"name too long (at most {MAX_NAME_BYTES} bytes a part, "
+                          f"{MAX_PATH_CHARS} characters in all)")
+    return parts
+
+
+def _unpack(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path) -> None:
+    """Write one member, never more bytes than its header declared (the declared total was bounded)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with archive.open(entry) as source, open(target, "xb") as sink:
+        while chunk := source.read(min(2**20, entry.file_size + 1 - written)):
+            written += len(chunk)
+            if written > entry.file_size:
+                raise UploadError(_shown(entry.filename), "larger than its header says")
+            sink.write(chunk)
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= 100 else name[:100] + "..."
 
 
 def save_images(files: list[tuple[str, bytes]], destination: Path) -> Path:
     """Write uploaded NIfTI files (named ct.nii.gz, possible_dose_mask.nii.gz, <ROI>.nii.gz, ...) as a patient."""
     if not files:
         raise UploadError("upload", "no files")
+    stems = []
     for name, data in files:
         stem = name.removesuffix(".gz").removesuffix(".nii")
         if not name.endswith((".nii", ".nii.gz")) or stem not in IMAGE_STEMS:
-            raise UploadError(name, f"expected NIfTI files named one of {', '.join(IMAGE_STEMS)} (.nii or .nii.gz)")
+            raise UploadError(_shown(name), f"expected NIfTI files named one of {', '.join(IMAGE_STEMS)} "
+                              "(.nii or .nii.gz)")
         if len(data) > MAX_ARCHIVE_BYTES:
             raise UploadError(name, "file too large")
-    if not any(name.startswith("ct.nii") for name, _ in files):
+        if stem in stems:
+            raise UploadError(name, f"a second file for {stem}; give one file per image")
+        stems.append(stem)
+    if "ct" not in stems:
         raise UploadError("upload", "ct.nii.gz is required")
-    destination.mkdir(parents=True, exist_ok=True)
-    for name, data in files:
-        (destination / Path(name).name).write_bytes(data)
+    with atomic_folder(destination) as folder:
+        for name, data in files:
+            (folder / name).write_bytes(data)
     return destination

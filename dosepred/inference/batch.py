@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data_prep import sources
 from data_prep.errors import PatientDataError
+from data_prep.files import remove_stale
 from data_prep.patient import require_grid
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
@@ -26,8 +27,10 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
     """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped.
 
     Models that give an uncertainty map (ensembles, students) also write ``<id>_uncertainty`` beside the dose.
+    Temporary files that a killed earlier run left in ``output`` are removed first.
     """
     report = BatchReport()
+    remove_stale(output)
     for path in paths:
         name = path.name.removesuffix(".dpk")
         try:
@@ -35,6 +38,8 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
                 report.skipped.append(name)
                 continue
             patient = sources.read_patient(path)
+            if patient.id != name:  # outputs are named by id: another name would break --continue and collide
+                raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its id")
             require_grid(patient)
             dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
             if uncertainty is not None:

@@ -10,7 +10,7 @@ import numpy as np
 from data_prep import nifti
 from data_prep.files import atomic_file
 from data_prep.openkbp_csv import write_submission
-from data_prep.patient import Patient
+from data_prep.patient import Patient, check_patient_id
 
 
 class OutputFormat(str, Enum):
@@ -19,6 +19,8 @@ class OutputFormat(str, Enum):
 
 
 def output_path(folder: Path, patient_id: str, output_format: OutputFormat) -> Path:
+    """Where a patient's output goes; the id is checked again here because it becomes a file name."""
+    check_patient_id(patient_id, folder)
     return folder / f"{patient_id}{'.csv' if output_format is OutputFormat.openkbp else '.nii.gz'}"
 
 

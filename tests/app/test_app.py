@@ -3,6 +3,8 @@ and answers bad input with a message while it keeps working."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 pytest.importorskip("streamlit", reason="the viewer needs the 'app' extra")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from data_prep import openkbp_csv  # noqa: E402
+from data_prep import openkbp_csv, pack  # noqa: E402
 from data_prep.phantom import make_phantom  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
@@ -58,6 +60,29 @@ def test_patients_under_the_data_root_and_a_broken_one(monkeypatch, tmp_path: Pa
     assert "ct.csv" in at.error[0].value and "wrong header" in at.error[0].value
     at.sidebar.radio[0].set_value("Phantom (embedded)").run()  # the app keeps working
     assert not at.exception and not at.error and len(at.metric) == 2
+
+
+def test_unsafe_patients_under_the_data_root_are_refused(monkeypatch, tmp_path: Path) -> None:
+    root, escape = tmp_path / "root", f"dosepred-escape-{tmp_path.name}"
+    pack.write_patient(make_phantom(), root / "evil.dpk")
+    header_length = int.from_bytes((root / "evil.dpk").read_bytes()[4:8], "little")
+    data = (root / "evil.dpk").read_bytes()
+    header = {**json.loads(data[8 : 8 + header_length]), "id": f"../{escape}"}  # downloads would land outside
+    header_bytes = json.dumps(header).encode()
+    (root / "evil.dpk").write_bytes(pack.MAGIC + len(header_bytes).to_bytes(4, "little") + header_bytes
+                                    + data[8 + header_length :])
+    openkbp_csv.write_patient(make_phantom(), root / "pt_link")
+    (tmp_path / "secret.csv").write_text("SECRET first line\n")
+    (root / "pt_link" / "dose.csv").unlink()
+    (root / "pt_link" / "dose.csv").symlink_to(tmp_path / "secret.csv")
+    at = run(monkeypatch, root)
+    at.sidebar.radio[0].set_value("Patient under the data root").run()
+    at.sidebar.selectbox[0].set_value("evil.dpk").run()
+    assert not at.exception and "patient id must be" in at.error[0].value
+    at.sidebar.selectbox[0].set_value("pt_link").run()
+    assert not at.exception and "symbolic links are not followed" in at.error[0].value
+    assert "SECRET" not in at.error[0].value
+    assert not list(Path(tempfile.gettempdir()).glob(f"{escape}*")) and not list(tmp_path.glob(f"{escape}*"))
 
 
 def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_model: Path) -> None:

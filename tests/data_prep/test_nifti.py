@@ -39,9 +39,9 @@ def test_other_orientations_and_formats_read_back_the_same(phantom_small, tmp_pa
     nib.save(ras, tmp_path / "ct_ras.nii.gz")
     sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "ct_ras.nii.gz")), "LPS"), str(tmp_path / "ct.nrrd"))
     for path in (tmp_path / "ct_ras.nii.gz", tmp_path / "ct.nrrd"):
-        volume, spacing = nifti.read_volume(path)
+        volume, affine = nifti.read_volume(path)
         np.testing.assert_array_equal(volume, phantom_small.ct)
-        assert spacing == pytest.approx(phantom_small.spacing)
+        np.testing.assert_allclose(affine, nifti.affine_from_spacing(phantom_small.spacing), atol=1e-4)  # float32
 
 
 def test_grid_mismatch_is_explained(phantom_small) -> None:
@@ -81,6 +81,82 @@ def test_user_image_of_another_grid_is_read_in_canonical_axes(tmp_path: Path) ->
     image = sitk.Image(64, 48, 40, sitk.sitkInt16)
     image.SetSpacing((1.0, 1.0, 2.5))
     sitk.WriteImage(image, str(tmp_path / "ct.mha"))
-    volume, spacing = nifti.read_volume(tmp_path / "ct.mha")
+    volume, affine = nifti.read_volume(tmp_path / "ct.mha")
     assert volume.shape == (48, 64, 40)  # (x=L, y=P, z=S) reordered to axes P, L, I
-    assert spacing == (1.0, 1.0, 2.5)
+    assert nifti.spacing_of(affine) == (1.0, 1.0, 2.5)
+
+
+# --- every volume of a patient on the CT's grid ------------------------------------------------
+
+def resave_with_affine(path: Path, change) -> None:  # noqa: ANN001 - change maps an affine to another
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), change(image.affine.copy())), path)
+
+
+def shifted(affine: np.ndarray) -> np.ndarray:
+    affine[:3, 3] += (10.0, 0.0, 0.0)
+    return affine
+
+
+def flipped(affine: np.ndarray) -> np.ndarray:
+    affine[:, 1] *= -1  # axis 1 now runs to the patient's right: the mask's left and right swap
+    return affine
+
+
+def rescaled(affine: np.ndarray) -> np.ndarray:
+    affine[:3, 2] *= 1.5
+    return affine
+
+
+@pytest.mark.parametrize(("change", "problem"), [(shifted, "position"), (flipped, "orientation"),
+                                                 (rescaled, "voxel spacing")])
+@pytest.mark.parametrize("stem", ["PTV70", "dose"])
+def test_a_volume_off_the_ct_grid_is_refused(phantom_small, tmp_path: Path, change, problem: str, stem: str) -> None:
+    nifti.write_patient(phantom_small, tmp_path / "p")
+    resave_with_affine(tmp_path / "p" / f"{stem}.nii.gz", change)
+    with pytest.raises(PatientDataError, match=problem) as caught:
+        nifti.read_patient(tmp_path / "p")
+    assert caught.value.where.endswith(f"{stem}.nii.gz")
+
+
+def test_the_same_grid_in_another_orientation_is_accepted(phantom_small, tmp_path: Path) -> None:
+    nifti.write_patient(phantom_small, tmp_path / "phantom")
+    mask = tmp_path / "phantom" / "PTV70.nii.gz"
+    nib.save(nib.as_closest_canonical(nib.load(mask)), mask)  # RAS on disk, the same voxels in space
+    assert_same_patient(phantom_small, nifti.read_patient(tmp_path / "phantom"))
+
+
+# --- sizes are checked before voxels are read ---------------------------------------------------
+
+def test_a_huge_grid_in_a_header_is_refused_before_reading(tmp_path: Path) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_shape((4096, 4096, 4096))
+    header.set_data_dtype(np.float32)
+    path = tmp_path / "ct.nii"
+    path.write_bytes(header.binaryblock + bytes(4))  # the header promises 256 GiB of voxels
+    with pytest.raises(PatientDataError, match="4096x4096x4096 is outside what can be read"):
+        nifti.read_volume(path)
+
+
+def test_a_huge_grid_is_refused_by_the_simpleitk_reader_too(tmp_path: Path, monkeypatch) -> None:
+    image = sitk.Image(8, 8, 8, sitk.sitkUInt8)
+    sitk.WriteImage(image, str(tmp_path / "ct.mhd"))
+    header = (tmp_path / "ct.mhd").read_text().replace("DimSize = 8 8 8", "DimSize = 4096 4096 4096")
+    (tmp_path / "ct.mhd").write_text(header)
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda self: pytest.fail("voxels read before the size check"))
+    with pytest.raises(PatientDataError, match="outside what can be read"):
+        nifti.read_volume(tmp_path / "ct.mhd")
+
+
+def test_complex_voxels_are_refused(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.complex64), nifti.affine_from_spacing((1, 1, 1))),
+             tmp_path / "ct.nii.gz")
+    with pytest.raises(PatientDataError, match="single real numbers"):
+        nifti.read_volume(tmp_path / "ct.nii.gz")
+
+
+def test_reader_errors_do_not_quote_the_file(tmp_path: Path) -> None:
+    (tmp_path / "ct.nii.gz").write_bytes(b"SECRET-first-line\nmore")
+    with pytest.raises(PatientDataError) as caught:
+        nifti.read_volume(tmp_path / "ct.nii.gz")
+    assert "SECRET" not in str(caught.value)

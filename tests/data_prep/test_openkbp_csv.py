@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep.errors import PatientDataError
-from data_prep.openkbp_csv import read_dense, read_patient, write_patient, write_submission
+from data_prep.openkbp_csv import read_dense, read_patient, read_sparse, write_patient, write_submission
 from data_prep.patient import ROIS
 from tests.conftest import SAMPLE_PATIENTS, requires_openkbp
 
@@ -176,3 +176,54 @@ def test_copied_sample_folder_reads_the_same(tmp_path: Path) -> None:
         pytest.skip("OpenKBP sample data not found")
     copy = shutil.copytree(SAMPLE_PATIENTS[0], tmp_path / "pt_66")
     assert read_patient(copy).id == "pt_66"
+
+
+# --- messages say what was expected, never what the file holds -----------------------------------
+
+SECRET = "SECRET-do-not-show"
+
+
+@pytest.mark.parametrize(("name", "content", "fragment"), [
+    ("ct.csv", f"{SECRET}\n", "wrong header"),
+    ("ct.csv", f",data\n5,1\n{SECRET},2\n", "line 3"),
+    ("Brainstem.csv", f",data\n5,\n6,{SECRET}\n", "line 3"),
+    ("voxel_dimensions.csv", f"{SECRET}\n1\n2\n", "3 positive voxel sizes"),
+])
+def test_errors_do_not_quote_the_file(patient_dir: Path, name: str, content: str, fragment: str) -> None:
+    (patient_dir / name).write_text(content)
+    with pytest.raises(PatientDataError) as caught:
+        read_patient(patient_dir)
+    assert fragment in caught.value.problem and name in caught.value.where
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "2", "-1", "1.0", "yes", " 1"])
+def test_non_binary_mask_values_are_refused(patient_dir: Path, value: str) -> None:
+    (patient_dir / "PTV70.csv").write_text(f",data\n5,\n6,1\n7,{value}\n")
+    expect_error(patient_dir, "PTV70.csv", "line 4: a mask value must be empty or 1")
+
+
+def test_mask_values_empty_or_1_are_read(patient_dir: Path) -> None:
+    (patient_dir / "PTV70.csv").write_text(",data\n5,\n6,1\n")
+    assert read_patient(patient_dir).structures["PTV70"].reshape(-1).nonzero()[0].tolist() == [5, 6]
+
+
+def test_a_file_larger_than_a_grid_of_rows_is_refused_unparsed(tmp_path: Path) -> None:
+    path = tmp_path / "dose.csv"
+    path.write_text(",data\n" + "".join(f"{i},1.5\n" for i in range(200)))
+    with pytest.raises(PatientDataError, match="too large for a grid of 8 voxels"):
+        read_sparse(path, values=True, n_voxels=8)
+
+
+@pytest.mark.parametrize("renamed", ["ptv_70.csv", "CT.csv", "PTV70.CSV", "dose (1).csv"])
+def test_unknown_csv_files_are_refused(patient_dir: Path, renamed: str) -> None:
+    (patient_dir / "PTV70.csv").rename(patient_dir / renamed)
+    expect_error(patient_dir, "pt_9", f"unknown file(s) {renamed}")
+    with pytest.raises(PatientDataError, match="PTV70.csv"):  # the message lists the known names
+        read_patient(patient_dir)
+
+
+def test_other_files_and_hidden_ones_are_ignored(patient_dir: Path) -> None:
+    (patient_dir / "README.txt").write_text("notes")
+    (patient_dir / "._ct.csv").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata beside the real file
+    assert read_patient(patient_dir).id == "pt_9"

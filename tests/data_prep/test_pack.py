@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import lzma
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +66,77 @@ def test_corrupt_pack_file(phantom_small, tmp_path: Path, damage: str) -> None:
     path.write_bytes(data)
     with pytest.raises(PatientDataError, match="p.dpk"):
         pack.read_patient(path)
+
+
+# --- nothing in a pack file is trusted ------------------------------------------------------------
+
+def split(data: bytes) -> tuple[dict, bytes]:
+    (length,) = struct.unpack_from("<I", data, 4)
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def joined(header: dict, streams: bytes) -> bytes:
+    header_bytes = json.dumps(header).encode()
+    return pack.MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams
+
+
+@pytest.fixture
+def packed(phantom_small, tmp_path: Path) -> Path:
+    path = tmp_path / "p.dpk"
+    pack.write_patient(phantom_small, path)
+    return path
+
+
+def read_changed(path: Path, **fields) -> PatientDataError:
+    header, streams = split(path.read_bytes())
+    path.write_bytes(joined({**header, **fields}, streams))
+    with pytest.raises(PatientDataError) as caught:
+        pack.read_patient(path)
+    assert caught.value.where == str(path)
+    return caught.value
+
+
+@pytest.mark.parametrize("bad_id", ["../victim", "/tmp/victim", "..", "a/b", "", None, ["pt_1"]])
+def test_an_unsafe_id_is_refused(packed: Path, bad_id) -> None:
+    assert "patient id must be" in read_changed(packed, id=bad_id).problem
+
+
+@pytest.mark.parametrize("shape", [[4096, 4096, 4096], [512, 512, 512], [0, 32, 32], [-32, 32, 32], [32, 32],
+                                   [32.0, 32, 32], "32"])
+def test_a_grid_out_of_bounds_is_refused_before_allocating(packed: Path, shape) -> None:
+    assert "grid" in read_changed(packed, shape=shape).problem
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("ct_box", [0, 33, 0, 32, 0, 32]), ("ct_box", [5, 4, 0, 32, 0, 32]), ("ct_box", [-1, 3, 0, 32, 0, 32]),
+    ("mask_box", [0, 32, 0, 32]), ("dose_box", [0, 32, 0, 32, 0, 10**12]), ("ct_box", "all"),
+    ("lengths", [-5, 10**9, 3]), ("lengths", [1, 2]), ("lengths", [1.5, 2, 3]),
+    ("rois", ["PTV70", "PTV70"]), ("rois", ["Brainstem"] * 10**5), ("rois", ["Eye"]), ("rois", [[]]),
+    ("ct_offset", float("nan")), ("ct_offset", 1e300), ("ct_offset", "0"), ("dose_base", 10**30),
+])
+def test_a_corrupt_header_field_is_refused(packed: Path, field: str, value) -> None:
+    assert read_changed(packed, **{field: value}).problem  # and never an exception of another type
+
+
+def test_a_box_that_disagrees_with_its_stream_is_refused(packed: Path) -> None:
+    header, _ = split(packed.read_bytes())
+    box = header["ct_box"]
+    smaller = [box[0], box[1] - 1, *box[2:]]  # still inside the grid, but not what the stream codes
+    assert "size differs from its box" in read_changed(packed, ct_box=smaller).problem
+
+
+def test_a_mask_stream_that_inflates_beyond_its_box_is_refused(packed: Path) -> None:
+    header, streams = split(packed.read_bytes())
+    bomb = lzma.compress(bytes(64 * 2**20), format=lzma.FORMAT_RAW, filters=pack._LZMA_FILTERS)
+    kept = streams[: sum(header["lengths"][:-1])]
+    packed.write_bytes(joined({**header, "lengths": [*header["lengths"][:-1], len(bomb)]}, kept + bomb))
+    with pytest.raises(PatientDataError, match="mask stream's size differs from its box"):
+        pack.read_patient(packed)
+
+
+def test_a_json_header_nested_too_deeply_is_refused(packed: Path) -> None:
+    _, streams = split(packed.read_bytes())
+    header_bytes = b"[" * 100_000
+    packed.write_bytes(pack.MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams)
+    with pytest.raises(PatientDataError, match="not valid JSON"):
+        pack.read_patient(packed)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -61,9 +63,6 @@ def test_not_a_zip_and_an_empty_zip(tmp_path: Path) -> None:
         extract_zip(zip_of({"readme.txt": b"hello"}), tmp_path / "e")
 
 
-
-
-
 def test_nifti_uploads_need_known_names(phantom_small, tmp_path: Path) -> None:
     nifti.write_patient(phantom_small, tmp_path / "p")
     files = [(f.name, f.read_bytes()) for f in (tmp_path / "p").iterdir()]
@@ -83,3 +82,92 @@ def test_data_root_refuses_escapes_and_links(tmp_path: Path) -> None:
     for bad in ("../secret", "/etc", "pt_1/../../x", "link", ""):
         with pytest.raises(UploadError):
             resolve_under(root, bad)
+
+
+def test_a_data_root_patient_holding_a_link_is_refused_before_reading(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    openkbp_csv.write_patient(make_phantom(), root / "pt_1")
+    (tmp_path / "secret.csv").write_text("SECRET first line\n")
+    (root / "pt_1" / "dose.csv").unlink()
+    (root / "pt_1" / "dose.csv").symlink_to(tmp_path / "secret.csv")
+    (root / "pt_2").mkdir()
+    (root / "pt_2" / "sub").mkdir()
+    (root / "pt_2" / "sub" / "x").symlink_to("/etc/hostname")
+    for name in ("pt_1", "pt_2"):
+        with pytest.raises(UploadError, match="symbolic links are not followed") as caught:
+            resolve_under(root, name)
+        assert "SECRET" not in str(caught.value)
+
+
+# --- zips: bounded in total, counted while unpacking, names that cannot clash --------------------
+
+def raw_zip(entries: dict[str, bytes] | list[tuple[str, bytes]]) -> bytes:
+    """A zip with the names exactly as given, duplicates included."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        warnings.simplefilter("ignore", UserWarning)
+        for name, data in entries.items() if isinstance(entries, dict) else entries:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_many_small_entries_cannot_add_up_to_a_bomb(tmp_path: Path) -> None:
+    data = zip_of({f"pt_1/f{i}.bin": bytes(2**20) for i in range(200)})  # 200 MiB of zeros in ~200 KiB
+    assert len(data) < 300 * 2**10
+    with pytest.raises(UploadError, match="times its size"):
+        extract_zip(data, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_whose_size_header_lies_stops_at_the_declared_size(tmp_path: Path) -> None:
+    data = bytearray(zip_of({"pt_1/ct.csv": bytes(2**20)}))
+    directory = data.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", data, directory + 24, 1000)  # the central directory now says 1000 bytes, not 1 MiB
+    with pytest.raises(UploadError, match="corrupt"):
+        extract_zip(bytes(data), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # unpacking is all or nothing
+
+
+@pytest.mark.parametrize("names", [
+    ["pt_1/ct.csv", "pt_1/ct.csv"], ["pt_1/CT.csv", "pt_1/ct.csv"], ["pt_1/ct.csv", "pt_1//ct.csv"],
+    ["pt_1/ct.csv", "pt_1\\ct.csv"], ["PT_1/ct.csv", "pt_1/ct.csv"],
+])
+def test_two_entries_for_one_file_are_refused(names: list[str], tmp_path: Path) -> None:
+    with pytest.raises(UploadError, match="names the same file"):
+        extract_zip(raw_zip([(name, b",data\n") for name in names]), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_also_a_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UploadError, match="both a file and a folder"):
+        extract_zip(raw_zip({"pt_1/ct.csv": b"x", "pt_1/ct.csv/inner": b"y"}), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["pt_1/" + "a" * 300 + ".csv", "pt_1/" + "é" * 200, "/".join(["d"] * 600)])
+def test_over_long_names_are_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(UploadError, match="name too long"):
+        extract_zip(raw_zip({name: b"x"}), tmp_path)
+
+
+def test_a_corrupt_entry_is_an_upload_error_and_leaves_nothing(patient_zip: bytes, tmp_path: Path) -> None:
+    data = bytearray(patient_zip)
+    data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)
+    with pytest.raises(UploadError, match="corrupt"):
+        extract_zip(bytes(data), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_macos_metadata_in_a_zip_is_left_out(patient_zip: bytes, tmp_path: Path) -> None:
+    with zipfile.ZipFile(io.BytesIO(patient_zip)) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    entries |= {"__MACOSX/pt_7/._ct.csv": b"\x00\x05\x16\x07", "pt_7/.DS_Store": b"\x00"}
+    assert extract_zip(zip_of(entries), tmp_path).name == "pt_7"
+    assert not (tmp_path / "upload" / "__MACOSX").exists()
+
+
+def test_two_uploads_for_one_image_are_refused(phantom_small, tmp_path: Path) -> None:
+    nifti.write_patient(phantom_small, tmp_path / "p")
+    files = [(f.name, f.read_bytes()) for f in (tmp_path / "p").iterdir()]
+    with pytest.raises(UploadError, match="a second file for ct"):
+        save_images([*files, ("ct.nii", b"other")], tmp_path / "up")
+    assert not (tmp_path / "up").exists()

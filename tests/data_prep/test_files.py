@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from data_prep.files import atomic_file, atomic_folder
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_outputs_get_the_mode_the_umask_gives(umask: int, tmp_path: Path) -> None:
+    with atomic_file(tmp_path / "pt_1.nii.gz") as tmp:
+        assert tmp.name.startswith(".pt_1.nii.gz.") and tmp.name.endswith(".nii.gz")  # writers go by extensions
+        tmp.write_bytes(b"dose")
+    with atomic_folder(tmp_path / "pt_1") as tmp:
+        (tmp / "ct.csv").write_text(",data\n")
+    assert mode(tmp_path / "pt_1.nii.gz") == 0o666 & ~umask
+    assert mode(tmp_path / "pt_1") == 0o777 & ~umask
+    assert mode(tmp_path / "pt_1" / "ct.csv") == 0o666 & ~umask
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "a.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "b") as tmp:
+        (tmp / "x").write_text("half")
+        raise RuntimeError("writer failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_is_replaced_whole(tmp_path: Path) -> None:
+    (tmp_path / "pt_1").mkdir()
+    (tmp_path / "pt_1" / "old.csv").write_text("old")
+    with atomic_folder(tmp_path / "pt_1") as tmp:
+        (tmp / "new.csv").write_text("new")
+    assert [p.name for p in (tmp_path / "pt_1").iterdir()] == ["new.csv"]

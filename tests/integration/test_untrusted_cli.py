@@ -1,0 +1,98 @@
+"""Issue 15 at the commands: nothing lost, nothing left behind, a message instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from data_prep import pack
+from data_prep.files import atomic_file, remove_stale
+from data_prep.phantom import make_phantom
+from dosepred.cli import app
+
+runner = CliRunner()
+
+HOLD_A_TEMPORARY_FOLDER = """
+import signal, sys, time
+from dosepred.cli import _stop
+from data_prep.files import temporary_folder
+if sys.argv[1] == "handled":
+    signal.signal(signal.SIGTERM, _stop)
+with temporary_folder() as folder:
+    print(folder, flush=True)
+    time.sleep(60)
+"""
+
+
+def hold_temporary_folder(mode: str) -> tuple[subprocess.Popen, Path]:
+    process = subprocess.Popen([sys.executable, "-c", HOLD_A_TEMPORARY_FOLDER, mode], stdout=subprocess.PIPE, text=True)
+    folder = Path(process.stdout.readline().strip())
+    assert folder.is_dir()
+    return process, folder
+
+
+def test_sigterm_removes_the_temporary_folder() -> None:
+    process, folder = hold_temporary_folder("handled")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not folder.exists()
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next() -> None:
+    process, folder = hold_temporary_folder("plain")
+    process.kill()
+    process.wait(timeout=30)
+    assert folder.exists()  # SIGKILL cannot be caught ...
+    assert folder in remove_stale(tempfile.gettempdir())  # ... so the next run clears it
+    assert not folder.exists()
+
+
+def test_remove_stale_keeps_live_temporaries(tmp_path: Path) -> None:
+    with atomic_file(tmp_path / "out.csv") as live:
+        live.write_text("x")
+        dead = tmp_path / ".out.csv.999999999-0123456789ab.tmp.csv"  # a pid that cannot run
+        dead.write_text("half")
+        assert remove_stale(tmp_path) == [dead]
+        assert live.exists()
+    assert (tmp_path / "out.csv").read_text() == "x"
+
+
+def test_a_pack_named_otherwise_than_its_id_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    patient = make_phantom()
+    pack.write_patient(patient, tmp_path / "in" / "pt_other.dpk")
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
+                                 str(tiny_model), "--no-tta"])
+    assert result.exit_code == 1 and "a pack file's name must be its id" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_demo_into_a_file_is_a_message(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "file"), "-m", str(tiny_model)])
+    assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "models" / "lenas-teachers").is_dir(),
+                    reason="the shipped teachers' ensemble is not in this checkout")
+def test_demo_takes_an_ensemble_as_predict_does(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path), "-m", "lenas-teachers"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "phantom_dose.nii.gz").is_file()
+
+
+def test_the_viewer_hands_its_process_to_streamlit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dosepred app` replaces itself by Streamlit, so a SIGTERM reaches the server and leaves nothing running."""
+    pytest.importorskip("streamlit")
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append(argv))
+    result = runner.invoke(app, ["app", "--port", "8599"])
+    assert result.exit_code == 0, result.output
+    assert calls and calls[0][1:4] == ["-m", "streamlit", "run"]
