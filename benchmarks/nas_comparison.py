@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.nas_ranking import SharedDataTrainer, kendall_tau_b  # noqa: E402
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config  # noqa: E402
-from dosepred.inference.predictor import resolve_device  # noqa: E402
+from dosepred.devices import resolve_device  # noqa: E402
 from dosepred.nas.cost import architecture_cost  # noqa: E402
 from dosepred.nas.evaluator import Evaluator, SearchData  # noqa: E402
 from dosepred.nas.space import SearchSpace, genotype_key  # noqa: E402

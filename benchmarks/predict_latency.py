@@ -26,7 +26,7 @@ def measure(model: str | None, patients: str, n: int, device: str, tta: bool, th
 
     from data_prep import sources
     from dosepred.inference.models import load_predictor
-    from dosepred.inference.predictor import resolve_device
+    from dosepred.devices import resolve_device
 
     torch.set_num_threads(threads)
     predictor = load_predictor(model, device=resolve_device(device))

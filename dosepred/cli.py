@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,12 @@ class PrepareFormat(str, Enum):
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl+C, so temporary folders and half-written files are removed on the way out."""
+    raise SystemExit(128 + signum)
 
 
 def _progress() -> Progress:
@@ -83,24 +90,35 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
     genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
                                                   "with 'genotype' (and optionally 'channels').")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
+                                             "fresh schedule; its lineage carries into the new model card.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
 ) -> None:
     """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
+    from dosepred.devices import DeviceError
     from dosepred.engine.config import ConfigError, load_config
     from dosepred.engine.trainer import Trainer
+    from dosepred.inference.predictor import ModelError
 
     try:
         if resume:
-            if config is not None or overrides or genotype is not None:
-                raise ConfigError("--resume continues with the run's own config; give no --config, --genotype or overrides")
+            if config is not None or overrides or genotype is not None or init is not None:
+                raise ConfigError("--resume continues with the run's own config; give no --config, --genotype, "
+                                  "--init or overrides")
             settings = load_config(output / "config.yaml")
         else:
             settings = load_config(config, overrides or [])
             if genotype is not None:
                 settings["network"] = _searched_network(genotype, settings["network"])
-        trainer = Trainer(settings, output, resume=resume)
-    except (ConfigError, PatientDataError, FileNotFoundError, KeyError) as error:
+            if init is not None:
+                settings["init"] = init
+        if threads is not None:
+            settings["threads"] = threads
+        trainer = Trainer(settings, output, resume=resume, overwrite=overwrite)
+    except (ConfigError, PatientDataError, ModelError, DeviceError, OSError, KeyError, ValueError) as error:
         raise _fail(str(error)) from None
     total = settings["optim"]["steps"]
     with _progress() as progress:
@@ -139,6 +157,7 @@ def distill(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (train + distill).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
 ) -> None:
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
     from dosepred.engine.config import DEFAULTS, ConfigError, load_config
@@ -160,8 +179,8 @@ def distill(
                 settings["network"] = _searched_network(Path(student), settings["network"])
             elif student != settings["network"]["name"]:
                 settings["network"] = {"name": student}
-        trainer = DistillationTrainer(settings, output, resume=resume)
-    except (ConfigError, ModelError, PatientDataError, FileNotFoundError, KeyError, ValueError) as error:
+        trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite)
+    except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
         raise _fail(str(error)) from None
     with _progress() as progress:
         task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
@@ -218,19 +237,22 @@ def predict(
     format: Annotated[OutputFormat, typer.Option("--format", help="openkbp-csv: pt_*.csv submission files; "
                                                  "nifti: pt_*.nii.gz.")] = OutputFormat.openkbp,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
 ) -> None:
     """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
     from dosepred.inference.batch import predict_patients
     from dosepred.inference.models import load_predictor
-    from dosepred.inference.predictor import ModelError, resolve_device
+    from dosepred.devices import DeviceError, resolve_device, set_threads
+    from dosepred.inference.predictor import ModelError
 
+    set_threads(threads)
     try:
         predictor = load_predictor(model, device=resolve_device(device))
         with sources.open_patients(input) as paths, _progress() as progress:
             task = progress.add_task("predict", total=len(paths))
             report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,
                                       on_patient=lambda name: progress.advance(task))
-    except (ModelError, PatientDataError) as error:
+    except (ModelError, DeviceError, PatientDataError) as error:
         raise _fail(str(error)) from None
     console.print(f"wrote {len(report.written)} prediction(s) to {output}"
                   + (f", skipped {len(report.skipped)} already done" if report.skipped else ""))
@@ -249,15 +271,18 @@ def demo(
 ) -> None:
     """Predict the embedded phantom with the default model: dose (NIfTI), DVH plot (PNG), metrics table (CSV)."""
     from dosepred.inference.writers import write_dose
-    from dosepred.inference.models import resolve_model
-    from dosepred.inference.predictor import ModelError, Predictor, resolve_device
+    from dosepred.devices import DeviceError, resolve_device
+    from dosepred.inference.models import load_predictor, resolve_model
+    from dosepred.inference.predictor import ModelError
     from dosepred.visual.dvh import metrics_rows, save_dvh_plot, write_metrics_csv
 
     try:
         model_dir = resolve_model(model)
-        predictor = Predictor.from_model_dir(model_dir, device=resolve_device(device))
-    except ModelError as error:
+        predictor = load_predictor(model, device=resolve_device(device))
+    except (ModelError, DeviceError) as error:
         raise _fail(str(error)) from None
+    if output.exists() and not output.is_dir():
+        raise _fail(f"{output}: exists and is not a folder")
     with console.status(f"predicting the phantom with {model_dir.name}"):
         patient = make_phantom()
         dose = predictor.predict(patient, tta=True)
@@ -290,7 +315,6 @@ def viewer(
     """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
     import importlib.util
     import os
-    import subprocess
     import sys
 
     if importlib.util.find_spec("streamlit") is None:
@@ -306,7 +330,7 @@ def viewer(
     if model is not None:
         environment["DOSEPRED_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
     console.print(f"dosepred viewer on http://127.0.0.1:{port} (Ctrl+C to stop)")
-    raise typer.Exit(subprocess.call(command, env=environment))
+    os.execve(sys.executable, command, environment)  # Streamlit takes this process over: signals reach it directly
 
 
 @app.command()
@@ -344,8 +368,10 @@ def evaluate(
                     if patient.dose is None:
                         raise _fail(f"{path}: reference patient has no dose")
                     dose_file = sources.find_dose_file(predictions, patient.id)
-                    assert dose_file is not None
-                    predicted = sources.read_dose_file(dose_file, patient.shape)
+                    if dose_file is None:
+                        raise _fail(f"{path}: holds patient {patient.id!r}, whose prediction is not in {predictions} "
+                                    "(a pack file's name must be its patient id)")
+                    predicted = sources.read_dose_file(dose_file, patient.shape, patient.spacing)
                     scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
                                possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
     except PatientDataError as error:

@@ -1,6 +1,6 @@
-"""From a Patient to tensors: the model input, the target dose and the loss mask.
+"""From a Patient to tensors: a compact sample kept in memory, expanded on the device into model inputs.
 
-Input channels (``INPUT_CHANNELS``), chosen over one channel per ROI:
+Input channels (``input_channels``), chosen over one channel per ROI:
   0 CT, HU clipped to [-1000, 1500] and scaled to [0, 1] (air 0, dense bone 1). The window keeps soft
     tissue, bone and air apart while capping metal and noise.
   1 target level: the prescription of the highest PTV covering the voxel / 70 Gy (0.8, 0.9, 1.0). The
@@ -8,79 +8,99 @@ Input channels (``INPUT_CHANNELS``), chosen over one channel per ROI:
     channels would, and it is monotone in the dose the plan aims for.
   2-8 the seven organs at risk, one binary channel each, so each can be spared differently.
   9 the possible-dose mask.
-Target: dose / 70 Gy. All volumes may be resampled to a cubic working grid (e.g. 64^3 on CPU).
+  10-11 (beam-aware models) beam coverage and target proximity, see ``dosepred.data.geometry``.
+Target: dose / 70 Gy. Volumes may be resampled to a cubic working grid (e.g. 64^3) by area averaging,
+so masks become occupancy fractions there.
+
+A compact sample stores the CT as float16, the ten ROIs and the possible-dose mask as bits of one int16
+volume, the beam channels as float16 and the dose as float32: 24 MB per 128^3 patient instead of 84 MB,
+so a whole training split stays in memory and travels to a GPU as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform, Resized
+import torch.nn.functional as F
 
-from data_prep.patient import CT_FILE_OFFSET, OARS, PRESCRIPTION_GY, Patient
+from data_prep.patient import CT_FILE_OFFSET, OARS, PRESCRIPTION_GY, ROIS, Patient
+from dosepred.data.geometry import beam_coverage, target_proximity
 
 REFERENCE_DOSE_GY = 70.0
 CT_WINDOW_HU = (-CT_FILE_OFFSET, 1500.0)
 INPUT_CHANNELS = ("CT", "target level", *OARS, "possible dose mask")
-#: Channel pairs exchanged by a left-right flip.
+BEAM_CHANNELS = ("beam coverage", "target proximity")
+#: Channels of the image and of the structures exchanged by a left-right flip.
 LEFT_RIGHT_CHANNELS = (INPUT_CHANNELS.index("RightParotid"), INPUT_CHANNELS.index("LeftParotid"))
-#: The patient's right-left axis among the spatial axes of a channel-first volume.
+LEFT_RIGHT_ROIS = (ROIS.index("RightParotid"), ROIS.index("LeftParotid"))
+#: The patient's right-left axis among the spatial axes of a volume.
 LEFT_RIGHT_AXIS = 1
-#: The volumes of a sample; "teacher_dose" (teachers' mean and spread) exists only when distilling.
-VOLUME_KEYS = ("image", "dose", "possible_dose_mask", "teacher_dose")
+#: Bit of the possible-dose mask in the packed masks; ROI r is bit r.
+MASK_BIT = len(ROIS)
+#: Target level of each ROI channel (0 for organs at risk).
+_LEVELS = torch.tensor([PRESCRIPTION_GY.get(roi, 0.0) / REFERENCE_DOSE_GY for roi in ROIS])
 
 
-def patient_to_sample(patient: Patient) -> dict[str, object]:
-    """A channel-first sample: ``image`` (10, *shape), ``possible_dose_mask`` (1, ...), ``dose`` (1, ...)."""
-    low, high = CT_WINDOW_HU
-    ct = (np.clip(patient.ct, low, high) - low) / (high - low)
+def input_channels(beam_angles: Sequence[float] | None = None) -> tuple[str, ...]:
+    """The names of the model's input channels; beam-aware models have two more."""
+    return INPUT_CHANNELS + (BEAM_CHANNELS if beam_angles else ())
+
+
+def target_level(patient: Patient) -> np.ndarray:
+    """The prescription of the highest target covering each voxel / 70 Gy (0 outside every target)."""
     level = np.zeros(patient.shape, dtype=np.float32)
     for target, gy in PRESCRIPTION_GY.items():
         if target in patient.structures:
             np.maximum(level, patient.structures[target] * np.float32(gy / REFERENCE_DOSE_GY), out=level)
-    oars = [patient.structures.get(roi, np.zeros(patient.shape, dtype=bool)) for roi in OARS]
-    image = np.stack([ct, level, *oars, patient.possible_dose_mask]).astype(np.float32)
-    sample: dict[str, object] = {
-        "id": patient.id,
-        "image": torch.from_numpy(image),
-        "possible_dose_mask": torch.from_numpy(patient.possible_dose_mask[None].astype(np.float32)),
-    }
+    return level
+
+
+def patient_to_sample(patient: Patient, *, beam_angles: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """The compact sample of a patient on its own grid: ``ct`` (1, ...) float16, ``masks`` (1, ...) int16
+    bits, ``beams`` (2, ...) float16 when ``beam_angles`` are given, ``dose`` (1, ...) float32 when known."""
+    low, high = CT_WINDOW_HU
+    ct = (np.clip(patient.ct, low, high) - low) / (high - low)
+    masks = patient.possible_dose_mask.astype(np.int16) << MASK_BIT
+    for bit, roi in enumerate(ROIS):
+        if roi in patient.structures:
+            masks |= patient.structures[roi].astype(np.int16) << bit
+    sample = {"ct": torch.from_numpy(ct[None].astype(np.float16)), "masks": torch.from_numpy(masks[None])}
+    if beam_angles:
+        level = target_level(patient)
+        beams = np.stack([beam_coverage(level, patient.spacing, beam_angles), target_proximity(level > 0, patient.spacing)])
+        sample["beams"] = torch.from_numpy((beams * patient.possible_dose_mask).astype(np.float16))
     if patient.dose is not None:
         sample["dose"] = torch.from_numpy((patient.dose / REFERENCE_DOSE_GY)[None].astype(np.float32))
     return sample
 
 
-def resize_to(resolution: int) -> Resized:
-    """Resample every volume to ``resolution``^3: area averaging keeps masks as occupancy fractions."""
-    return Resized(keys=VOLUME_KEYS, spatial_size=(resolution,) * 3, mode=("area", "area", "nearest", "area"),
-                   allow_missing_keys=True)
+def model_inputs(batch: dict[str, torch.Tensor], *, resolution: int | None = None) -> dict[str, torch.Tensor]:
+    """Expand a batch of compact samples, on whatever device it is, into float volumes at ``resolution``^3:
+    ``image`` (N, C, ...), ``structures`` (N, 10, ...), ``possible_dose_mask`` (N, 1, ...), ``dose`` if known."""
+    masks = batch["masks"]
+    bits = torch.arange(MASK_BIT + 1, device=masks.device).view(1, -1, 1, 1, 1)
+    unpacked = ((masks >> bits) & 1).float()  # (N, 11, ...)
+    structures, possible = unpacked[:, :MASK_BIT], unpacked[:, MASK_BIT:]
+    level = (structures * _LEVELS.to(masks.device).view(1, -1, 1, 1, 1)).amax(dim=1, keepdim=True)
+    parts = [batch["ct"].float(), level, structures[:, : len(OARS)], possible]
+    if "beams" in batch:
+        parts.append(batch["beams"].float())
+    out = {"image": torch.cat(parts, dim=1), "structures": structures, "possible_dose_mask": possible}
+    if "dose" in batch:
+        out["dose"] = batch["dose"].float()
+    if resolution is not None and tuple(masks.shape[2:]) != (resolution,) * 3:
+        size = (resolution,) * 3
+        out = {key: F.interpolate(value, size=size, mode="nearest" if key == "possible_dose_mask" else "area")
+               for key, value in out.items()}
+    return out
 
 
-def flip_left_right(image: torch.Tensor) -> torch.Tensor:
-    """Mirror an input across the sagittal plane; the left and right parotid channels trade places."""
+def flip_left_right(image: torch.Tensor, *, channels: tuple[int, int] = LEFT_RIGHT_CHANNELS) -> torch.Tensor:
+    """Mirror a channel-first volume (C, ...) across the sagittal plane; the parotid channels trade places."""
     flipped = torch.flip(image, dims=(LEFT_RIGHT_AXIS + 1,))
-    right, left = LEFT_RIGHT_CHANNELS
+    right, left = channels
     order = list(range(flipped.shape[0]))
     order[right], order[left] = left, right
     return flipped[order]
-
-
-class RandFlipLeftRightd(RandomizableTransform, MapTransform):
-    """With probability ``prob``, mirror the sample left-right, swapping the parotid channels of ``image``."""
-
-    def __init__(self, keys: KeysCollection = VOLUME_KEYS, prob: float = 0.5) -> None:
-        RandomizableTransform.__init__(self, prob)
-        MapTransform.__init__(self, keys, allow_missing_keys=True)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        out = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return out
-        for key in self.key_iterator(out):
-            volume = torch.as_tensor(out[key])
-            out[key] = flip_left_right(volume) if key == "image" else torch.flip(volume, dims=(LEFT_RIGHT_AXIS + 1,))
-        return out

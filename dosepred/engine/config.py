@@ -12,22 +12,26 @@ import yaml
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # auto: cuda when available
-    "amp": True,  # bf16 autocast on CUDA
+    "amp": True,  # bf16 autocast + channels-last where the device computes bf16 natively (dosepred.devices)
+    "init": None,  # warm start: a model name or folder whose weights the network starts from
     "data": {
         "train": "data/pack/train",  # a folder of patients: pack files, OpenKBP CSV or NIfTI folders
         "validation": "data/pack/validation",
         "resolution": 64,  # working grid edge in voxels; 128 is OpenKBP's full grid
-        "augment": True,
-        "cache_rate": 1.0,
-        "num_workers": 0,
+        "augment": True,  # mirror (parotids swapped), small rotations and shifts, on the training device
+        "beam_rotation": 0.0,  # probability of a rotation about the long axis by a multiple of the beam spacing
+        "beam_angles": None,  # gantry angles (deg) for the beam-geometry channels; None: no such channels
         "max_validation_patients": None,
+        "workers": 0,  # threads that read the patients at the start (0: one after another)
     },
     "network": {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
     "optim": {"steps": 2000, "batch_size": 2, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 50,
-              "grad_clip": 1.0},
+              "grad_clip": 1.0,
+              "max_minutes": None},  # a wall-clock budget: at its end, validate, export and stop early
+    "loss": {"dvh_weight": 0.0},  # weight of the sorted-dose (DVH) L1 beside the masked L1
     "validate_every": 250,
     "checkpoint_every": 250,
-    "threads": None,  # torch CPU threads; None keeps torch's default
+    "threads": None,  # torch CPU threads; None: every core
 }
 
 

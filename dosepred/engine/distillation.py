@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from dosepred.data.dataset import PatientSamples
-from dosepred.engine.trainer import Trainer, masked_l1
+from dosepred.engine.losses import masked_l1
+from dosepred.engine.trainer import Trainer
 from dosepred.inference.models import resolve_model
 from dosepred.inference.predictor import Predictor
 from dosepred.networks import create_network
@@ -49,20 +50,21 @@ class DistillationTrainer(Trainer):
     metric_fields = Trainer.metric_fields + ("truth_loss", "soft_loss", "uncertainty_loss", "adversarial_loss",
                                              "critic_loss")
 
-    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False, overwrite: bool = False) -> None:  # noqa: ANN001
         self.distill = {**DISTILL_DEFAULTS, **config.get("distill", {})}
         config = {**config, "network": {**config["network"], "out_channels": 2}}  # dose + uncertainty
-        super().__init__(config, run_dir, resume=resume)
+        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def build_network(self) -> nn.Module:
-        self.critic = create_network(**self.distill["critic"]).to(self.build_device())
+        critic = {"in_channels": self.network_config()["in_channels"] + 1, **self.distill["critic"]}
+        self.critic = create_network(**critic).to(self.build_device())
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.distill["critic_lr"], betas=(0.5, 0.999))
         return create_network(**self.config["network"])
 
     def build_data(self) -> tuple[PatientSamples, list[Path]]:
         train, validation = super().build_data()
         teachers = self.load_teachers()
-        train.attach("teacher_dose", [teacher_targets(teachers, train.dataset[i]["image"]) for i in range(len(train))])
+        train.attach("teacher_dose", [teacher_targets(teachers, train.inputs(i)["image"][0]) for i in range(len(train))])
         return train, validation
 
     def load_teachers(self) -> list[Predictor]:

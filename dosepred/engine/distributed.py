@@ -33,3 +33,12 @@ def init_distributed() -> Topology:
 def barrier(topology: Topology) -> None:
     if topology.world_size > 1:
         dist.barrier()
+
+
+def any_rank(flag: bool, topology: Topology, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks leave a loop together)."""
+    if topology.world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,25 +18,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data_prep import sources
 from data_prep.files import atomic_folder
-from dosepred.data.dataset import PatientSamples, stack
+from dosepred.data.augment import Augmentation
+from dosepred.data.dataset import PatientSamples
+from dosepred.data.transforms import input_channels
+from dosepred.devices import fast_path, hardware, resolve_device, set_threads
 from dosepred.engine.config import save_config
-from dosepred.engine.distributed import Topology, barrier, init_distributed
-from dosepred.inference.predictor import CONFIG_FILE, WEIGHTS_FILE, Predictor, resolve_device
+from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed
+from dosepred.engine.losses import masked_l1, sorted_dose_l1
+from dosepred.inference.predictor import CONFIG_FILE, WEIGHTS_FILE, Predictor, read_model_config
 from dosepred.metrics import OpenKBPScorer
 from dosepred.networks import create_network
 
 log = logging.getLogger(__name__)
-
-
-def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the possible-dose mask only."""
-    return (torch.abs(prediction - target) * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def sample_seed(seed: int, step: int, position: int) -> int:
@@ -49,15 +49,22 @@ class Trainer:
     #: Columns of metrics.csv; subclasses that log more extend it.
     metric_fields: tuple[str, ...] = ("step", "train_loss", "lr", "val_dose_score", "val_dvh_score", "elapsed_s")
 
-    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> None:
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        if not resume and not overwrite and (self.run_dir / "config.yaml").exists():
+            raise FileExistsError(f"{self.run_dir} holds a run already: --resume continues it, --overwrite replaces it")
         self.topology: Topology = init_distributed()
-        if config.get("threads"):
-            torch.set_num_threads(int(config["threads"]))
+        set_threads(config.get("threads"))
         self.device = self.build_device()
+        self.lineage = self.init_lineage()
         torch.manual_seed(config["seed"])
         self.network = self.build_network().to(self.device)
+        if self.amp:
+            self.network.to(memory_format=torch.channels_last_3d)
+        if config.get("init") and not resume:
+            self.load_init_weights()
         self.model: nn.Module = self.network
         if self.topology.world_size > 1:
             self.model = DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -85,10 +92,23 @@ class Trainer:
         return device
 
     def build_network(self) -> nn.Module:
-        return create_network(**self.config["network"])
+        return create_network(**self.network_config())
 
-    def build_loss(self) -> Callable[..., torch.Tensor]:
-        return masked_l1
+    def network_config(self) -> dict[str, Any]:
+        """The network section with the input channels that the data section implies."""
+        return {"in_channels": len(input_channels(self.config["data"]["beam_angles"])), **self.config["network"]}
+
+    def build_loss(self) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
+        """Masked L1 of the dose, plus ``loss.dvh_weight`` times the sorted-dose (DVH) L1."""
+        dvh_weight = float(self.config["loss"]["dvh_weight"])
+
+        def loss(prediction: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            value = masked_l1(prediction, batch["dose"], batch["possible_dose_mask"])
+            if dvh_weight:
+                value = value + dvh_weight * sorted_dose_l1(prediction, batch["dose"], batch["structures"])
+            return value
+
+        return loss
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         optim = self.config["optim"]
@@ -108,8 +128,13 @@ class Trainer:
 
     def build_data(self) -> tuple[PatientSamples, list[Path]]:
         data = self.config["data"]
-        train = PatientSamples.from_source(data["train"], resolution=data["resolution"], augment=data["augment"],
-                                           cache_rate=data["cache_rate"], num_workers=data["num_workers"])
+        augmentation = None
+        if data["augment"]:
+            angles = data["beam_angles"] or []
+            augmentation = Augmentation(beam_rotation_prob=data["beam_rotation"],
+                                        beam_step_deg=360 / len(angles) if angles else 40.0)
+        train = PatientSamples.from_source(data["train"], resolution=data["resolution"], augmentation=augmentation,
+                                           beam_angles=data["beam_angles"], device=self.device, workers=data["workers"])
         validation = sources.find_patients(Path(data["validation"]))[: data["max_validation_patients"]]
         return train, validation
 
@@ -128,16 +153,20 @@ class Trainer:
         return picked[self.topology.rank :: self.topology.world_size]
 
     def make_batch(self, step: int) -> dict[str, torch.Tensor]:
-        samples = [self.train_data.sample(index, sample_seed(self.config["seed"], step, position))
-                   for index, position in self.batch_indices(step)]
-        return {key: value.to(self.device) for key, value in stack(samples).items()}
+        picked = self.batch_indices(step)
+        batch = self.train_data.batch([index for index, _ in picked],
+                                      [sample_seed(self.config["seed"], step, position) for _, position in picked],
+                                      self.device)
+        if self.amp:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last_3d)
+        return batch
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimisation step; returns the loss. Subclasses may log more in ``self.step_log``."""
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             prediction = self.model(batch["image"])
-        loss = self.loss(prediction.float(), batch["dose"], batch["possible_dose_mask"])
+        loss = self.loss(prediction.float(), batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
@@ -148,7 +177,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """OpenKBP dose and DVH scores of the current network on the validation patients (full grid)."""
         predictor = Predictor(self.network, resolution=self.config["data"]["resolution"], device=self.device,
-                              amp=self.amp)
+                              amp=self.amp, beam_angles=self.config["data"]["beam_angles"])
         scorer = OpenKBPScorer()
         for path in self.validation_paths:
             patient = sources.read_patient(path)
@@ -160,7 +189,7 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------
     @property
     def amp(self) -> bool:
-        return bool(self.config["amp"]) and self.device.type == "cuda"
+        return bool(self.config["amp"]) and fast_path(self.device)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything an exact resume needs; subclasses add their own parts."""
@@ -188,16 +217,41 @@ class Trainer:
         torch.save(self.checkpoint_state(), tmp)
         tmp.replace(path)
 
+    def init_lineage(self) -> list[dict[str, Any]]:
+        """The training stages behind the ``init`` model (empty when training from scratch)."""
+        if not self.config.get("init"):
+            return []
+        from dosepred.inference.models import resolve_model
+
+        self.init_folder = resolve_model(self.config["init"])
+        return list(read_model_config(self.init_folder).get("lineage", []))
+
+    def load_init_weights(self) -> None:
+        """Warm start: the network begins with the ``init`` model's weights (same architecture), schedule afresh."""
+        try:
+            self.network.load_state_dict(load_file(self.init_folder / WEIGHTS_FILE))
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"--init {self.config['init']}: its weights do not fit this network ({error})") from None
+
     def load_checkpoint(self, path: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        self.restore_state(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.restore_state(state)
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path}: corrupt or incompatible checkpoint ({type(error).__name__})") from None
 
     def export(self, folder: Path) -> None:
         """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""
-        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.network.state_dict().items()}
-        model_config = {"network": self.config["network"], "data": {"resolution": self.config["data"]["resolution"]},
-                        "trained_steps": self.step}
+        weights = {name: _half(tensor.detach().cpu().contiguous()) for name, tensor in self.network.state_dict().items()}
+        data = self.config["data"]
+        stage = {"steps": self.step, "hardware": hardware(self.device), "precision": "bf16" if self.amp else "fp32",
+                 "wall_s": round(self.history[-1]["elapsed_s"] if self.history else 0.0, 1),
+                 "init": self.config.get("init"), "run": self.run_dir.name}
+        model_config = {"network": self.network_config(),
+                        "data": {"resolution": data["resolution"], "beam_angles": data["beam_angles"]},
+                        "trained_steps": self.step, "lineage": [*self.lineage, stage]}
         with atomic_folder(folder) as tmp:
             save_file(weights, tmp / WEIGHTS_FILE)
             save_config(model_config, tmp / CONFIG_FILE)
@@ -208,21 +262,26 @@ class Trainer:
         total = self.config["optim"]["steps"]
         logged: list[dict[str, float]] = []
         started = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        minutes = self.config["optim"]["max_minutes"]
+        budget_s = math.inf if minutes is None else 60 * minutes
         while self.step < total:
             loss = self.train_step(self.make_batch(self.step))
             self.step += 1
             logged.append({"train_loss": loss, **self.step_log})
             row: dict[str, float] = {"step": self.step, **logged[-1], "lr": self.scheduler.get_last_lr()[0]}
-            if self.step % self.config["validate_every"] == 0 or self.step == total:
+            last = self.step == total or any_rank(time.perf_counter() - started > budget_s, self.topology, self.device)
+            if self.step % self.config["validate_every"] == 0 or last:
                 means = {key: float(np.mean([entry[key] for entry in logged])) for key in logged[-1]}
                 row = self._log_validation({**row, **means}, time.perf_counter() - started)
                 logged = []
-            if self.step % self.config["checkpoint_every"] == 0 or self.step == total:
+            if self.step % self.config["checkpoint_every"] == 0 or last:
                 if self.topology.is_main:
                     self.save_checkpoint(self.checkpoint_path)
                 barrier(self.topology)
             if on_step is not None:
                 on_step(self.step, row)
+            if last:
+                break
         return self.history
 
     def _log_validation(self, row: dict[str, float], elapsed: float) -> dict[str, float]:
@@ -245,6 +304,15 @@ class Trainer:
             writer.writeheader()
             writer.writerows({key: row.get(key, "") for key in self.metric_fields} for row in self.history)
         plot_history(self.history, self.run_dir / "curves.png")
+
+
+def _half(tensor: torch.Tensor) -> torch.Tensor:
+    """Weights are stored as float16 (half the size, so a model travels and comes back from a GPU in one
+    piece; the predictor computes in float32 or bf16 anyway), unless a value would not survive the cast."""
+    if not tensor.is_floating_point():
+        return tensor
+    half = tensor.half()
+    return half if torch.isfinite(half).all() or not torch.isfinite(tensor).all() else tensor
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:

@@ -15,7 +15,8 @@ from torch import nn
 
 from data_prep.errors import PatientDataError
 from data_prep.patient import Patient
-from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, patient_to_sample, resize_to
+from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
+from dosepred.devices import fast_path
 from dosepred.networks import create_network
 
 WEIGHTS_FILE = "model.safetensors"
@@ -26,24 +27,30 @@ class ModelError(ValueError):
     """A model folder or weights file that cannot be used."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} asked for, but no CUDA device is available")
-    return torch.device(name)
+def read_model_config(folder: Path) -> dict:
+    """The config.json of a model folder."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{folder / CONFIG_FILE}: a model config is a JSON object")
+    return config
 
 
 class Predictor:
     """A network ready to predict: ``predict(patient)`` returns the dose in Gy, zero outside the mask."""
 
     def __init__(self, network: nn.Module, *, resolution: int, device: torch.device, amp: bool = True,
-                 patch_size: int | None = None) -> None:
+                 patch_size: int | None = None, beam_angles: list[float] | None = None) -> None:
+        self.amp = amp and fast_path(device)
         self.network = network.to(device).eval()
+        if self.amp:
+            self.network.to(memory_format=torch.channels_last_3d)
         self.resolution = resolution
         self.device = device
-        self.amp = amp and device.type == "cuda"
         self.patch_size = patch_size
+        self.beam_angles = beam_angles
 
     @classmethod
     def from_model_dir(cls, folder: str | Path, *, device: torch.device) -> Predictor:
@@ -55,15 +62,20 @@ class Predictor:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             if not (folder / name).is_file():
                 raise ModelError(f"{folder}: not a model folder (missing {name})")
+        config = read_model_config(folder)
         try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
             network = create_network(**config["network"])
-            network.load_state_dict(load_file(folder / WEIGHTS_FILE))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ModelError(f"{folder / CONFIG_FILE}: invalid model config ({error})") from None
+            resolution, beam_angles = config["data"]["resolution"], config["data"].get("beam_angles")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{folder / CONFIG_FILE}: invalid model config ({type(error).__name__}: {error})") from None
+        try:
+            weights = {name: tensor.float() for name, tensor in load_file(folder / WEIGHTS_FILE).items()}
+            network.load_state_dict(weights)
         except (SafetensorError, RuntimeError, OSError) as error:
             raise ModelError(f"{folder / WEIGHTS_FILE}: cannot load weights ({error})") from None
-        return cls(network, resolution=config["data"]["resolution"], device=device,
+        if not all(torch.isfinite(tensor).all() for tensor in weights.values()):
+            raise ModelError(f"{folder / WEIGHTS_FILE}: the weights hold NaN or infinite values")
+        return cls(network, resolution=resolution, device=device, beam_angles=beam_angles,
                    patch_size=config.get("inference", {}).get("patch_size"))
 
     def predict(self, patient: Patient, *, tta: bool = True) -> np.ndarray:
@@ -76,15 +88,20 @@ class Predictor:
         possible-dose mask); the uncertainty is None for single-output models."""
         if patient.ct.ndim != 3:
             raise PatientDataError(patient.source or patient.id, "expected a 3D patient")
-        sample = patient_to_sample(patient)
-        sample.pop("dose", None)
-        if patient.shape != (self.resolution,) * 3:
-            sample = resize_to(self.resolution)(sample)
-        output = self.predict_volume(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor), tta=tta)[None]
+        output = self.predict_volume(self.inputs(patient), tta=tta)[None]
+        if not torch.isfinite(output).all():
+            raise ModelError(f"{patient.id}: the model's output holds NaN or infinite values")
         if tuple(output.shape[2:]) != patient.shape:
             output = F.interpolate(output, size=patient.shape, mode="trilinear", align_corners=False)
         channels = output[0].clamp_(min=0).mul_(REFERENCE_DOSE_GY).cpu().numpy() * patient.possible_dose_mask
         return channels[0], (channels[1] if len(channels) > 1 else None)
+
+    def inputs(self, patient: Patient) -> torch.Tensor:
+        """The model's input volume (C, r, r, r) for a patient, on the predictor's device."""
+        sample = patient_to_sample(patient, beam_angles=self.beam_angles)
+        sample.pop("dose", None)
+        batch = {key: value[None].to(self.device) for key, value in sample.items()}
+        return model_inputs(batch, resolution=self.resolution)["image"][0]
 
     @torch.inference_mode()
     def predict_volume(self, image: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
@@ -97,6 +114,8 @@ class Predictor:
         return output[0]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.amp:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.patch_size and self.patch_size < batch.shape[-1]:
                 output = sliding_window_inference(batch, (self.patch_size,) * 3, 1, self.network, overlap=0.25)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from data_prep import sources
-from dosepred.data.dataset import PatientSamples, stack
+from dosepred.data.augment import Augmentation
+from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import REFERENCE_DOSE_GY
 from dosepred.nas.space import genotype_key
 
@@ -31,11 +32,11 @@ class SearchData:
 
     @classmethod
     def from_config(cls, data: dict, *, seed: int = 0, validation_patients: int | None = None) -> SearchData:
-        train = PatientSamples.from_source(data["train"], resolution=data["resolution"], augment=data["augment"],
-                                           cache_rate=data["cache_rate"], num_workers=data["num_workers"])
+        train = PatientSamples.from_source(data["train"], resolution=data["resolution"],
+                                           augmentation=Augmentation() if data["augment"] else None)
         paths = sources.find_patients(Path(data["validation"]))[:validation_patients]
-        validation = PatientSamples(paths, resolution=data["resolution"], augment=False)
-        return cls(train, stack([validation.sample(i, seed=0) for i in range(len(validation))]), seed)
+        validation = PatientSamples(paths, resolution=data["resolution"])
+        return cls(train, validation.batch(range(len(validation)), None), seed)
 
 
 class Evaluator:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from dosepred.engine.config import save_config
-from dosepred.inference.predictor import resolve_device
+from dosepred.devices import resolve_device
 from dosepred.nas import selection
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dosepred.engine.trainer import masked_l1, sample_seed
+from dosepred.engine.losses import masked_l1
+from dosepred.engine.trainer import sample_seed
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.networks.searched import Genotype, UNetSpaceNet
@@ -38,8 +39,7 @@ def training_batch(data: SearchData, rng: np.random.Generator, step: int, batch_
                    device: torch.device) -> dict[str, torch.Tensor]:
     """A random augmented batch of the training patients; the augmentation depends on (seed, step) only."""
     indices = rng.choice(len(data.train), size=min(batch_size, len(data.train)), replace=False)
-    batch = data.train.collate(indices, lambda i: sample_seed(data.seed, step, i))
-    return {key: value.to(device) for key, value in batch.items()}
+    return data.train.batch(indices, [sample_seed(data.seed, step, i) for i in range(len(indices))], device)
 
 
 def train_supernet(supernet: UNetSpaceNet, space: SearchSpace, data: SearchData, *, steps: int, lr: float,

@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_prep.patient import Patient
-from dosepred.data.dataset import PatientSamples, stack
-from dosepred.data.transforms import INPUT_CHANNELS, RandFlipLeftRightd, flip_left_right, patient_to_sample, resize_to
+from data_prep.patient import ROIS, Patient
+from dosepred.data.augment import Augmentation
+from dosepred.data.dataset import PatientSamples
+from dosepred.data.transforms import INPUT_CHANNELS, flip_left_right, input_channels, model_inputs, patient_to_sample
 
 
 def lateral_patient() -> Patient:
@@ -20,20 +21,38 @@ def lateral_patient() -> Patient:
                    possible_dose_mask=np.ones(shape, bool), spacing=(3.0, 3.0, 3.0), dose=dose)
 
 
+def expanded(patient: Patient, **kwargs) -> dict[str, torch.Tensor]:
+    return model_inputs({key: value[None] for key, value in patient_to_sample(patient, **kwargs).items()})
+
+
 def test_sample_channels() -> None:
     patient = lateral_patient()
     patient.structures["PTV63"] = patient.structures["RightParotid"].copy()
-    sample = patient_to_sample(patient)
-    image = sample["image"]
+    inputs = expanded(patient)
+    image = inputs["image"][0]
     assert image.shape == (len(INPUT_CHANNELS), 8, 10, 6)
     assert torch.allclose(image[1].max(), torch.tensor(0.9))  # PTV63: 63 / 70
     assert image[0].max() <= 1 and image[0].min() >= 0
-    assert torch.allclose(sample["dose"].max(), torch.tensor(0.5))  # 35 Gy / 70 Gy
+    assert torch.allclose(inputs["dose"].max(), torch.tensor(0.5))  # 35 Gy / 70 Gy
+    for roi in ("RightParotid", "LeftParotid", "PTV63"):  # the packed masks come back exactly
+        assert torch.equal(inputs["structures"][0, ROIS.index(roi)].bool(), torch.from_numpy(patient.structures[roi]))
+    assert torch.equal(image[INPUT_CHANNELS.index("RightParotid")], inputs["structures"][0, ROIS.index("RightParotid")])
+
+
+def test_beam_channels_are_added_when_beam_angles_are_given() -> None:
+    patient = lateral_patient()
+    patient.structures["PTV70"] = patient.structures["RightParotid"].copy()
+    image = expanded(patient, beam_angles=[0, 120, 240])["image"][0]
+    assert image.shape[0] == len(input_channels([0])) == len(INPUT_CHANNELS) + 2
+    coverage, proximity = image[-2], image[-1]
+    inside = torch.from_numpy(patient.structures["PTV70"])
+    assert torch.allclose(coverage[inside], torch.tensor(1.0), atol=1e-3)  # every beam crosses the target
+    assert torch.allclose(proximity[inside], torch.tensor(1.0), atol=1e-3)
+    assert 0 < float(proximity[~inside].max()) < 1
 
 
 def test_left_right_flip_swaps_the_parotid_channels() -> None:
-    patient = lateral_patient()
-    image = patient_to_sample(patient)["image"]
+    image = expanded(lateral_patient())["image"][0]
     right, left = INPUT_CHANNELS.index("RightParotid"), INPUT_CHANNELS.index("LeftParotid")
     flipped = flip_left_right(image)
     # The mirrored patient's right parotid is the original left parotid, mirrored: back on the right side.
@@ -43,38 +62,47 @@ def test_left_right_flip_swaps_the_parotid_channels() -> None:
     assert torch.equal(flip_left_right(flipped), image)
 
 
-def test_random_flip_moves_dose_and_masks_with_the_image() -> None:
-    sample = patient_to_sample(lateral_patient())
-    flip = RandFlipLeftRightd(prob=1.0)
-    out = flip(sample)
-    assert torch.equal(out["dose"], torch.flip(sample["dose"], dims=(2,)))
-    assert out["dose"][0, :, 5:].min() == 0.5  # the dose moved to the (new) right side's mirror
-    assert torch.equal(out["image"], flip_left_right(sample["image"]))
+def test_batch_flip_moves_dose_and_masks_with_the_image() -> None:
+    patient = lateral_patient()
+    compact = {key: value[None] for key, value in patient_to_sample(patient).items()}
+    mirror_only = Augmentation(flip_prob=1.0, affine_prob=0.0)
+    out = model_inputs(mirror_only(compact, [0]))
+    original = model_inputs(compact)
+    assert torch.equal(out["dose"], torch.flip(original["dose"], dims=(3,)))
+    assert out["dose"][0, 0, :, 5:].min() == 0.5  # the dose moved to the mirror side
+    assert torch.equal(out["image"][0], flip_left_right(original["image"][0]))
 
 
 def test_resize_keeps_masks_as_occupancy(phantom_small) -> None:
-    sample = resize_to(16)(patient_to_sample(phantom_small))
-    assert sample["image"].shape[1:] == (16, 16, 16)
-    assert set(torch.unique(sample["possible_dose_mask"]).tolist()) <= {0.0, 1.0}
-    assert 0 < float(sample["image"][9].mean()) < 1
+    inputs = model_inputs({key: value[None] for key, value in patient_to_sample(phantom_small).items()}, resolution=16)
+    assert inputs["image"].shape[2:] == (16, 16, 16)
+    assert set(torch.unique(inputs["possible_dose_mask"]).tolist()) <= {0.0, 1.0}
+    assert 0 < float(inputs["image"][0, 9].mean()) < 1
+
+
+def test_beam_rotation_turns_the_anatomy_about_the_long_axis() -> None:
+    augmentation = Augmentation(flip_prob=0.0, affine_prob=0.0, beam_rotation_prob=1.0, beam_step_deg=90.0)
+    flip, matrix = augmentation.draw(3)
+    assert not flip and matrix is not None
+    assert np.allclose(matrix[2], [0, 0, 1, 0])  # axis 2 (superior-inferior) stays put
+    assert np.allclose(np.abs(matrix[:2, :2]), [[0, 1], [1, 0]])  # a quarter turn in the axial plane
 
 
 def test_augmentation_is_a_function_of_the_seed(tiny_packs) -> None:
-    data = PatientSamples.from_source(tiny_packs / "train", resolution=32, augment=True)
-    a, b = data.sample(0, seed=5), data.sample(0, seed=5)
-    assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in ("image", "dose"))
-    batch = stack([data.sample(i, seed=i) for i in range(3)])
+    data = PatientSamples.from_source(tiny_packs / "train", resolution=32, augmentation=Augmentation())
+    a, b = data.batch([0], [5]), data.batch([0], [5])
+    assert all(torch.equal(a[k], b[k]) for k in ("image", "dose", "structures"))
+    batch = data.batch([0, 1, 2], [0, 1, 2])
     assert batch["image"].shape == (3, 10, 32, 32, 32) and batch["dose"].shape == (3, 1, 32, 32, 32)
 
 
 def test_attached_volumes_are_augmented_with_the_dose(tiny_packs) -> None:
-    data = PatientSamples.from_source(tiny_packs / "train", resolution=32, augment=True)
-    data.attach("teacher_dose", [torch.as_tensor(data.dataset[i]["dose"]).repeat(2, 1, 1, 1) for i in range(len(data))])
+    data = PatientSamples.from_source(tiny_packs / "train", resolution=32, augmentation=Augmentation())
+    data.attach("teacher_dose", [data.inputs(i)["dose"][0].repeat(2, 1, 1, 1) for i in range(len(data))])
     moved = 0
     for seed in range(8):
-        item = data.sample(1, seed=seed)
-        dose, attached = torch.as_tensor(item["dose"]), torch.as_tensor(item["teacher_dose"])
-        torch.testing.assert_close(attached, dose.repeat(2, 1, 1, 1))
-        moved += not torch.equal(dose, torch.as_tensor(data.dataset[1]["dose"]))
+        item = data.batch([1], [seed])
+        torch.testing.assert_close(item["teacher_dose"], item["dose"].repeat(1, 2, 1, 1, 1), atol=1e-6, rtol=0)
+        moved += not torch.equal(item["dose"], data.inputs(1)["dose"])
     assert moved > 0  # some seeds did augment
-    assert stack([data.sample(0, seed=0)])["teacher_dose"].shape == (1, 2, 32, 32, 32)
+    assert data.batch([0], [0])["teacher_dose"].shape == (1, 2, 32, 32, 32)

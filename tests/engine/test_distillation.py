@@ -44,7 +44,7 @@ def test_soft_targets_are_the_teachers_mean_and_spread(tiny_packs, teachers, tmp
     config["distill"] = {"teachers": [str(p) for p in teachers], "critic": {"name": "patch_critic", "channels": 4,
                                                                           "num_layers_d": 2}}
     trainer = DistillationTrainer(config, tmp_path / "run")
-    image = torch.as_tensor(trainer.train_data.dataset[2]["image"]).as_subclass(torch.Tensor)
+    image = trainer.train_data.inputs(2)["image"][0]
     members = torch.stack([load_predictor(str(p), device=torch.device("cpu")).predict_volume(image)[0] for p in teachers])
     targets = trainer.train_data.attached["teacher_dose"][2]
     torch.testing.assert_close(targets[0], members.mean(dim=0))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dosepred.engine.trainer import masked_l1
+from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost, count_macs
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key

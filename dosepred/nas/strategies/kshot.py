@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dosepred.engine.trainer import masked_l1
+from dosepred.engine.losses import masked_l1
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key

@@ -1,0 +1,105 @@
+"""Issue 14: losses, warm starts with lineage, float16 export, the GPU config rehearsed on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.engine.config import load_config
+from dosepred.engine.losses import sorted_dose_l1
+from dosepred.engine.trainer import Trainer
+from dosepred.inference.predictor import ModelError, Predictor
+from tests.conftest import tiny_config
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_sorted_dose_loss_compares_dose_volume_histograms() -> None:
+    structures = torch.zeros(1, 2, 1, 1, 4)
+    structures[0, 0, 0, 0, :] = 1  # ROI 0: all four voxels; ROI 1: not contoured
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 1, 1, 4)
+    shuffled = torch.tensor([4.0, 3.0, 2.0, 1.0]).view(1, 1, 1, 1, 4)
+    assert float(sorted_dose_l1(shuffled, target, structures)) == 0.0  # same histogram, voxels swapped
+    shifted = target + 0.5
+    assert float(sorted_dose_l1(shifted, target, structures)) == pytest.approx(0.5)
+    assert float(sorted_dose_l1(shifted, target, torch.zeros_like(structures))) == 0.0
+
+
+def test_warm_start_keeps_weights_and_records_the_lineage(tiny_packs, tmp_path: Path) -> None:
+    first = Trainer(tiny_config(tiny_packs), tmp_path / "first")
+    first.fit()
+    model = tmp_path / "first" / "best"
+    second = Trainer(tiny_config(tiny_packs, f"init={model}", "optim.steps=2"), tmp_path / "second")
+    saved = load_file(model / "model.safetensors")
+    for name, tensor in second.network.state_dict().items():
+        torch.testing.assert_close(tensor, saved[name].float(), msg=name)
+    assert second.scheduler.last_epoch == 0  # a fresh schedule
+    second.fit()
+    lineage = json.loads((tmp_path / "second" / "best" / "config.json").read_text())["lineage"]
+    assert [stage["init"] for stage in lineage] == [None, str(model)]
+    assert all(stage["steps"] > 0 and "hardware" in stage and "wall_s" in stage for stage in lineage)
+
+
+def test_exported_weights_are_float16_and_predict_like_the_network(tiny_packs, phantom_small, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny_packs, "amp=false"), tmp_path / "run")
+    trainer.fit()
+    weights = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float16}
+    exported = Predictor.from_model_dir(tmp_path / "run" / "best", device=torch.device("cpu"))
+    assert exported.predict(phantom_small, tta=False).shape == phantom_small.shape
+
+
+def test_an_existing_run_is_not_overwritten(tiny_packs, tmp_path: Path) -> None:
+    Trainer(tiny_config(tiny_packs, "optim.steps=1"), tmp_path / "run").fit()
+    with pytest.raises(FileExistsError, match="--resume continues it, --overwrite replaces it"):
+        Trainer(tiny_config(tiny_packs), tmp_path / "run")
+    Trainer(tiny_config(tiny_packs), tmp_path / "run", overwrite=True)
+
+
+def test_corrupt_checkpoint_gives_a_message(tiny_packs, tmp_path: Path) -> None:
+    Trainer(tiny_config(tiny_packs, "optim.steps=2"), tmp_path / "run").fit()
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "--resume"])
+    assert result.exit_code == 2 and "corrupt or incompatible checkpoint" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_time_budget_stops_with_a_validated_model(tiny_packs, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny_packs, "optim.steps=50", "optim.max_minutes=0"), tmp_path / "run")
+    history = trainer.fit()
+    assert trainer.step == 1 and [row["step"] for row in history] == [1]
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_weights_holding_nan_are_refused(tiny_model, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "nan-model"
+    folder.mkdir()
+    weights = load_file(tiny_model / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, folder / "model.safetensors")
+    (folder / "config.json").write_text((tiny_model / "config.json").read_text())
+    with pytest.raises(ModelError, match="NaN"):
+        Predictor.from_model_dir(folder, device=torch.device("cpu"))
+
+
+def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
+    """The rehearsal of configs/gpu_full.yaml: the very same config and network, tiny data, two steps."""
+    config = load_config(REPOSITORY / "configs" / "gpu_full.yaml", [
+        f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
+        "data.workers=2", "device=cpu", "optim.steps=2", "validate_every=2", "checkpoint_every=2"])
+    Trainer(config, tmp_path / "run").fit()
+    best = tmp_path / "run" / "best"
+    files = list(best.iterdir())
+    assert {path.name for path in files} == {"model.safetensors", "config.json"}
+    assert all(path.stat().st_size <= 16 * 2**20 for path in files)  # each comes back through the device's $OUT
+    assert json.loads((best / "config.json").read_text())["data"]["beam_angles"] == config["data"]["beam_angles"]
