@@ -238,6 +238,8 @@ def predict(
                                                  "nifti: pt_*.nii.gz.")] = OutputFormat.openkbp,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
+                                       "the numbers of model cards measured in float32).")] = False,
 ) -> None:
     """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
     from dosepred.inference.batch import predict_patients
@@ -247,7 +249,7 @@ def predict(
 
     set_threads(threads)
     try:
-        predictor = load_predictor(model, device=resolve_device(device))
+        predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
         with sources.open_patients(input) as paths, _progress() as progress:
             task = progress.add_task("predict", total=len(paths))
             report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,

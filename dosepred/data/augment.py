@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dosepred.data.transforms import LEFT_RIGHT_AXIS, LEFT_RIGHT_ROIS
+from dosepred.data.transforms import CT_WINDOW_HU, LEFT_RIGHT_AXIS, LEFT_RIGHT_ROIS
 
 #: Keys of a compact batch (``dosepred.data.transforms.patient_to_sample``) resampled with trilinear
 #: interpolation; the packed masks are resampled by nearest neighbour, which moves every bit alike.
@@ -88,12 +88,14 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 def _resample(key: str, volume: torch.Tensor, matrix: np.ndarray, grids: dict[tuple[int, ...], torch.Tensor]) -> torch.Tensor:
     """One (C, ...) volume through ``matrix`` (output voxel -> input voxel, normalised coordinates, so the
-    same matrix moves volumes of any grid alike); outside the field is 0 (air, no structure, no dose)."""
-    source = volume[None].float()
+    same matrix moves volumes of any grid alike)."""
+    air = CT_WINDOW_HU[0] if key == "ct" else 0.0  # what lies outside the field: air, no structure, no dose
+    source = volume[None].float() - air
     size = tuple(source.shape[2:])
     if size not in grids:
         # grid_sample's coordinates are (x, y, z) = voxel axes (2, 1, 0): reverse rows and columns.
         theta = torch.as_tensor(matrix[::-1, [2, 1, 0, 3]].copy(), dtype=source.dtype, device=source.device)[None]
         grids[size] = F.affine_grid(theta, [1, 1, *size], align_corners=False)
     mode = "bilinear" if key in SMOOTH_KEYS else "nearest"
-    return F.grid_sample(source, grids[size], mode=mode, padding_mode="zeros", align_corners=False)[0].to(volume.dtype)
+    moved = F.grid_sample(source, grids[size], mode=mode, padding_mode="zeros", align_corners=False)[0] + air
+    return moved.to(volume.dtype) if volume.is_floating_point() else moved.round().to(volume.dtype)

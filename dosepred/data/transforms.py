@@ -12,9 +12,9 @@ Input channels (``input_channels``), chosen over one channel per ROI:
 Target: dose / 70 Gy. Volumes may be resampled to a cubic working grid (e.g. 64^3) by area averaging,
 so masks become occupancy fractions there.
 
-A compact sample stores the CT as float16, the ten ROIs and the possible-dose mask as bits of one int16
-volume, the beam channels as float16 and the dose as float32: 24 MB per 128^3 patient instead of 84 MB,
-so a whole training split stays in memory and travels to a GPU as it is.
+A compact sample stores the CT as whole HU (int16, within the window), the ten ROIs and the possible-dose
+mask as bits of one int16 volume, the beam channels as float16 and the dose as float32: 24 MB per 128^3
+patient instead of 84 MB, so a whole training split stays in memory and travels to a GPU as it is.
 """
 
 from __future__ import annotations
@@ -58,15 +58,14 @@ def target_level(patient: Patient) -> np.ndarray:
 
 
 def patient_to_sample(patient: Patient, *, beam_angles: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """The compact sample of a patient on its own grid: ``ct`` (1, ...) float16, ``masks`` (1, ...) int16
+    """The compact sample of a patient on its own grid: ``ct`` (1, ...) int16 HU, ``masks`` (1, ...) int16
     bits, ``beams`` (2, ...) float16 when ``beam_angles`` are given, ``dose`` (1, ...) float32 when known."""
-    low, high = CT_WINDOW_HU
-    ct = (np.clip(patient.ct, low, high) - low) / (high - low)
+    ct = np.round(np.clip(patient.ct, *CT_WINDOW_HU)).astype(np.int16)
     masks = patient.possible_dose_mask.astype(np.int16) << MASK_BIT
     for bit, roi in enumerate(ROIS):
         if roi in patient.structures:
             masks |= patient.structures[roi].astype(np.int16) << bit
-    sample = {"ct": torch.from_numpy(ct[None].astype(np.float16)), "masks": torch.from_numpy(masks[None])}
+    sample = {"ct": torch.from_numpy(ct[None]), "masks": torch.from_numpy(masks[None])}
     if beam_angles:
         level = target_level(patient)
         beams = np.stack([beam_coverage(level, patient.spacing, beam_angles), target_proximity(level > 0, patient.spacing)])
@@ -84,7 +83,9 @@ def model_inputs(batch: dict[str, torch.Tensor], *, resolution: int | None = Non
     unpacked = ((masks >> bits) & 1).float()  # (N, 11, ...)
     structures, possible = unpacked[:, :MASK_BIT], unpacked[:, MASK_BIT:]
     level = (structures * _LEVELS.to(masks.device).view(1, -1, 1, 1, 1)).amax(dim=1, keepdim=True)
-    parts = [batch["ct"].float(), level, structures[:, : len(OARS)], possible]
+    low, high = CT_WINDOW_HU
+    ct = (batch["ct"].float().clamp(low, high) - low) / (high - low)  # HU to [0, 1]: air 0, dense bone 1
+    parts = [ct, level, structures[:, : len(OARS)], possible]
     if "beams" in batch:
         parts.append(batch["beams"].float())
     out = {"image": torch.cat(parts, dim=1), "structures": structures, "possible_dose_mask": possible}

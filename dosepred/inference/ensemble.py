@@ -34,11 +34,11 @@ class EnsemblePredictor:
         return doses.mean(axis=0), doses.std(axis=0)
 
 
-def load_ensemble(folder: Path, *, device: torch.device, resolve) -> EnsemblePredictor:  # noqa: ANN001
+def load_ensemble(folder: Path, *, device: torch.device, resolve, amp: bool = True) -> EnsemblePredictor:  # noqa: ANN001
     """The ensemble described by ``folder/ensemble.json``; ``resolve`` turns a member name into a folder."""
     try:
         members = json.loads((folder / ENSEMBLE_FILE).read_text())["members"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ModelError(f"{folder / ENSEMBLE_FILE}: invalid ensemble ({error})") from None
     paths = [folder / m if (folder / m).exists() else resolve(m) for m in members]
-    return EnsemblePredictor([Predictor.from_model_dir(path, device=device) for path in paths])
+    return EnsemblePredictor([Predictor.from_model_dir(path, device=device, amp=amp) for path in paths])

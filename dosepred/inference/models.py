@@ -34,9 +34,10 @@ def resolve_model(name_or_path: str | None = None) -> Path:
                      f"({', '.join(shipped_models()) or 'none'})")
 
 
-def load_predictor(name_or_path: str | None, *, device: torch.device) -> Predictor | EnsemblePredictor:
-    """A single model or an ensemble (a folder with ensemble.json), by name or path."""
+def load_predictor(name_or_path: str | None, *, device: torch.device, amp: bool = True) -> Predictor | EnsemblePredictor:
+    """A single model or an ensemble (a folder with ensemble.json), by name or path; ``amp``: the bf16 fast path
+    where the device has one."""
     folder = resolve_model(name_or_path)
     if (folder / ENSEMBLE_FILE).is_file():
-        return load_ensemble(folder, device=device, resolve=resolve_model)
-    return Predictor.from_model_dir(folder, device=device)
+        return load_ensemble(folder, device=device, resolve=resolve_model, amp=amp)
+    return Predictor.from_model_dir(folder, device=device, amp=amp)

@@ -53,7 +53,7 @@ class Predictor:
         self.beam_angles = beam_angles
 
     @classmethod
-    def from_model_dir(cls, folder: str | Path, *, device: torch.device) -> Predictor:
+    def from_model_dir(cls, folder: str | Path, *, device: torch.device, amp: bool = True) -> Predictor:
         """Load ``config.json`` and ``model.safetensors`` from a model folder (pickles are never loaded)."""
         folder = Path(folder)
         if folder.is_file():
@@ -75,7 +75,7 @@ class Predictor:
             raise ModelError(f"{folder / WEIGHTS_FILE}: cannot load weights ({error})") from None
         if not all(torch.isfinite(tensor).all() for tensor in weights.values()):
             raise ModelError(f"{folder / WEIGHTS_FILE}: the weights hold NaN or infinite values")
-        return cls(network, resolution=resolution, device=device, beam_angles=beam_angles,
+        return cls(network, resolution=resolution, device=device, amp=amp, beam_angles=beam_angles,
                    patch_size=config.get("inference", {}).get("patch_size"))
 
     def predict(self, patient: Patient, *, tta: bool = True) -> np.ndarray:
