@@ -57,12 +57,12 @@ def is_pack_file(path: Path) -> bool:
     return path.suffix == SUFFIX and path.is_file()
 
 
-def write_patient(patient: Patient, path: str | Path) -> None:
-    """Write one patient as a ``.dpk`` file (atomically)."""
+def write_patient(patient: Patient, path: str | Path, *, ct_tolerance_hu: int = CT_TOLERANCE_HU) -> None:
+    """Write one patient as a ``.dpk`` file (atomically); every CT voxel comes back within ``ct_tolerance_hu``."""
     ct_offset = float(np.floor(patient.ct.min()))
     ct = patient.ct - ct_offset
     whole_hu = bool(np.array_equal(ct, np.round(ct)))
-    ct_box, ct_stream = _encode_image(np.round(ct), near=CT_TOLERANCE_HU if whole_hu else 0)
+    ct_box, ct_stream = _encode_image(np.round(ct), near=ct_tolerance_hu if whole_hu else 0)
     streams = [ct_stream]
     header: dict = {
         "id": patient.id, "shape": list(patient.shape), "spacing": list(patient.spacing),

@@ -1,0 +1,77 @@
+"""What travels to a lent GPU machine: the tracked files plus the carried folders, against the device's
+64 MiB limit and the 60 MiB target, and what a coarser CT tolerance in the training pack would save.
+
+    python benchmarks/travel_set.py [--carry data/pack .whl] [--ct-tolerance 1 3 5 10] [--sample 12]
+
+The carried folders are the packed splits (`dosepred prepare … --format pack`) and the wheels the GPU
+image lacks (monai, nibabel, pyjpegls; see the README's GPU section). The CT-tolerance estimate re-codes the
+first `--sample` training patients and scales their size to the whole split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+from data_prep import pack, sources
+
+MIB = 2**20
+LIMIT_MIB, TARGET_MIB = 64, 60
+
+
+def tracked_sizes(root: Path) -> dict[str, int]:
+    """Bytes of the git-tracked files, by top-level folder (models/ by model)."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(b"\0")
+    groups: dict[str, int] = {}
+    for name in filter(None, names):
+        path = root / name.decode()
+        if path.is_file():
+            parts = Path(name.decode()).parts
+            group = "/".join(parts[:2]) if parts[0] == "models" and len(parts) > 2 else parts[0] if len(parts) > 1 else "(top)"
+            groups[group] = groups.get(group, 0) + path.stat().st_size
+    return groups
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--carry", nargs="*", default=["data/pack/train", "data/pack/validation", ".whl"])
+    parser.add_argument("--ct-tolerance", type=int, nargs="*", default=[])
+    parser.add_argument("--sample", type=int, default=12)
+    args = parser.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    tracked = tracked_sizes(root)
+    carried = {name: folder_size(root / name) for name in args.carry}
+    print("| part | MiB |\n|---|---|")
+    for name, size in sorted(tracked.items(), key=lambda item: -item[1]):
+        print(f"| tracked: {name} | {size / MIB:.2f} |")
+    for name, size in carried.items():
+        print(f"| carried: {name} | {size / MIB:.2f} |" + ("" if size else " (absent)"))
+    total = sum(tracked.values()) + sum(carried.values())
+    verdict = "fits the target" if total <= TARGET_MIB * MIB else "over the target" if total <= LIMIT_MIB * MIB else "over the device's limit"
+    print(f"| **total** | **{total / MIB:.2f}** ({verdict}: target {TARGET_MIB}, limit {LIMIT_MIB}) |")
+    train = root / "data/pack/train"
+    if args.ct_tolerance and train.is_dir():
+        paths = sources.find_patients(train)
+        sample = paths[: args.sample]
+        stored = sum(p.stat().st_size for p in sample)
+        print(f"\nCT tolerance, re-coding {len(sample)} of {len(paths)} training patients (scaled to the split):")
+        print("| CT tolerance (HU) | train pack MiB | change |\n|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for tolerance in args.ct_tolerance:
+                size = 0
+                for path in sample:
+                    out = Path(tmp) / path.name
+                    pack.write_patient(pack.read_patient(path), out, ct_tolerance_hu=tolerance)
+                    size += out.stat().st_size
+                scaled = carried.get("data/pack/train", folder_size(train)) * size / stored
+                print(f"| {tolerance} | {scaled / MIB:.2f} | {100 * (size / stored - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
