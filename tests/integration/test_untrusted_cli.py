@@ -96,3 +96,25 @@ def test_the_viewer_hands_its_process_to_streamlit(monkeypatch: pytest.MonkeyPat
     result = runner.invoke(app, ["app", "--port", "8599"])
     assert result.exit_code == 0, result.output
     assert calls and calls[0][1:4] == ["-m", "streamlit", "run"]
+
+
+def test_a_model_config_without_data_is_a_message(tiny_model: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["data"]
+    (broken / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "-m", str(broken)])
+    assert result.exit_code == 2 and "invalid model config" in result.output
+
+
+def test_evaluate_a_pack_named_otherwise_than_its_id(tmp_path: Path) -> None:
+    patient = make_phantom()
+    pack.write_patient(patient, tmp_path / "ref" / "pt_other.dpk")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "pt_other.csv").write_text(",data\n")
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "ref"), str(tmp_path / "pred")])
+    assert result.exit_code == 2 and "a pack file's name must be its patient id" in result.output
