@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from data_prep import sources
+from dosepred.io import sources
 from dosepred.data.geometry import OPENKBP_BEAM_ANGLES, beam_coverage, beam_strips, target_proximity
 from dosepred.data.transforms import target_level
 

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.trivial_predictors import prescription  # noqa: E402
-from data_prep import nifti, openkbp_csv, pack  # noqa: E402
-from data_prep.patient import CT_FILE_OFFSET, GRID_SHAPE, OARS, ROIS, TARGETS  # noqa: E402
-from dosepred.metrics import OpenKBPScorer  # noqa: E402
+from benchmarks.trivial_predictors import prescription
+from dosepred.io import nifti, openkbp_csv, pack
+from dosepred.io.patient import CT_FILE_OFFSET, GRID_SHAPE, OARS, ROIS, TARGETS
+from dosepred.metrics import OpenKBPScorer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "openkbp"
 
@@ -152,7 +151,7 @@ def main() -> None:
 
 
 def score_with_dosepred(reference_folders: list[Path], prediction_folder: Path) -> tuple[float, float]:
-    from data_prep.sources import read_dose_file
+    from dosepred.io.sources import read_dose_file
 
     scorer = OpenKBPScorer()
     for folder in reference_folders:

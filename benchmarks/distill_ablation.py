@@ -11,18 +11,16 @@ Usage: python benchmarks/distill_ablation.py NAME=MODEL [NAME=MODEL ...] [--vali
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_prep import sources  # noqa: E402
-from dosepred.inference.ensemble import EnsemblePredictor  # noqa: E402
-from dosepred.inference.models import load_predictor  # noqa: E402
-from dosepred.metrics import OpenKBPScorer  # noqa: E402
+from dosepred.io import sources
+from dosepred.inference.ensemble import EnsemblePredictor
+from dosepred.inference.models import load_predictor
+from dosepred.metrics import OpenKBPScorer
 
 
 def parameters(predictor) -> int:  # noqa: ANN001

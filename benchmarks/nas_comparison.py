@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.nas_ranking import SharedDataTrainer, kendall_tau_b  # noqa: E402
-from dosepred.engine.config import SEARCH_DEFAULTS, load_config  # noqa: E402
-from dosepred.devices import resolve_device  # noqa: E402
-from dosepred.nas.cost import architecture_cost  # noqa: E402
-from dosepred.nas.evaluator import Evaluator, SearchData  # noqa: E402
-from dosepred.nas.space import SearchSpace, genotype_key  # noqa: E402
-from dosepred.nas.strategies import Budget, get_strategy  # noqa: E402
+from benchmarks.nas_ranking import SharedDataTrainer, kendall_tau_b
+from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+from dosepred.devices import resolve_device
+from dosepred.nas.cost import architecture_cost
+from dosepred.nas.evaluator import Evaluator, SearchData
+from dosepred.nas.space import SearchSpace, genotype_key
+from dosepred.nas.strategies import Budget, get_strategy
 
 #: name -> (strategy, options): the strategies and the ablations the comparison asks for.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -14,17 +14,15 @@ import argparse
 import copy
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dosepred.data.dataset import PatientSamples  # noqa: E402
-from dosepred.engine.config import load_config  # noqa: E402
-from dosepred.engine.trainer import Trainer  # noqa: E402
+from dosepred.data.dataset import PatientSamples
+from dosepred.engine.config import load_config
+from dosepred.engine.trainer import Trainer
 
 
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
@@ -55,7 +53,7 @@ class SharedDataTrainer(Trainer):
         if SharedDataTrainer.shared is None:
             SharedDataTrainer.shared, validation = super().build_data()
             return SharedDataTrainer.shared, validation
-        from data_prep import sources
+        from dosepred.io import sources
 
         data = self.config["data"]
         return SharedDataTrainer.shared, sources.find_patients(Path(data["validation"]))[: data["max_validation_patients"]]

@@ -7,15 +7,13 @@ Usage: python benchmarks/pack_accuracy.py SPLIT_DIR [SPLIT_DIR ...] [--workers 2
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_prep import openkbp_csv, pack, sources  # noqa: E402
+from dosepred.io import openkbp_csv, pack, sources
 
 
 def check(args: tuple[Path, Path]) -> tuple[int, float, float, bool]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import numpy as np
 import torch
 from monai.networks.nets import UNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_prep import sources  # noqa: E402
-from dosepred.data.dataset import PatientSamples, stack  # noqa: E402
-from dosepred.inference.predictor import Predictor  # noqa: E402
-from dosepred.metrics import OpenKBPScorer  # noqa: E402
+from dosepred.io import sources
+from dosepred.data.dataset import PatientSamples, stack
+from dosepred.inference.predictor import Predictor
+from dosepred.metrics import OpenKBPScorer
 
 
 def main() -> None:

@@ -17,14 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(model: str | None, patients: str, n: int, device: str, tta: bool, threads: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from data_prep import sources
+    from dosepred.io import sources
     from dosepred.inference.models import load_predictor
     from dosepred.devices import resolve_device
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from data_prep import pack
-from data_prep.phantom import make_phantom
+from dosepred.io import pack
+from dosepred.io.phantom import make_phantom
 from dosepred.devices import fast_path, hardware, resolve_device, set_threads
 from dosepred.engine.config import load_config
 from dosepred.engine.trainer import Trainer

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from data_prep import pack, sources
+from dosepred.io import pack, sources
 
 MIB = 2**20
 LIMIT_MIB, TARGET_MIB = 64, 60

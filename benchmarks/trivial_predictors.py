@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import sources
-from data_prep.openkbp_csv import write_submission
-from data_prep.patient import PRESCRIPTION_GY, Patient
+from dosepred.io import sources
+from dosepred.io.openkbp_csv import write_submission
+from dosepred.io.patient import PRESCRIPTION_GY, Patient
 
 
 def zeros(patient: Patient) -> np.ndarray:

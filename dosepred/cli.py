@@ -15,9 +15,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from data_prep import nifti, openkbp_csv, pack, sources
-from data_prep.errors import PatientDataError
-from data_prep.phantom import make_phantom
+from dosepred.io import nifti, openkbp_csv, pack, sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.phantom import make_phantom
 from dosepred.inference.writers import OutputFormat
 from dosepred.metrics import OpenKBPScorer
 
@@ -323,7 +323,7 @@ def viewer(
         raise _fail("the viewer needs Streamlit: pip install -e '.[app]'")
     if data_root is not None and not data_root.is_dir():
         raise _fail(f"{data_root}: not a folder")
-    script = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    script = Path(__file__).resolve().parent / "app" / "main.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     environment = {k: v for k, v in os.environ.items() if k not in ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL")}

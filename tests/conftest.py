@@ -20,14 +20,14 @@ requires_openkbp = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def phantom_small():
     """The phantom on a 32^3 grid: fast for tests that need a whole patient."""
-    from data_prep.phantom import make_phantom
+    from dosepred.io.phantom import make_phantom
 
     return make_phantom((32, 32, 32))
 
 
 @pytest.fixture(scope="session")
 def sample_patients():
-    from data_prep.openkbp_csv import read_patient
+    from dosepred.io.openkbp_csv import read_patient
 
     if not SAMPLE.is_dir():
         pytest.skip(f"OpenKBP sample data not found at {SAMPLE}")
@@ -40,8 +40,8 @@ TINY_NETWORK = ["network.channels=[4,8]", "network.strides=[2]", "network.num_re
 @pytest.fixture(scope="session")
 def tiny_packs(tmp_path_factory):
     """Phantom patients on a 32^3 grid as pack files: three to train on, one to validate with."""
-    from data_prep import pack
-    from data_prep.phantom import make_phantom
+    from dosepred.io import pack
+    from dosepred.io.phantom import make_phantom
 
     root = tmp_path_factory.mktemp("tiny")
     for split, count in (("train", 3), ("validation", 1)):
@@ -91,8 +91,8 @@ def two_output_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def phantom_split(tmp_path_factory):
     """A split folder of two 128^3 phantom patients (pt_1, pt_2) in OpenKBP CSV format."""
-    from data_prep import openkbp_csv
-    from data_prep.phantom import make_phantom
+    from dosepred.io import openkbp_csv
+    from dosepred.io.phantom import make_phantom
 
     split = tmp_path_factory.mktemp("split")
     patient = make_phantom()

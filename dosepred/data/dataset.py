@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep import sources
+from dosepred.io import sources
 from dosepred.data.augment import Augmentation
 from dosepred.data.transforms import model_inputs, patient_to_sample
 

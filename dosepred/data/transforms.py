@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep.patient import CT_FILE_OFFSET, OARS, PRESCRIPTION_GY, ROIS, Patient
+from dosepred.io.patient import CT_FILE_OFFSET, OARS, PRESCRIPTION_GY, ROIS, Patient
 from dosepred.data.geometry import beam_coverage, target_proximity
 
 REFERENCE_DOSE_GY = 70.0

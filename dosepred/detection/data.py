@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from data_prep import sources
-from data_prep.patient import ROIS, Patient
+from dosepred.io import sources
+from dosepred.io.patient import ROIS, Patient
 
 #: Seen classes train the detector; each unseen class has a semantic sibling among them
 #: (left/right parotid, larynx/esophagus, PTV63 between PTV56 and PTV70).

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from data_prep.patient import ROIS
+from dosepred.io.patient import ROIS
 
 CACHE = Path(__file__).with_name("class_embeddings.safetensors")
 #: What each structure is called when embedded: words a general-purpose sentence model knows.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from data_prep.patient import ROIS
+from dosepred.io.patient import ROIS
 from dosepred.detection.data import SEEN, UNSEEN, Progress, SliceSet, class_index, network_input
 from dosepred.detection.detector import BLCDetector, Detections
 from dosepred.detection.metrics import average_precision, harmonic_mean, recall_at

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_prep.files import atomic_folder
+from dosepred.io.files import atomic_folder
 from dosepred.detection.data import Progress, SliceSet, network_input
 from dosepred.detection.detector import BLCDetector
 from dosepred.detection.embeddings import load_embeddings

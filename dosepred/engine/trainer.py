@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data_prep import sources
-from data_prep.files import atomic_folder
+from dosepred.io import sources
+from dosepred.io.files import atomic_folder
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import input_channels

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep import sources
+from dosepred.io import sources
 
 #: Meta-training classes (taken from training patients) and novel classes (evaluated on validation patients).
 CT_BASE: tuple[str, ...] = ("Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70")

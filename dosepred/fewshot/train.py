@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
-from data_prep.files import atomic_folder
+from dosepred.io.files import atomic_folder
 from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet, Progress
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator

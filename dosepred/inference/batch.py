@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import sources
-from data_prep.errors import PatientDataError
-from data_prep.files import remove_stale
-from data_prep.patient import require_grid
+from dosepred.io import sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import remove_stale
+from dosepred.io.patient import require_grid
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, output_path, write_dose

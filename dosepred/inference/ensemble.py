@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.patient import Patient
+from dosepred.io.patient import Patient
 from dosepred.inference.predictor import ModelError, Predictor
 
 ENSEMBLE_FILE = "ensemble.json"

@@ -13,8 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from data_prep.errors import PatientDataError
-from data_prep.patient import Patient
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import Patient
 from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
 from dosepred.devices import fast_path
 from dosepred.networks import create_network

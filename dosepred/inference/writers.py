@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import nifti
-from data_prep.files import atomic_file
-from data_prep.openkbp_csv import write_submission
-from data_prep.patient import Patient, check_patient_id
+from dosepred.io import nifti
+from dosepred.io.files import atomic_file
+from dosepred.io.openkbp_csv import write_submission
+from dosepred.io.patient import Patient, check_patient_id
 
 
 class OutputFormat(str, Enum):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_prep.patient import OARS, ROIS, TARGETS
+from dosepred.io.patient import OARS, ROIS, TARGETS
 
 OAR_METRICS = ("D_0.1_cc", "mean")
 TARGET_METRICS = ("D_99", "D_95", "D_1")

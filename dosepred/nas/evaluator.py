@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_prep import sources
+from dosepred.io import sources
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import REFERENCE_DOSE_GY

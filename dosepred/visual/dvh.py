@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.patient import ROIS, Patient
+from dosepred.io.patient import ROIS, Patient
 from dosepred.metrics import OpenKBPScorer, dvh_curves
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from matplotlib.figure import Figure
 
-from data_prep.patient import ROIS, Patient
+from dosepred.io.patient import ROIS, Patient
 
 PLANES = ("axial", "coronal", "sagittal")
 #: name -> (level, width) in HU

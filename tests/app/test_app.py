@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("streamlit", reason="the viewer needs the 'app' extra")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from data_prep import openkbp_csv, pack  # noqa: E402
-from data_prep.phantom import make_phantom  # noqa: E402
+from dosepred.io import openkbp_csv, pack  # noqa: E402
+from dosepred.io.phantom import make_phantom  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+APP = str(Path(__file__).resolve().parents[2] / "dosepred" / "app" / "main.py")
 
 
 def run(monkeypatch, root: Path | None = None) -> AppTest:  # noqa: D103

@@ -36,7 +36,7 @@ def viewer_url():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "dosepred" / "app" / "main.py"), "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_prep.patient import ROIS, Patient
+from dosepred.io.patient import ROIS, Patient
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import INPUT_CHANNELS, flip_left_right, input_channels, model_inputs, patient_to_sample

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from data_prep.patient import ROIS
+from dosepred.io.patient import ROIS
 from dosepred.detection import embeddings
 from dosepred.detection.data import SEEN, UNSEEN, class_index, network_input
 from dosepred.detection.detector import BLCDetector, Detections

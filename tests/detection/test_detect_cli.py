@@ -5,7 +5,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from data_prep.patient import ROIS
+from dosepred.io.patient import ROIS
 from dosepred.cli import app
 from tests.conftest import SAMPLE, requires_openkbp
 
@@ -50,7 +50,7 @@ def test_detect_cli_embed_writes_the_embeddings(tmp_path):
 def test_detect_shipped_detector_finds_seen_structures_in_a_real_slice():
     import torch
 
-    from data_prep import sources
+    from dosepred.io import sources
     from dosepred.detection.data import network_input, patient_slices
     from dosepred.detection.metrics import recall_at
     from dosepred.detection.training import load_detector

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_prep.phantom import make_phantom
+from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
 from dosepred.engine.distillation import DistillationTrainer
 from dosepred.engine.trainer import Trainer

@@ -61,7 +61,7 @@ def test_fewshot_split_keeps_the_parotid_pair_novel() -> None:
 
 @requires_openkbp
 def test_fewshot_ct_patches_are_centred_on_the_structure(tmp_path) -> None:
-    from data_prep import sources
+    from dosepred.io import sources
     from dosepred.fewshot.data import HU_WINDOW, ct_patches
 
     patient = sources.read_patient(SAMPLE_PATIENTS[2])

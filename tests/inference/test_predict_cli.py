@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_prep import nifti, openkbp_csv
-from data_prep.phantom import make_phantom
+from dosepred.io import nifti, openkbp_csv
+from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
 from dosepred.inference.predictor import ModelError, Predictor
 

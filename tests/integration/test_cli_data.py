@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from data_prep import nifti, openkbp_csv
+from dosepred.io import nifti, openkbp_csv
 from dosepred.cli import app
 from tests.conftest import SAMPLE, SAMPLE_PATIENTS, requires_openkbp
 

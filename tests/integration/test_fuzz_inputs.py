@@ -29,10 +29,10 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from data_prep import nifti, openkbp_csv, pack, sources
-from data_prep.errors import PatientDataError
-from data_prep.patient import PATIENT_ID, Patient
-from data_prep.uploads import MAX_RATIO, MAX_UNPACKED_BYTES, UploadError, extract_zip
+from dosepred.io import nifti, openkbp_csv, pack, sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import PATIENT_ID, Patient
+from dosepred.io.uploads import MAX_RATIO, MAX_UNPACKED_BYTES, UploadError, extract_zip
 from dosepred.inference.batch import predict_patients
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from data_prep import pack
-from data_prep.files import atomic_file, remove_stale
-from data_prep.phantom import make_phantom
+from dosepred.io import pack
+from dosepred.io.files import atomic_file, remove_stale
+from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ runner = CliRunner()
 HOLD_A_TEMPORARY_FOLDER = """
 import signal, sys, time
 from dosepred.cli import _stop
-from data_prep.files import temporary_folder
+from dosepred.io.files import temporary_folder
 if sys.argv[1] == "handled":
     signal.signal(signal.SIGTERM, _stop)
 with temporary_folder() as folder:

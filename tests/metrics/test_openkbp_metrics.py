@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from data_prep.patient import OARS, ROIS
+from dosepred.io.patient import OARS, ROIS
 from dosepred.metrics import METRIC_COLUMNS, OpenKBPScorer, dose_error, dvh_curves, dvh_metrics
 
 

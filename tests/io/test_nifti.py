@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from data_prep import nifti
-from data_prep.errors import PatientDataError
-from data_prep.patient import require_grid
+from dosepred.io import nifti
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import require_grid
 from tests.conftest import requires_openkbp
-from tests.data_prep.test_openkbp_csv import assert_same_patient
+from tests.io.test_openkbp_csv import assert_same_patient
 
 
 def test_affine_axes_are_posterior_left_inferior() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.errors import PatientDataError
-from data_prep.files import atomic_file, atomic_folder
-from data_prep.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_dose, require_grid
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import atomic_file, atomic_folder
+from dosepred.io.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_dose, require_grid
 
 HEADER = b",data"
 REQUIRED_FILES = ("ct.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM export needs the 'dicom' extra")
-from data_prep.dicom import read_rt_dose, write_rt_dose  # noqa: E402
+from dosepred.io.dicom import read_rt_dose, write_rt_dose  # noqa: E402
 
 
 def test_rt_dose_round_trip_and_frame(phantom_small, tmp_path: Path) -> None:

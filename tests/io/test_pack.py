@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import pack
-from data_prep.errors import PatientDataError
-from data_prep.patient import Patient
+from dosepred.io import pack
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import Patient
 
 
 def assert_within_pack_tolerance(original: Patient, packed: Patient) -> None:

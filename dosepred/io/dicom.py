@@ -1,7 +1,7 @@
 """DICOM RT Dose export (needs pydicom: the 'dicom' extra).
 
 Frame of reference: OpenKBP keeps no DICOM frame, so the dose is placed in the same frame as dosepred's
-NIfTI files (see ``data_prep.nifti``), written in DICOM patient coordinates (LPS): voxel (i, j, k) sits
+NIfTI files (see ``dosepred.io.nifti``), written in DICOM patient coordinates (LPS): voxel (i, j, k) sits
 at x = spacing1 * j (towards the patient's left), y = spacing0 * i (posterior), z = -spacing2 * k
 (superior is +z, and axis 2 runs inferior). A new FrameOfReferenceUID is generated, so the dose lines up
 with images exported by dosepred, not with the patient's original planning CT.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.files import atomic_file
-from data_prep.patient import Patient
+from dosepred.io.files import atomic_file
+from dosepred.io.patient import Patient
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import jpeg_ls
 import numpy as np
 
-from data_prep.errors import PatientDataError
-from data_prep.files import atomic_file
-from data_prep.patient import ROIS, Patient, check_grid, check_patient_id
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import atomic_file
+from dosepred.io.patient import ROIS, Patient, check_grid, check_patient_id
 
 MAGIC = b"DPK1"
 SUFFIX = ".dpk"

@@ -20,10 +20,10 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from data_prep import sources
-from data_prep.errors import PatientDataError
-from data_prep.files import atomic_folder
-from data_prep.patient import ROIS
+from dosepred.io import sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import atomic_folder
+from dosepred.io.patient import ROIS
 
 MAX_ARCHIVE_BYTES = 300 * 2**20
 MAX_UNPACKED_BYTES = 1500 * 2**20

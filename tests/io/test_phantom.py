@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep.patient import PRESCRIPTION_GY, ROIS
-from data_prep.phantom import make_phantom
+from dosepred.io.patient import PRESCRIPTION_GY, ROIS
+from dosepred.io.phantom import make_phantom
 
 
 def test_phantom_is_deterministic_and_complete() -> None:

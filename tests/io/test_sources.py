@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data_prep import nifti, openkbp_csv, sources
-from data_prep.errors import PatientDataError
+from dosepred.io import nifti, openkbp_csv, sources
+from dosepred.io.errors import PatientDataError
 
 
 def test_every_sub_folder_of_a_split_is_a_patient_entry(phantom_split: Path, tmp_path: Path) -> None:

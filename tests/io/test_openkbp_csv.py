@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.errors import PatientDataError
-from data_prep.openkbp_csv import read_dense, read_patient, read_sparse, write_patient, write_submission
-from data_prep.patient import ROIS
+from dosepred.io.errors import PatientDataError
+from dosepred.io.openkbp_csv import read_dense, read_patient, read_sparse, write_patient, write_submission
+from dosepred.io.patient import ROIS
 from tests.conftest import SAMPLE_PATIENTS, requires_openkbp
 
 
@@ -51,7 +51,7 @@ def test_csv_round_trip_real(source: Path, tmp_path: Path) -> None:
 
 
 def test_csv_round_trip_phantom(tmp_path: Path) -> None:
-    from data_prep.phantom import make_phantom
+    from dosepred.io.phantom import make_phantom
 
     phantom = make_phantom()
     write_patient(phantom, tmp_path / "phantom")
@@ -79,7 +79,7 @@ def test_submission_is_sparse_nonzero_dose(tmp_path: Path) -> None:
 @pytest.fixture
 def patient_dir(phantom_small, tmp_path: Path) -> Path:
     """A valid OpenKBP folder to break, on the 128^3 grid the readers expect."""
-    from data_prep.phantom import make_phantom
+    from dosepred.io.phantom import make_phantom
 
     folder = tmp_path / "pt_9"
     patient = make_phantom()
@@ -159,8 +159,8 @@ def test_garbled_mask_index(patient_dir: Path) -> None:
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    import data_prep.openkbp_csv as module
-    from data_prep.phantom import make_phantom
+    import dosepred.io.openkbp_csv as module
+    from dosepred.io.phantom import make_phantom
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

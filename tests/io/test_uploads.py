@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import nifti, openkbp_csv
-from data_prep.errors import PatientDataError
-from data_prep.phantom import make_phantom
-from data_prep.uploads import UploadError, extract_zip, patients_under, resolve_under, save_images
+from dosepred.io import nifti, openkbp_csv
+from dosepred.io.errors import PatientDataError
+from dosepred.io.phantom import make_phantom
+from dosepred.io.uploads import UploadError, extract_zip, patients_under, resolve_under, save_images
 
 
 def zip_of(entries: dict[str, bytes], *, link: str | None = None) -> bytes:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.errors import PatientDataError
-from data_prep.patient import MAX_GRID_EDGE, MAX_VOXELS, Patient, check_grid, check_patient_id
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import MAX_GRID_EDGE, MAX_VOXELS, Patient, check_grid, check_patient_id
 
 
 @pytest.mark.parametrize("good", ["pt_201", "pt 201", "A.b+c-d_1", "7", "x" * 128])

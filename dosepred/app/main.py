@@ -16,13 +16,14 @@ import numpy as np
 import streamlit as st
 import torch
 
-from data_prep import sources
-from data_prep.dicom import write_rt_dose
-from data_prep.errors import PatientDataError
-from data_prep.patient import ROIS, Patient, require_grid
-from data_prep.phantom import make_phantom
-from data_prep.uploads import extract_zip, patients_under, resolve_under, save_images
-from dosepred.inference.models import DEFAULT_MODEL, resolve_model
+from dosepred.io import sources
+from dosepred.io.dicom import write_rt_dose
+from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import ROIS, Patient, require_grid
+from dosepred.io.phantom import make_phantom
+from dosepred.io.uploads import extract_zip, patients_under, resolve_under, save_images
+from dosepred.inference.ensemble import EnsemblePredictor
+from dosepred.inference.models import DEFAULT_MODEL, load_predictor
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, write_dose
 from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
@@ -46,9 +47,9 @@ def model_name() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def load_predictor(model: str, device: str) -> Predictor:
-    """A model, loaded once per process and device."""
-    return Predictor.from_model_dir(resolve_model(model), device=torch.device(device))
+def cached_predictor(model: str, device: str) -> Predictor | EnsemblePredictor:
+    """A model or an ensemble, loaded by the one loader every command uses, once per process and device."""
+    return load_predictor(model, device=torch.device(device))
 
 
 @st.cache_resource(show_spinner=False)
@@ -102,7 +103,7 @@ def predicted_dose(key: str, patient: Patient, device: str) -> tuple[np.ndarray,
     if (key, device) not in cache:
         require_grid(patient)
         with st.spinner(f"Predicting the dose of {patient.id} with {model_name()} on {device}…"):
-            cache[(key, device)] = load_predictor(model_name(), device).predict_with_uncertainty(patient, tta=True)
+            cache[(key, device)] = cached_predictor(model_name(), device).predict_with_uncertainty(patient, tta=True)
     return cache[(key, device)]
 
 

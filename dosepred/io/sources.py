@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import nifti, openkbp_csv, pack
-from data_prep.errors import PatientDataError
-from data_prep.files import temporary_folder
-from data_prep.patient import Patient, check_dose
+from dosepred.io import nifti, openkbp_csv, pack
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import temporary_folder
+from dosepred.io.patient import Patient, check_dose
 
 _TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep.patient import AIR_HU, GRID_SHAPE, PRESCRIPTION_GY, Patient
+from dosepred.io.patient import AIR_HU, GRID_SHAPE, PRESCRIPTION_GY, Patient
 
 #: OpenKBP's typical spacing at 128^3 (mm); a smaller grid gets coarser voxels over the same field.
 BASE_SPACING = (4.688, 4.688, 3.0)

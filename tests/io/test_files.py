@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.files import atomic_file, atomic_folder
+from dosepred.io.files import atomic_file, atomic_folder
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])

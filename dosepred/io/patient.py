@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.errors import PatientDataError
+from dosepred.io.errors import PatientDataError
 
 #: The OpenKBP grid every model of this project works on.
 GRID_SHAPE: tuple[int, int, int] = (128, 128, 128)
@@ -36,7 +36,7 @@ class Patient:
     """One case. Arrays share one 3D shape, indexed (axis0, axis1, axis2) as in the OpenKBP files.
 
     Axis 0 runs anterior to posterior, axis 1 from the patient's right to left, axis 2 superior to
-    inferior (see ``data_prep.nifti`` for the world frame). A ROI missing from ``structures`` was
+    inferior (see ``dosepred.io.nifti`` for the world frame). A ROI missing from ``structures`` was
     not contoured; an empty mask is dropped, as it means the same.
 
     Attributes:

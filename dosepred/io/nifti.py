@@ -7,7 +7,7 @@ z = -spacing2 * k, and voxel (0, 0, 0) sits at the world origin. Any image read 
 these axes first, whatever its own orientation, so what a viewer shows as left stays left.
 
 Folder layout: ``ct``, ``possible_dose_mask``, ``dose`` (optional) and one file per contoured ROI,
-named as in ``data_prep.patient.ROIS``, each ``.nii.gz`` (or, when reading, any extension SimpleITK
+named as in ``dosepred.io.patient.ROIS``, each ``.nii.gz`` (or, when reading, any extension SimpleITK
 opens: ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...). CT in HU, dose in Gy, masks 0/1. Every file of a
 folder must lie on the CT's grid: same spacing, orientation and position (affine).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data_prep.errors import PatientDataError
-from data_prep.files import atomic_folder
-from data_prep.patient import ROIS, Patient, check_grid
+from dosepred.io.errors import PatientDataError
+from dosepred.io.files import atomic_folder
+from dosepred.io.patient import ROIS, Patient, check_grid
 
 AXIS_CODES = ("P", "L", "I")
 NIFTI_SUFFIX = ".nii.gz"
