@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -21,7 +22,7 @@ from dosepred.io.phantom import make_phantom
 from dosepred.inference.writers import OutputFormat
 from dosepred.metrics import OpenKBPScorer
 
-app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).",
+app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).", rich_markup_mode=None,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 
@@ -49,7 +50,7 @@ def _progress() -> Progress:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # file names may hold [brackets]
     return typer.Exit(code)
 
 
@@ -80,7 +81,7 @@ def prepare(
     if failures:
         console.print(f"[red]{len(failures)} patient(s) failed:[/red]")
         for failure in failures:
-            console.print(f"  {failure}", soft_wrap=True)
+            console.print(f"  {escape(failure)}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -261,7 +262,7 @@ def predict(
     if report.failed:
         console.print(f"[red]{len(report.failed)} patient(s) failed:[/red]")
         for name, message in report.failed.items():
-            console.print(f"  {name}: {message}", soft_wrap=True)
+            console.print(f"  {escape(name)}: {escape(message)}", soft_wrap=True)
         raise typer.Exit(1)
 
 

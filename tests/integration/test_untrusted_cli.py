@@ -118,3 +118,11 @@ def test_evaluate_a_pack_named_otherwise_than_its_id(tmp_path: Path) -> None:
     (tmp_path / "pred" / "pt_other.csv").write_text(",data\n")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "ref"), str(tmp_path / "pred")])
     assert result.exit_code == 2 and "a pack file's name must be its patient id" in result.output
+
+
+def test_help_and_messages_keep_their_brackets(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predict", "--help"])
+    assert "[default: the best shipped model]" in " ".join(result.output.split())
+    missing = tmp_path / "[folder]"
+    result = runner.invoke(app, ["predict", "-i", str(missing), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "[folder]" in result.output
