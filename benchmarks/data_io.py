@@ -27,7 +27,6 @@ import pandas as pd
 from benchmarks.trivial_predictors import prescription
 from dosepred.io import nifti, openkbp_csv, pack
 from dosepred.io.patient import CT_FILE_OFFSET, GRID_SHAPE, OARS, ROIS, TARGETS
-from dosepred.metrics import OpenKBPScorer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "openkbp"
 
@@ -151,15 +150,10 @@ def main() -> None:
 
 
 def score_with_dosepred(reference_folders: list[Path], prediction_folder: Path) -> tuple[float, float]:
-    from dosepred.io.sources import read_dose_file
+    from dosepred.metrics.folders import score_predictions
 
-    scorer = OpenKBPScorer()
-    for folder in reference_folders:
-        patient = openkbp_csv.read_patient(folder)
-        predicted = read_dose_file(prediction_folder / f"{folder.name}.csv", patient.shape, patient.spacing)
-        scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
-                   possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
-    return scorer.evaluation.dose_score, scorer.evaluation.dvh_score
+    evaluation = score_predictions(reference_folders[0].parent, prediction_folder)
+    return evaluation.dose_score, evaluation.dvh_score
 
 
 if __name__ == "__main__":

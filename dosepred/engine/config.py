@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "network": {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
     "optim": {"steps": 2000, "batch_size": 2, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 50,
               "grad_clip": 1.0,
+              "skip_grad_norm": 1.0e4,  # skip a step whose gradient norm is above this (garbage from a kernel)
               "max_minutes": None},  # a wall-clock budget: at its end, validate, export and stop early
     "loss": {"dvh_weight": 0.0},  # weight of the sorted-dose (DVH) L1 beside the masked L1
     "validate_every": 250,

@@ -103,11 +103,7 @@ class DistillationTrainer(Trainer):
                 teacher_features = self.critic(torch.cat([image, soft], dim=1))
             loss = loss + d["feature_matching"] * sum(
                 torch.nn.functional.l1_loss(s, t) for s, t in zip(student_features[:-1], teacher_features[:-1]))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
-        self.optimizer.step()
-        self.scheduler.step()
+        self.optimize(loss)
         self.step_log = {key: float(value.detach()) for key, value in losses.items()} | {"critic_loss": critic_loss}
         return float(loss.detach())
 

@@ -167,12 +167,22 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             prediction = self.model(batch["image"])
         loss = self.loss(prediction.float(), batch)
+        self.optimize(loss)
+        return float(loss.detach())
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """Back-propagate, clip and step. A step whose gradient norm is not finite or above
+        ``optim.skip_grad_norm`` is skipped (as AMP's scaler skips inf steps): on this project's CPU, oneDNN's
+        bf16 backward pass now and then returns garbage weight gradients (norms of 1e31 to inf, measured), and
+        one such step must not move the weights. The schedule moves on either way."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config["optim"]["grad_clip"])
+        if torch.isfinite(norm) and norm <= self.config["optim"]["skip_grad_norm"]:
+            self.optimizer.step()
+        else:
+            log.warning("step %d: gradient norm %.3g, step skipped", self.step + 1, float(norm))
         self.scheduler.step()
-        return float(loss.detach())
 
     def validate(self) -> dict[str, float]:
         """OpenKBP dose and DVH scores of the current network on the validation patients (full grid)."""

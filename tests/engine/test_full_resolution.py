@@ -103,3 +103,14 @@ def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
     assert {path.name for path in files} == {"model.safetensors", "config.json"}
     assert all(path.stat().st_size <= 16 * 2**20 for path in files)  # each comes back through the device's $OUT
     assert json.loads((best / "config.json").read_text())["data"]["beam_angles"] == config["data"]["beam_angles"]
+
+
+def test_a_step_with_garbage_gradients_is_skipped(tiny_packs, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny_packs, "amp=false"), tmp_path / "run")
+    before = {name: tensor.clone() for name, tensor in trainer.network.state_dict().items()}
+    parameter = next(trainer.network.parameters())
+    trainer.optimize((parameter * 1e30).sum())  # a gradient norm far above optim.skip_grad_norm
+    assert all(torch.equal(before[name], tensor) for name, tensor in trainer.network.state_dict().items())
+    assert trainer.scheduler.last_epoch == 1  # the schedule moved on
+    trainer.optimize(trainer.loss(trainer.network(trainer.make_batch(0)["image"]), trainer.make_batch(0)))
+    assert any(not torch.equal(before[name], tensor) for name, tensor in trainer.network.state_dict().items())

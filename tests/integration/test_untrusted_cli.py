@@ -22,10 +22,10 @@ runner = CliRunner()
 
 HOLD_A_TEMPORARY_FOLDER = """
 import signal, sys, time
-from dosepred.cli import _stop
+from dosepred.cli.common import stop
 from dosepred.io.files import temporary_folder
 if sys.argv[1] == "handled":
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, stop)
 with temporary_folder() as folder:
     print(folder, flush=True)
     time.sleep(60)

@@ -1,0 +1,98 @@
+"""dosepred prepare | phantom | evaluate: patients in and out, and scoring."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.inference.writers import OutputFormat
+from dosepred.io import nifti, openkbp_csv, pack, sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.phantom import make_phantom
+
+class PrepareFormat(str, Enum):
+    nifti = "nifti"
+    pack = "pack"
+
+
+
+@app.command()
+def prepare(
+    source: Annotated[Path, typer.Argument(help="An OpenKBP split folder, a .tar.xz of one, or one patient folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the converted patients to.")],
+    format: Annotated[PrepareFormat, typer.Option("--format", help="nifti: one folder of .nii.gz per patient; "
+                                                  "pack: one compact file per patient.")] = PrepareFormat.nifti,
+) -> None:
+    """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
+    failures: list[str] = []
+    try:
+        with sources.open_patients(source) as paths, progress_bar() as progress:
+            for path in progress.track(paths, description=f"prepare ({format.value})"):
+                try:
+                    patient = sources.read_patient(path)
+                    if format is PrepareFormat.nifti:
+                        nifti.write_patient(patient, output / patient.id)
+                    else:
+                        pack.write_patient(patient, output / f"{patient.id}{pack.SUFFIX}")
+                except PatientDataError as error:
+                    failures.append(str(error))
+    except PatientDataError as error:
+        raise fail(str(error)) from None
+    done = len(paths) - len(failures)
+    console.print(f"wrote {done} of {len(paths)} patient(s) to {output}")
+    if failures:
+        console.print(f"[red]{len(failures)} patient(s) failed:[/red]")
+        for failure in failures:
+            console.print(f"  {escape(failure)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+
+@app.command()
+def phantom(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the patient folder into.")],
+    format: Annotated[OutputFormat, typer.Option("--format", help="Patient folder format.")] = OutputFormat.openkbp,
+) -> None:
+    """Write the embedded synthetic head-and-neck patient (with its reference dose) as OUTPUT/phantom."""
+    patient = make_phantom()
+    (nifti.write_patient if format is OutputFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
+    console.print(f"wrote the phantom patient to {output / patient.id}")
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[Path, typer.Argument(help="Folder of reference patients with dose (OpenKBP CSV, NIfTI or pack).")],
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted doses: <patient>.csv (OpenKBP submission) "
+                                                "or <patient>.nii.gz.")],
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+) -> None:
+    """Score predictions with the OpenKBP dose and DVH scores."""
+    from dosepred.metrics.folders import score_predictions
+
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("evaluate", total=None)
+            evaluation = score_predictions(reference, predictions,
+                                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except PatientDataError as error:
+        raise fail(str(error)) from None
+    table = Table(title="DVH metrics per ROI (mean over patients, Gy)")
+    for column in ("ROI", "metric", "n", "reference", "predicted", "mean |error|"):
+        table.add_column(column, justify="left" if column in ("ROI", "metric") else "right")
+    for row in evaluation.roi_table():
+        table.add_row(str(row["roi"]), str(row["metric"]), str(row["n"]), f"{row['reference_gy']:.2f}",
+                      f"{row['predicted_gy']:.2f}", f"{row['mean_abs_error_gy']:.2f}")
+    Console().print(table)
+    Console().print(f"patients: {evaluation.n}   dose score: {evaluation.dose_score:.4f} Gy   "
+                    f"DVH score: {evaluation.dvh_score:.4f} Gy")
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")

@@ -1,0 +1,133 @@
+"""dosepred detect train | eval | embed: BLC zero-shot detection (supporting module)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.io.errors import PatientDataError
+
+detect_app = typer.Typer(help="BLC zero-shot detection of the structures in axial CT slices (seen/unseen split "
+                         "in the README).", no_args_is_help=True)
+app.add_typer(detect_app, name="detect")
+
+
+def _detection_slices(source: Path, slice_step: int, progress: Progress):
+    from dosepred.detection.data import SliceSet
+
+    task = progress.add_task(f"slices of {source}", total=None)
+    try:
+        return SliceSet.from_source(source, slice_step=slice_step,
+                                    progress=lambda phase, done, total: progress.update(task, completed=done, total=total))
+    except (PatientDataError, ValueError) as error:
+        raise fail(str(error)) from None
+
+
+@detect_app.command("train")
+def detect_train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder: model.safetensors, config.json, log.json.")],
+    data: Annotated[Path, typer.Option("--data", help="Training patients (pack, CSV folders or tarball).")] = Path("data/pack/train"),
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (the shipped detector: 1200).")] = 1200,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per step.")] = 8,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW peak learning rate.")] = 1e-3,
+    slice_step: Annotated[int, typer.Option("--slice-step", help="Keep every n-th slice holding a structure.")] = 2,
+    blrpn: Annotated[bool, typer.Option("--blrpn/--no-blrpn", help="Learnt background embedding in the RPN "
+                                        "(off: binary objectness and the fixed word 'background').")] = True,
+    semantic_flow: Annotated[bool, typer.Option("--semantic-flow/--no-semantic-flow",
+                                                help="Semantic information flow between cascade stages.")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")] = None,
+) -> None:
+    """Train a detector on the seen structures (unseen ones are never targets, and their regions are ignored)."""
+    import torch
+
+    from dosepred.detection.network import DetectorConfig
+    from dosepred.detection.training import save_detector, train_detector
+
+    if steps < 1 or batch_size < 1 or slice_step < 1:
+        raise fail("--steps, --batch-size and --slice-step must be at least 1")
+    if threads:
+        torch.set_num_threads(threads)
+    config = DetectorConfig(blrpn=blrpn, semantic_flow=semantic_flow)
+    with progress_bar() as progress:
+        slices = _detection_slices(data, slice_step, progress)
+        task = progress.add_task("training", total=steps)
+        try:
+            detector, log = train_detector(slices, config, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                           seed=seed, progress=lambda phase, done, total: progress.update(task, completed=done))
+        except FloatingPointError as error:
+            raise fail(str(error), code=1) from None
+    training = {"data": str(data), "slices": len(slices), "slice_step": slice_step, "steps": steps,
+                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+                "threads": torch.get_num_threads(), "minutes": round(log[-1]["seconds"] / 60, 1)}
+    save_detector(detector, output, training, log)
+    console.print(f"trained on {len(slices)} slices for {steps} steps in {training['minutes']} min; model in {output}")
+
+
+@detect_app.command("eval")
+def detect_eval(
+    models: Annotated[list[Path], typer.Argument(help="Detector folders from 'detect train' (one table row each).")],
+    data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
+    slice_step: Annotated[int, typer.Option("--slice-step", help="Evaluate every n-th slice holding a structure.")] = 1,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")] = None,
+) -> None:
+    """ZSD (unseen classes: Recall@100 at IoU 0.4/0.5/0.6, mAP@0.5) and GZSD (seen/unseen recall, harmonic mean)."""
+    import torch
+
+    from dosepred.detection.evaluation import RECALL_IOUS, evaluate_detector
+    from dosepred.detection.training import load_detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        detectors = {str(folder): load_detector(folder) for folder in models}
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise fail(str(error)) from None
+    results = {}
+    with progress_bar() as progress:
+        slices = _detection_slices(data, slice_step, progress)
+        tasks: dict[str, object] = {}
+        for name, detector in detectors.items():
+            def report(phase: str, done: int, total: int, name: str = name) -> None:
+                key = f"{Path(name).name}: {phase}"
+                if key not in tasks:
+                    tasks[key] = progress.add_task(key, total=total)
+                progress.update(tasks[key], completed=done)
+
+            results[name] = evaluate_detector(detector, slices, progress=report)
+    table = Table(title=f"zero-shot detection, {data} (every {slice_step}. slice with a structure)")
+    columns = [*(f"ZSD R@100 IoU{iou}" for iou in RECALL_IOUS), "ZSD mAP@0.5", "GZSD seen R", "GZSD unseen R", "GZSD HM"]
+    for column in ("model", *columns):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, result in results.items():
+        zsd, gzsd = result["zsd"], result["gzsd"]
+        values = [*(zsd[f"recall@100_iou{iou}"] for iou in RECALL_IOUS), zsd["map@0.5"],
+                  gzsd["seen_recall@100_iou0.5"], gzsd["unseen_recall@100_iou0.5"], gzsd["harmonic_mean"]]
+        table.add_row(name, *(f"{100 * value:.1f}" for value in values))
+    Console().print(table)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(results, indent=2) + "\n")
+
+
+@detect_app.command("embed")
+def detect_embed(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write [default: the cache the "
+                                                "detector reads].")] = None,
+) -> None:
+    """Recompute the class embeddings from the structures' names (MiniLM if installed, else the trigram fallback)."""
+    from dosepred.detection.embeddings import CACHE, write_cache
+
+    source = write_cache(output or CACHE)
+    console.print(f"class embeddings from {source} written to {output or CACHE}")
+
+
+# --- few-shot classification (supporting module): dosepred fewshot train | eval -------------------------------

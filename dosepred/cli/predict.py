@@ -1,0 +1,126 @@
+"""dosepred predict | demo | app: predictions for patients, the phantom demo and the viewer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.inference.writers import OutputFormat
+from dosepred.io import sources
+from dosepred.io.errors import PatientDataError
+from dosepred.io.phantom import make_phantom
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", "-i", help="One patient, or a folder of patients (OpenKBP CSV, "
+                                        "NIfTI or pack), or a .tar.xz of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one predicted dose per patient.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
+                                              "[default: the best shipped model].")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
+    format: Annotated[OutputFormat, typer.Option("--format", help="openkbp-csv: pt_*.csv submission files; "
+                                                 "nifti: pt_*.nii.gz.")] = OutputFormat.openkbp,
+    resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
+                                       "the numbers of model cards measured in float32).")] = False,
+) -> None:
+    """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
+    from dosepred.inference.batch import predict_patients
+    from dosepred.inference.models import load_predictor
+    from dosepred.devices import DeviceError, resolve_device, set_threads
+    from dosepred.inference.predictor import ModelError
+
+    set_threads(threads)
+    try:
+        predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
+        with sources.open_patients(input) as paths, progress_bar() as progress:
+            task = progress.add_task("predict", total=len(paths))
+            report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,
+                                      on_patient=lambda name: progress.advance(task))
+    except (ModelError, DeviceError, PatientDataError) as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {len(report.written)} prediction(s) to {output}"
+                  + (f", skipped {len(report.skipped)} already done" if report.skipped else ""))
+    if report.failed:
+        console.print(f"[red]{len(report.failed)} patient(s) failed:[/red]")
+        for name, message in report.failed.items():
+            console.print(f"  {escape(name)}: {escape(message)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's files.")] = Path("demo-output"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Predict the embedded phantom with the default model: dose (NIfTI), DVH plot (PNG), metrics table (CSV)."""
+    from dosepred.inference.writers import write_dose
+    from dosepred.devices import DeviceError, resolve_device
+    from dosepred.inference.models import load_predictor, resolve_model
+    from dosepred.inference.predictor import ModelError
+    from dosepred.visual.dvh import metrics_rows, save_dvh_plot, write_metrics_csv
+
+    try:
+        model_dir = resolve_model(model)
+        predictor = load_predictor(model, device=resolve_device(device))
+    except (ModelError, DeviceError) as error:
+        raise fail(str(error)) from None
+    if output.exists() and not output.is_dir():
+        raise fail(f"{output}: exists and is not a folder")
+    with console.status(f"predicting the phantom with {model_dir.name}"):
+        patient = make_phantom()
+        dose = predictor.predict(patient, tta=True)
+    output.mkdir(parents=True, exist_ok=True)
+    files = {"predicted dose (NIfTI)": output / "phantom_dose.nii.gz", "DVH plot": output / "phantom_dvh.png",
+             "metrics table": output / "phantom_metrics.csv"}
+    write_dose(patient, dose, files["predicted dose (NIfTI)"], OutputFormat.nifti)
+    save_dvh_plot(patient, dose, files["DVH plot"])
+    rows, scores = metrics_rows(patient, dose)
+    write_metrics_csv(rows, files["metrics table"])
+    table = Table(title=f"phantom, model {model_dir.name} (Gy)")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in ("roi", "metric") else "right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    Console().print(table)
+    Console().print(f"dose score {scores['dose_score']:.3f} Gy, DVH score {scores['dvh_score']:.3f} Gy "
+                    "(against the phantom's synthetic reference dose)")
+    for what, path in files.items():
+        Console().print(f"{what}: {path}", soft_wrap=True)
+
+
+@app.command("app")
+def viewer(
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder of patients the viewer may open; "
+                                                   "nothing outside it is read.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
+) -> None:
+    """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise fail("the viewer needs Streamlit: pip install -e '.[app]'")
+    if data_root is not None and not data_root.is_dir():
+        raise fail(f"{data_root}: not a folder")
+    script = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    environment = {k: v for k, v in os.environ.items() if k not in ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL")}
+    if data_root is not None:
+        environment["DOSEPRED_DATA_ROOT"] = str(data_root.resolve())
+    if model is not None:
+        environment["DOSEPRED_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
+    console.print(f"dosepred viewer on http://127.0.0.1:{port} (Ctrl+C to stop)")
+    os.execve(sys.executable, command, environment)  # Streamlit takes this process over: signals reach it directly

@@ -1,0 +1,153 @@
+"""dosepred train | distill | search: dose models, students and architecture searches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.io.errors import PatientDataError
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints, best model.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+    genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
+                                                  "with 'genotype' (and optionally 'channels').")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
+                                             "fresh schedule; its lineage carries into the new model card.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
+) -> None:
+    """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
+    from dosepred.devices import DeviceError
+    from dosepred.engine.config import ConfigError, load_config
+    from dosepred.engine.trainer import Trainer
+    from dosepred.inference.predictor import ModelError
+
+    try:
+        if resume:
+            if config is not None or overrides or genotype is not None or init is not None:
+                raise ConfigError("--resume continues with the run's own config; give no --config, --genotype, "
+                                  "--init or overrides")
+            settings = load_config(output / "config.yaml")
+        else:
+            settings = load_config(config, overrides or [])
+            if genotype is not None:
+                settings["network"] = _searched_network(genotype, settings["network"])
+            if init is not None:
+                settings["init"] = init
+        if threads is not None:
+            settings["threads"] = threads
+        trainer = Trainer(settings, output, resume=resume, overwrite=overwrite)
+    except (ConfigError, PatientDataError, ModelError, DeviceError, OSError, KeyError, ValueError) as error:
+        raise fail(str(error)) from None
+    total = settings["optim"]["steps"]
+    with progress_bar() as progress:
+        task = progress.add_task("train", total=total, completed=trainer.step)
+
+        def on_step(step: int, row: dict[str, float]) -> None:
+            if "val_dose_score" in row:
+                progress.update(task, description=f"train (val dose {row['val_dose_score']:.2f} Gy)")
+            progress.update(task, completed=step)
+
+        trainer.fit(on_step)
+    if trainer.topology.is_main:
+        console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; model in {output / 'best'}")
+
+
+def _searched_network(path: Path, network: dict) -> dict:
+    """The network section for a genotype file: {"genotype": {...}, "channels": [...]} (channels optional)."""
+    from dosepred.engine.config import ConfigError
+
+    try:
+        content = json.loads(path.read_text())
+        genotype = content["genotype"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {error})") from None
+    channels = content.get("channels") or network.get("channels")
+    return {"name": "searched", "genotype": genotype, **({"channels": channels} if channels else {})}
+
+
+@app.command()
+def distill(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder, as for train.")],
+    teachers: Annotated[list[str] | None, typer.Option("--teachers", "-t", help="A teacher model (name or folder); "
+                                                       "repeat for each [default: the config's distill.teachers].")] = None,
+    student: Annotated[str, typer.Option("--student", help="A registered network name (e.g. unet) or a "
+                                         "genotype JSON file.")] = "unet",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (train + distill).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+) -> None:
+    """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
+    from dosepred.engine.config import DEFAULTS, ConfigError, load_config
+    from dosepred.engine.distillation import DISTILL_DEFAULTS, DistillationTrainer
+    from dosepred.inference.predictor import ModelError
+
+    defaults = {**DEFAULTS, "distill": DISTILL_DEFAULTS}
+    try:
+        if resume:
+            if teachers or config is not None or overrides:
+                raise ConfigError("--resume continues with the run's own config; give no --teachers, --config or overrides")
+            settings = load_config(output / "config.yaml", defaults=defaults)
+        else:
+            settings = load_config(config, overrides or [], defaults=defaults)
+            settings["distill"]["teachers"] = list(teachers or settings["distill"]["teachers"])
+            if not settings["distill"]["teachers"]:
+                raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ... (or distill.teachers)")
+            if Path(student).is_file():
+                settings["network"] = _searched_network(Path(student), settings["network"])
+            elif student != settings["network"]["name"]:
+                settings["network"] = {"name": student}
+        trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite)
+    except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
+        raise fail(str(error)) from None
+    with progress_bar() as progress:
+        task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
+        trainer.fit(lambda step, row: progress.update(task, completed=step))
+    console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; student in {output / 'best'}")
+
+
+@app.command()
+def search(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder for the search's results.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="lenas, random, kshot, gold or fpnas (see the README).")] = "lenas",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON search config.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as search.supernet_steps=500.")] = None,
+    space_size: Annotated[bool, typer.Option("--space-size", help="Print the search space and its size, then stop.")] = False,
+) -> None:
+    """Search architectures, rank them and choose strong, diverse teachers (ranked.json, teachers/, diversity.json)."""
+    from dosepred.engine.config import SEARCH_DEFAULTS, ConfigError, load_config
+    from dosepred.nas.run import run_search
+    from dosepred.nas.space import SearchSpace
+
+    try:
+        settings = load_config(config, overrides or [], defaults=SEARCH_DEFAULTS)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+    if space_size:
+        Console().print(SearchSpace(tuple(settings["search"]["channels"])).describe())
+        return
+    if output is None:
+        raise fail("give --output for the search's results")
+    with progress_bar() as progress:
+        tasks: dict[str, object] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        try:
+            summary = run_search(settings, output, strategy=strategy, progress=report)
+        except (KeyError, PatientDataError, ValueError) as error:
+            raise fail(str(error)) from None
+    Console().print(summary, soft_wrap=True)

@@ -1,0 +1,43 @@
+"""Scoring a folder of predicted doses against reference patients (``dosepred evaluate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from dosepred.io import pack, sources
+from dosepred.io.errors import PatientDataError
+from dosepred.metrics.openkbp import Evaluation, OpenKBPScorer
+
+
+def score_predictions(reference: Path, predictions: Path, *,
+                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """The OpenKBP scores of the doses in ``predictions`` (``<id>.csv`` submissions or ``<id>.nii.gz``) against
+    the reference patients (with dose) in ``reference``; ``progress(done, total)`` after each patient.
+
+    Raises:
+        PatientDataError: a missing prediction or dose, or any unreadable file (every patient must score).
+    """
+    if not predictions.is_dir():
+        raise PatientDataError(predictions, "not a folder of predictions")
+    scorer = OpenKBPScorer()
+    with sources.open_patients(reference) as paths:
+        ids = [path.name.removesuffix(pack.SUFFIX) for path in paths]
+        missing = [pid for pid in ids if sources.find_dose_file(predictions, pid) is None]
+        if missing:
+            raise PatientDataError(predictions, f"no prediction for {len(missing)} of {len(ids)} patient(s): "
+                                   f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        for done, path in enumerate(paths, start=1):
+            patient = sources.read_patient(path)
+            if patient.dose is None:
+                raise PatientDataError(path, "reference patient has no dose")
+            dose_file = sources.find_dose_file(predictions, patient.id)
+            if dose_file is None:
+                raise PatientDataError(path, f"holds patient {patient.id!r}, whose prediction is not in {predictions} "
+                                       "(a pack file's name must be its patient id)")
+            predicted = sources.read_dose_file(dose_file, patient.shape, patient.spacing)
+            scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
+                       possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+            if progress is not None:
+                progress(done, len(paths))
+    return scorer.evaluation
