@@ -13,7 +13,7 @@ from dosepred.inference.predictor import CONFIG_FILE, ModelError, Predictor
 #: The models/ folder of this repository (override with DOSEPRED_MODELS).
 MODELS_DIR = Path(os.environ.get("DOSEPRED_MODELS", Path(__file__).resolve().parents[2] / "models"))
 #: The best shipped model; predict, demo and the viewer use it unless told otherwise.
-DEFAULT_MODEL = "unet-beams-cpu128"
+DEFAULT_MODEL = "unet-beams-128"
 
 
 def shipped_models() -> list[str]:
