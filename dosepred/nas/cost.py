@@ -1,52 +1,36 @@
-"""What an architecture costs: parameters and multiply-accumulates (MACs) of its convolutions."""
+"""What an architecture costs: parameters and multiply-accumulates (MACs) of its convolutions, counted by
+``torch.utils.flop_counter``."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from dosepred.data.transforms import INPUT_CHANNELS
 from dosepred.nas.space import genotype_key
 from dosepred.networks.searched import Genotype, build_network
 
 
-def conv_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-    """Multiply-accumulates of one convolution or linear call (batch included)."""
-    if isinstance(module, nn.ConvTranspose3d):
-        return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, nn.Conv3d):
-        return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-    return output.numel() * module.in_features  # nn.Linear
-
-
-def count_macs(network: nn.Module, run: Callable[[], object]) -> dict[str, int]:
-    """MACs of every convolution / linear layer of ``network`` during ``run()``, by module name."""
-    counts: dict[str, int] = {}
-    handles = []
-    for name, module in network.named_modules():
-        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)):
-            def hook(module: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
-                counts[name] = counts.get(name, 0) + conv_macs(module, inputs, output)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts
+def macs_by_module(network: nn.Module, run: Callable[[], object]) -> dict[str, int]:
+    """Multiply-accumulates (half of ``torch.utils.flop_counter``'s FLOPs: convolutions and matrix products)
+    of ``run()``, for every module of ``network`` by its name (a module counts its children; "" is the whole)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    root = type(network).__name__
+    return {name.removeprefix(root).removeprefix("."): sum(flops.values()) // 2
+            for name, flops in counter.get_flop_counts().items() if name == root or name.startswith(f"{root}.")}
 
 
 @lru_cache(maxsize=4096)
 def _cost(genotype_json: str, channels: tuple[int, ...], resolution: int) -> tuple[int, int]:
     network = build_network(genotype=json.loads(genotype_json), channels=channels).eval()
     x = torch.zeros(1, len(INPUT_CHANNELS), resolution, resolution, resolution)
-    macs = sum(count_macs(network, lambda: network(x)).values())
+    macs = macs_by_module(network, lambda: network(x))[""]
     return sum(p.numel() for p in network.parameters()), macs
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS, resampling
 from dosepred.networks.searched import Candidates, Genotype, plain_genotype
 
 BlockRef = tuple[str, int]  # ("encoder" | "decoder", index)
@@ -44,7 +44,7 @@ class SearchSpace:
 
     def block_choices(self, kind: str) -> list[dict[str, object]]:
         """All choices of one block, in a fixed order."""
-        resample_key, table = ("down", DOWN_OPS) if kind == "encoder" else ("up", UP_OPS)
+        resample_key, table = resampling(kind)
         return [{resample_key: resample, "ops": [a, b], "residual": residual}
                 for resample, a, b, residual in itertools.product(table, SLOT_OPS, SLOT_OPS, (False, True))]
 

@@ -56,3 +56,8 @@ UP_OPS: dict[str, Callable[[int, int], nn.Module]] = {
     "trilinear_conv": lambda i, o: nn.Sequential(nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
                                                  conv_norm_act(i, o)),
 }
+
+
+def resampling(kind: str) -> tuple[str, dict[str, Callable[[int, int], nn.Module]]]:
+    """A block kind's resampling key in a genotype and its ops: ("down", DOWN_OPS) or ("up", UP_OPS)."""
+    return ("down", DOWN_OPS) if kind == "encoder" else ("up", UP_OPS)

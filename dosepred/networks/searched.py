@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dosepred.data.transforms import INPUT_CHANNELS
-from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS, conv_norm_act
+from dosepred.networks.ops import SLOT_OPS, conv_norm_act, resampling
 from dosepred.networks.registry import register_network
 
 Genotype = dict[str, list[dict[str, Any]]]
@@ -45,8 +45,7 @@ class SearchBlock(nn.Module):
 
     def __init__(self, kind: str, in_channels: int, out_channels: int, candidates: dict[str, Any]) -> None:
         super().__init__()
-        resample_ops = DOWN_OPS if kind == "encoder" else UP_OPS
-        self.resample_key = "down" if kind == "encoder" else "up"
+        self.resample_key, resample_ops = resampling(kind)
         self.resample = nn.ModuleDict({name: resample_ops[name](in_channels, out_channels)
                                        for name in candidates[self.resample_key]})
         self.fuse = conv_norm_act(2 * out_channels, out_channels, kernel=1) if kind == "decoder" else None
@@ -121,7 +120,8 @@ def validate_genotype(genotype: Genotype, depth: int) -> None:
         return (isinstance(names, list) and len(names) >= 1 and len(set(names)) == len(names)
                 and all(isinstance(name, str) and name in table for name in names))
 
-    for kind, resample, table in (("encoder", "down", DOWN_OPS), ("decoder", "up", UP_OPS)):
+    for kind in ("encoder", "decoder"):
+        resample, table = resampling(kind)
         blocks = genotype.get(kind)
         if not isinstance(blocks, list) or len(blocks) != depth:
             raise ValueError(f"genotype needs {depth} {kind} blocks")

@@ -33,13 +33,13 @@ from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import make_supernet, paths_of, training_batch
-from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype
 
 
 def decisions(kind: str) -> dict[str, list[Any]]:
     """A block's separate decisions and their options (the factors of the coarse distribution)."""
-    resample, table = ("down", DOWN_OPS) if kind == "encoder" else ("up", UP_OPS)
+    resample, table = resampling(kind)
     return {resample: list(table), "op0": list(SLOT_OPS), "op1": list(SLOT_OPS), "residual": [False, True]}
 
 

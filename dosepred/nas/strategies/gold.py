@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from dosepred.engine.losses import masked_l1
-from dosepred.nas.cost import architecture_cost, count_macs
+from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import make_supernet, training_batch
-from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Gate, Genotype, UNetSpaceNet
 
 Part = str | int  # "resample", a slot index, or "residual"
@@ -39,7 +39,7 @@ Part = str | int  # "resample", a slot index, or "residual"
 
 def parts(kind: str) -> dict[Part, list[str]]:
     """The gated parts of a block and their candidate ops."""
-    return {"resample": list(DOWN_OPS if kind == "encoder" else UP_OPS), 0: list(SLOT_OPS), 1: list(SLOT_OPS),
+    return {"resample": list(resampling(kind)[1]), 0: list(SLOT_OPS), 1: list(SLOT_OPS),
             "residual": ["residual"]}
 
 
@@ -72,7 +72,7 @@ class GatedSupernet(nn.Module):
         for kind, index in self.space.blocks:
             alive = {part: self.alive[self.key(kind, index, part)] for part in parts(kind)}
             single = {part: names[0] if len(names) == 1 else names for part, names in alive.items()}
-            genotype[kind].append({"down" if kind == "encoder" else "up": single["resample"],
+            genotype[kind].append({resampling(kind)[0]: single["resample"],
                                    "ops": [single[0], single[1]], "residual": bool(alive["residual"])})
         return genotype
 
@@ -84,15 +84,13 @@ class GatedSupernet(nn.Module):
         everything = self.architecture()
         x = torch.zeros(1, self.supernet.stem[0].in_channels, *(resolution,) * 3,
                         device=next(self.parameters()).device)
-        by_module = count_macs(self.supernet, lambda: self.supernet(x, everything))
-        macs = {key: np.zeros(len(names)) for key, names in self.alive.items()}
-        for name, value in by_module.items():
-            path = name.split(".")  # e.g. encoder.0.slots.1.se_conv3.conv.0 / decoder.2.resample.up_op...
-            if path[0] in ("encoder", "decoder") and path[2] in ("resample", "slots"):
-                kind, index = path[0], int(path[1])
-                part: Part = "resample" if path[2] == "resample" else int(path[3])
-                op = path[3] if path[2] == "resample" else path[4]
-                macs[self.key(kind, index, part)][parts(kind)[part].index(op)] += value
+        by_module = macs_by_module(self.supernet, lambda: self.supernet(x, everything))
+        macs = {}
+        for kind, index in self.space.blocks:
+            for part, names in parts(kind).items():
+                where = f"{kind}.{index}." + ("resample" if part == "resample" else f"slots.{part}")
+                macs[self.key(kind, index, part)] = np.array([by_module.get(f"{where}.{name}", 0) for name in names],
+                                                             dtype=float)
         return macs
 
     def alive_masks(self) -> dict[str, torch.Tensor]:

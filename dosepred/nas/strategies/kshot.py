@@ -32,7 +32,7 @@ from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import make_supernet, training_batch
-from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS
+from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype
 
 
@@ -45,7 +45,7 @@ def encode(space: SearchSpace, genotype: Genotype, width: int, widths: int) -> t
     parts = []
     for kind, index in space.blocks:
         block = genotype[kind][index]
-        resample, table = ("down", DOWN_OPS) if kind == "encoder" else ("up", UP_OPS)
+        resample, table = resampling(kind)
         for value, options in ((block[resample], list(table)), (block["ops"][0], list(SLOT_OPS)),
                                (block["ops"][1], list(SLOT_OPS)), (block["residual"], [False, True])):
             parts.append(nn.functional.one_hot(torch.tensor(options.index(value)), len(options)))
