@@ -23,7 +23,7 @@ import torch
 from dosepred.devices import resolve_device
 from dosepred.engine.config import load_config
 from dosepred.engine.trainer import Trainer
-from dosepred.inference.predictor import Predictor
+from dosepred.inference.loader import load_predictor
 from dosepred.io import sources
 from dosepred.metrics.openkbp import OpenKBPScorer
 
@@ -50,7 +50,7 @@ def train_variant(run: Path, overrides: list[str], steps: int) -> None:
 
 def score_model(folder: Path, validation: Path) -> dict[str, float]:
     """Dose and DVH scores of the exported model (float16 weights, as shipped), without and with TTA."""
-    predictor = Predictor.from_model_dir(folder, device=resolve_device("auto"))
+    predictor = load_predictor(folder, device=resolve_device("auto"))
     scorers = {False: OpenKBPScorer(), True: OpenKBPScorer()}
     for path in sources.find_patients(validation):
         patient = sources.read_patient(path)

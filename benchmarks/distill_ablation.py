@@ -19,7 +19,7 @@ import torch
 
 from dosepred.io import sources
 from dosepred.inference.ensemble import EnsemblePredictor
-from dosepred.inference.models import load_predictor
+from dosepred.inference.loader import load_predictor
 from dosepred.metrics import OpenKBPScorer
 
 

@@ -24,7 +24,7 @@ def measure(model: str | None, patients: str, n: int, device: str, tta: bool, th
     import torch
 
     from dosepred.io import sources
-    from dosepred.inference.models import load_predictor
+    from dosepred.inference.loader import load_predictor
     from dosepred.devices import resolve_device
 
     torch.set_num_threads(threads)

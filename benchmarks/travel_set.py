@@ -22,14 +22,17 @@ LIMIT_MIB, TARGET_MIB = 64, 60
 
 
 def tracked_sizes(root: Path) -> dict[str, int]:
-    """Bytes of the git-tracked files, by top-level folder (models/ by model)."""
+    """Bytes of the git-tracked files, by top-level folder (dosepred/models/ by model)."""
     names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(b"\0")
     groups: dict[str, int] = {}
     for name in filter(None, names):
         path = root / name.decode()
         if path.is_file():
             parts = Path(name.decode()).parts
-            group = "/".join(parts[:2]) if parts[0] == "models" and len(parts) > 2 else parts[0] if len(parts) > 1 else "(top)"
+            if parts[:2] == ("dosepred", "models") and len(parts) > 3:
+                group = "/".join(parts[:3])
+            else:
+                group = parts[0] if len(parts) > 1 else "(top)"
             groups[group] = groups.get(group, 0) + path.stat().st_size
     return groups
 

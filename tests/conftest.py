@@ -73,18 +73,16 @@ def tiny_model(tiny_packs, tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_output_model(tmp_path_factory):
     """An untrained model folder whose network has a second (uncertainty) output channel."""
-    import json
-
     import torch
-    from safetensors.torch import save_file
 
+    from dosepred.models import WEIGHTS_FILE, write_model
     from dosepred.networks import create_network
 
-    folder = tmp_path_factory.mktemp("two_output")
+    folder = tmp_path_factory.mktemp("two_output") / "model"
     network = {"name": "unet", "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 1}
     torch.manual_seed(0)
-    save_file(create_network(**network).state_dict(), folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"network": network, "data": {"resolution": 32}}))
+    write_model(folder, "dose", {"network": network, "data": {"resolution": 32}},
+                {WEIGHTS_FILE: create_network(**network).state_dict()})
     return folder
 
 

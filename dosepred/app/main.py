@@ -23,7 +23,8 @@ from dosepred.io.patient import ROIS, Patient, require_grid
 from dosepred.io.phantom import make_phantom
 from dosepred.io.uploads import extract_zip, patients_under, resolve_under, save_images
 from dosepred.inference.ensemble import EnsemblePredictor
-from dosepred.inference.models import DEFAULT_MODEL, load_predictor
+from dosepred.inference.loader import load_predictor
+from dosepred.models import DEFAULT_MODEL
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, write_dose
 from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows

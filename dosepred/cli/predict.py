@@ -34,9 +34,9 @@ def predict(
 ) -> None:
     """Predict the dose of each patient; failures are listed at the end and give exit code 1."""
     from dosepred.inference.batch import predict_patients
-    from dosepred.inference.models import load_predictor
+    from dosepred.inference.loader import load_predictor
     from dosepred.devices import DeviceError, resolve_device, set_threads
-    from dosepred.inference.predictor import ModelError
+    from dosepred.models import ModelError
 
     set_threads(threads)
     try:
@@ -65,8 +65,8 @@ def demo(
     """Predict the embedded phantom with the default model: dose (NIfTI), DVH plot (PNG), metrics table (CSV)."""
     from dosepred.inference.writers import write_dose
     from dosepred.devices import DeviceError, resolve_device
-    from dosepred.inference.models import load_predictor, resolve_model
-    from dosepred.inference.predictor import ModelError
+    from dosepred.inference.loader import load_predictor
+    from dosepred.models import ModelError, resolve_model
     from dosepred.visual.dvh import metrics_rows, save_dvh_plot, write_metrics_csv
 
     try:

@@ -29,7 +29,7 @@ def train(
     from dosepred.devices import DeviceError
     from dosepred.engine.config import ConfigError, load_config
     from dosepred.engine.trainer import Trainer
-    from dosepred.inference.predictor import ModelError
+    from dosepred.models import ModelError
 
     try:
         if resume:
@@ -90,7 +90,7 @@ def distill(
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
     from dosepred.engine.config import DEFAULTS, ConfigError, load_config
     from dosepred.engine.distillation import DISTILL_DEFAULTS, DistillationTrainer
-    from dosepred.inference.predictor import ModelError
+    from dosepred.models import ModelError
 
     defaults = {**DEFAULTS, "distill": DISTILL_DEFAULTS}
     try:

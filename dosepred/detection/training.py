@@ -1,4 +1,4 @@
-"""Train a BLC detector on slices, save it (safetensors + JSON) and load it back."""
+"""Train a BLC detector on slices; its model folder (``dosepred.models``, kind ``detector``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from dosepred.io.files import atomic_folder
 from dosepred.detection.data import Progress, SliceSet, network_input
 from dosepred.detection.detector import BLCDetector
 from dosepred.detection.embeddings import load_embeddings
 from dosepred.detection.network import DetectorConfig
+from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
 
-WEIGHTS, CONFIG, LOG = "model.safetensors", "config.json", "log.json"
+LOG = "log.json"
 
 
 def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 1200, batch_size: int = 8,
@@ -57,20 +56,23 @@ def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 120
 
 def save_detector(detector: BLCDetector, folder: Path, training: dict | None = None,
                   log: list[dict[str, float]] | None = None) -> None:
-    """Write weights, config (settings + training record) and loss log to ``folder``, all at once."""
-    with atomic_folder(folder) as staging:
-        save_file({name: tensor.contiguous() for name, tensor in detector.state_dict().items()}, str(staging / WEIGHTS))
-        (staging / CONFIG).write_text(json.dumps({"detector": detector.config.to_dict(), "training": training or {}},
-                                                 indent=2) + "\n")
-        (staging / LOG).write_text(json.dumps(log or [], indent=1) + "\n")
+    """A detector model folder: weights, config (settings + training record) and the loss log."""
+    write_model(folder, "detector", {"detector": detector.config.to_dict(), "training": training or {}},
+                {WEIGHTS_FILE: detector.state_dict()}, {LOG: json.dumps(log or [], indent=1) + "\n"})
 
 
-def load_detector(folder: Path) -> BLCDetector:
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"{folder} is not a detector folder ({WEIGHTS} and {CONFIG} expected)")
-    config = DetectorConfig.from_dict(json.loads((folder / CONFIG).read_text())["detector"])
-    weights = load_file(str(folder / WEIGHTS))
-    detector = BLCDetector(config, weights["class_embeddings"], weights["background"])
-    detector.load_state_dict(weights)
+def load_detector(folder: str | Path) -> BLCDetector:
+    """The detector of a model folder or shipped model name (eval mode).
+
+    Raises:
+        ModelError: not a detector model folder, or weights that do not fit its config.
+    """
+    model = read_model(resolve_model(folder), "detector")
+    weights = model.weights()
+    try:
+        detector = BLCDetector(DetectorConfig.from_dict(model.config["detector"]), weights["class_embeddings"],
+                               weights["background"])
+        detector.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{folder}: invalid detector model ({type(error).__name__}: {error})") from None
     return detector.eval()

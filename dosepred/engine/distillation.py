@@ -28,7 +28,8 @@ from torch import nn
 from dosepred.data.dataset import PatientSamples
 from dosepred.engine.losses import masked_l1
 from dosepred.engine.trainer import Trainer
-from dosepred.inference.models import resolve_model
+from dosepred.inference.ensemble import EnsemblePredictor
+from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
 from dosepred.networks import create_network
 
@@ -72,11 +73,13 @@ class DistillationTrainer(Trainer):
             raise ValueError("distillation needs at least one teacher (distill.teachers)")
         teachers = []
         for name in self.distill["teachers"]:
-            predictor = Predictor.from_model_dir(resolve_model(name), device=self.device)
-            if predictor.resolution != self.config["data"]["resolution"]:
-                raise ValueError(f"teacher {name} works at {predictor.resolution}^3, the student at "
-                                 f"{self.config['data']['resolution']}^3")
-            teachers.append(predictor)
+            loaded = load_predictor(name, device=self.device)
+            members = loaded.members if isinstance(loaded, EnsemblePredictor) else [loaded]  # an ensemble: each member
+            for predictor in members:
+                if predictor.resolution != self.config["data"]["resolution"]:
+                    raise ValueError(f"teacher {name} works at {predictor.resolution}^3, the student at "
+                                     f"{self.config['data']['resolution']}^3")
+                teachers.append(predictor)
         return teachers
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:

@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dosepred.io import sources
-from dosepred.io.files import atomic_folder
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import input_channels
@@ -31,8 +29,9 @@ from dosepred.devices import fast_path, hardware, resolve_device, set_threads
 from dosepred.engine.config import save_config
 from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed
 from dosepred.engine.losses import masked_l1, sorted_dose_l1
-from dosepred.inference.predictor import CONFIG_FILE, WEIGHTS_FILE, Predictor, read_model_config
+from dosepred.inference.predictor import Predictor
 from dosepred.metrics import OpenKBPScorer
+from dosepred.models import WEIGHTS_FILE, read_model, resolve_model, write_model
 from dosepred.networks import create_network
 
 log = logging.getLogger(__name__)
@@ -231,16 +230,14 @@ class Trainer:
         """The training stages behind the ``init`` model (empty when training from scratch)."""
         if not self.config.get("init"):
             return []
-        from dosepred.inference.models import resolve_model
-
-        self.init_folder = resolve_model(self.config["init"])
-        return list(read_model_config(self.init_folder).get("lineage", []))
+        self.init_model = read_model(resolve_model(self.config["init"]), "dose")
+        return list(self.init_model.config.get("lineage", []))
 
     def load_init_weights(self) -> None:
         """Warm start: the network begins with the ``init`` model's weights (same architecture), schedule afresh."""
         try:
-            self.network.load_state_dict(load_file(self.init_folder / WEIGHTS_FILE))
-        except (RuntimeError, OSError) as error:
+            self.network.load_state_dict(self.init_model.weights())
+        except RuntimeError as error:
             raise ValueError(f"--init {self.config['init']}: its weights do not fit this network ({error})") from None
 
     def load_checkpoint(self, path: Path) -> None:
@@ -254,7 +251,6 @@ class Trainer:
 
     def export(self, folder: Path) -> None:
         """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""
-        weights = {name: _half(tensor.detach().cpu().contiguous()) for name, tensor in self.network.state_dict().items()}
         data = self.config["data"]
         stage = {"steps": self.step, "hardware": hardware(self.device), "precision": "bf16" if self.amp else "fp32",
                  "wall_s": round(self.history[-1]["elapsed_s"] if self.history else 0.0, 1),
@@ -262,9 +258,7 @@ class Trainer:
         model_config = {"network": self.network_config(),
                         "data": {"resolution": data["resolution"], "beam_angles": data["beam_angles"]},
                         "trained_steps": self.step, "lineage": [*self.lineage, stage]}
-        with atomic_folder(folder) as tmp:
-            save_file(weights, tmp / WEIGHTS_FILE)
-            save_config(model_config, tmp / CONFIG_FILE)
+        write_model(folder, "dose", model_config, {WEIGHTS_FILE: self.network.state_dict()})
 
     # --- loop ------------------------------------------------------------------------------------
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
@@ -314,15 +308,6 @@ class Trainer:
             writer.writeheader()
             writer.writerows({key: row.get(key, "") for key in self.metric_fields} for row in self.history)
         plot_history(self.history, self.run_dir / "curves.png")
-
-
-def _half(tensor: torch.Tensor) -> torch.Tensor:
-    """Weights are stored as float16 (half the size, so a model travels and comes back from a GPU in one
-    piece; the predictor computes in float32 or bf16 anyway), unless a value would not survive the cast."""
-    if not tensor.is_floating_point():
-        return tensor
-    half = tensor.half()
-    return half if torch.isfinite(half).all() or not torch.isfinite(tensor).all() else tensor
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:

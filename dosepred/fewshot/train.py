@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
-from dosepred.io.files import atomic_folder
 from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet, Progress
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
 from dosepred.fewshot.views import ViewFamily, apply_views, random_params
+from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
 
 METHODS: tuple[str, ...] = ("protonet", "random", "learned")
+GENERATOR_FILE = "generator.safetensors"
 
 
 @dataclass
@@ -155,28 +155,26 @@ def _learned_step(model: ContrastiveModel, generator: ViewGenerator, generator_o
 
 
 def save_model(result: TrainResult, config: FewShotConfig, folder: Path, *, data: dict[str, Any]) -> None:
-    """model.safetensors (encoder), generator.safetensors (learned views only), config.json, log.json."""
+    """A few-shot model folder: the encoder (model.safetensors), the view generator (generator.safetensors,
+    learned views only), config and the training log."""
     content = {"encoder": {"channels": config.channels, "depth": config.depth}, "data": data,
                "train": asdict(config), "training_seconds": round(result.seconds, 1)}
-    with atomic_folder(folder) as staging:  # a half-written model never replaces a good one
-        save_file({k: v.contiguous() for k, v in result.model.encoder.state_dict().items()}, staging / "model.safetensors")
-        if result.generator is not None:
-            save_file({k: v.contiguous() for k, v in result.generator.state_dict().items()},
-                      staging / "generator.safetensors")
-        (staging / "config.json").write_text(json.dumps(content, indent=2) + "\n")
-        (staging / "log.json").write_text(json.dumps(result.log, indent=1) + "\n")
+    weights = {WEIGHTS_FILE: result.model.encoder.state_dict()}
+    if result.generator is not None:
+        weights[GENERATOR_FILE] = result.generator.state_dict()
+    write_model(folder, "fewshot", content, weights, {"log.json": json.dumps(result.log, indent=1) + "\n"})
 
 
-def load_encoder(folder: Path) -> tuple[ConvEncoder, dict[str, Any]]:
-    """The encoder of a model folder (eval mode) and its config.
+def load_encoder(folder: str | Path) -> tuple[ConvEncoder, dict[str, Any]]:
+    """The encoder of a few-shot model folder or shipped model name (eval mode) and its config.
 
     Raises:
-        FileNotFoundError: the folder lacks config.json or model.safetensors.
+        ModelError: not a few-shot model folder, or weights that do not fit its config.
     """
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: not a few-shot model folder (no {name})")
-    config = json.loads((folder / "config.json").read_text())
-    encoder = ConvEncoder(**config["encoder"])
-    encoder.load_state_dict(load_file(folder / "model.safetensors"))
-    return encoder.eval(), config
+    model = read_model(resolve_model(folder), "fewshot")
+    try:
+        encoder = ConvEncoder(**model.config["encoder"])
+        encoder.load_state_dict(model.weights())
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"{folder}: invalid few-shot model ({type(error).__name__}: {error})") from None
+    return encoder.eval(), model.config

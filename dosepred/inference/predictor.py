@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import Patient
 from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
 from dosepred.devices import fast_path
+from dosepred.models import ModelError, ModelFolder
 from dosepred.networks import create_network
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-class ModelError(ValueError):
-    """A model folder or weights file that cannot be used."""
-
-
-def read_model_config(folder: Path) -> dict:
-    """The config.json of a model folder."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({error})") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{folder / CONFIG_FILE}: a model config is a JSON object")
-    return config
 
 
 class Predictor:
@@ -53,28 +31,18 @@ class Predictor:
         self.beam_angles = beam_angles
 
     @classmethod
-    def from_model_dir(cls, folder: str | Path, *, device: torch.device, amp: bool = True) -> Predictor:
-        """Load ``config.json`` and ``model.safetensors`` from a model folder (pickles are never loaded)."""
-        folder = Path(folder)
-        if folder.is_file():
-            raise ModelError(f"{folder}: give a model folder holding {WEIGHTS_FILE} and {CONFIG_FILE}; "
-                             "pickled checkpoints (.pt, .pth, .ckpt) are refused")
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            if not (folder / name).is_file():
-                raise ModelError(f"{folder}: not a model folder (missing {name})")
-        config = read_model_config(folder)
+    def from_folder(cls, folder: ModelFolder, *, device: torch.device, amp: bool = True) -> Predictor:
+        """The dose network of a model folder read by ``dosepred.models.read_model``."""
+        config = folder.config
         try:
             network = create_network(**config["network"])
             resolution, beam_angles = config["data"]["resolution"], config["data"].get("beam_angles")
         except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"{folder / CONFIG_FILE}: invalid model config ({type(error).__name__}: {error})") from None
+            raise ModelError(f"{folder.path}: invalid dose model config ({type(error).__name__}: {error})") from None
         try:
-            weights = {name: tensor.float() for name, tensor in load_file(folder / WEIGHTS_FILE).items()}
-            network.load_state_dict(weights)
-        except (SafetensorError, RuntimeError, OSError) as error:
-            raise ModelError(f"{folder / WEIGHTS_FILE}: cannot load weights ({error})") from None
-        if not all(torch.isfinite(tensor).all() for tensor in weights.values()):
-            raise ModelError(f"{folder / WEIGHTS_FILE}: the weights hold NaN or infinite values")
+            network.load_state_dict(folder.weights())
+        except RuntimeError as error:
+            raise ModelError(f"{folder.path}: the weights do not fit the network ({error})") from None
         return cls(network, resolution=resolution, device=device, amp=amp, beam_angles=beam_angles,
                    patch_size=config.get("inference", {}).get("patch_size"))
 

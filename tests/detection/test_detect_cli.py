@@ -1,7 +1,6 @@
 """`dosepred detect train | eval | embed` on the OpenKBP sample patients, and their errors on bad input."""
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -37,7 +36,7 @@ def test_detect_cli_rejects_bad_input(tmp_path):
     steps = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "--steps", "0"])
     assert steps.exit_code == 2 and "at least 1" in steps.output
     not_a_model = runner.invoke(app, ["detect", "eval", str(tmp_path)])
-    assert not_a_model.exit_code == 2 and "not a detector folder" in not_a_model.output
+    assert not_a_model.exit_code == 2 and "not a model folder" in not_a_model.output
 
 
 def test_detect_cli_embed_writes_the_embeddings(tmp_path):
@@ -56,7 +55,7 @@ def test_detect_shipped_detector_finds_seen_structures_in_a_real_slice():
     from dosepred.detection.training import load_detector
     from tests.conftest import SAMPLE_PATIENTS
 
-    detector = load_detector(Path(__file__).resolve().parents[2] / "models" / "blc-detector-cpu")
+    detector = load_detector("blc-detector-cpu")
     assert detector.config.blrpn and detector.config.semantic_flow
     patient = sources.read_patient(SAMPLE_PATIENTS[-1])  # a validation patient
     slices = patient_slices(patient, slice_step=2)

@@ -14,7 +14,7 @@ from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
 from dosepred.engine.distillation import DistillationTrainer
 from dosepred.engine.trainer import Trainer
-from dosepred.inference.models import load_predictor
+from dosepred.inference.loader import load_predictor
 from tests.conftest import TINY_NETWORK, tiny_config
 
 runner = CliRunner()
@@ -29,7 +29,7 @@ def teachers(tiny_packs, tiny_model, tmp_path_factory) -> list[Path]:
 
 
 def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
-    (tmp_path / "ensemble.json").write_text(json.dumps({"members": [str(p) for p in teachers]}))
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
     ensemble = load_predictor(str(tmp_path), device=torch.device("cpu"))
     patient = make_phantom((32, 32, 32))
     mean, spread = ensemble.predict_with_uncertainty(patient, tta=False)
@@ -79,7 +79,7 @@ def test_distill_cli_and_ensemble_predict_writes_uncertainty(tiny_packs, teacher
     assert result.exit_code == 0, result.output
     ensemble = tmp_path / "ensemble"
     ensemble.mkdir()
-    (ensemble / "ensemble.json").write_text(json.dumps({"members": [str(p) for p in teachers]}))
+    (ensemble / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
     shutil.copytree(phantom_split / "pt_1", tmp_path / "in" / "pt_1")
     result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "-m", str(ensemble),
                                  "--format", "nifti", "--no-tta"])

@@ -14,7 +14,8 @@ from dosepred.cli import app
 from dosepred.engine.config import load_config
 from dosepred.engine.losses import sorted_dose_l1
 from dosepred.engine.trainer import Trainer
-from dosepred.inference.predictor import ModelError, Predictor
+from dosepred.inference.loader import load_predictor
+from dosepred.models import ModelError
 from tests.conftest import tiny_config
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ def test_exported_weights_are_float16_and_predict_like_the_network(tiny_packs, p
     trainer.fit()
     weights = load_file(tmp_path / "run" / "best" / "model.safetensors")
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float16}
-    exported = Predictor.from_model_dir(tmp_path / "run" / "best", device=torch.device("cpu"))
+    exported = load_predictor(tmp_path / "run" / "best", device=torch.device("cpu"))
     assert exported.predict(phantom_small, tta=False).shape == phantom_small.shape
 
 
@@ -89,7 +90,7 @@ def test_weights_holding_nan_are_refused(tiny_model, tmp_path: Path) -> None:
     save_file(weights, folder / "model.safetensors")
     (folder / "config.json").write_text((tiny_model / "config.json").read_text())
     with pytest.raises(ModelError, match="NaN"):
-        Predictor.from_model_dir(folder, device=torch.device("cpu"))
+        load_predictor(folder, device=torch.device("cpu"))
 
 
 def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:

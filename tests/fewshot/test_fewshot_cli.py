@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
 from dosepred.fewshot.data import CT_BASE
+from dosepred.models import MODELS_DIR
 from tests.conftest import SAMPLE, requires_openkbp
 
 runner = CliRunner()
@@ -48,7 +48,7 @@ def test_fewshot_cli_train_and_eval_digits(digit_models, tmp_path) -> None:
     (["train", "-o", "{tmp}/x", "--data", "ct", "--patients", "{tmp}/nowhere"], "nowhere"),
     (["train", "-o", "{tmp}/x", "--data", "digits", "--ways", "6"], "only 5 have them"),
     (["train", "-o", "{tmp}/x", "--data", "digits", "--patch-size", "20"], "multiple of 16"),
-    (["eval", "{tmp}", "--data", "digits"], "not a few-shot model folder"),
+    (["eval", "{tmp}", "--data", "digits"], "not a model folder"),
     (["eval", "{models}/protonet", "--data", "digits", "--shots", "0"], "--shots >= 1"),
     (["eval", "{models}/protonet", "--data", "ct"], "trained on digits"),
 ])
@@ -80,7 +80,7 @@ def test_fewshot_shipped_models_load(variant: str, method: str) -> None:
 
     from dosepred.fewshot.train import load_encoder
 
-    folder = Path(__file__).resolve().parents[2] / "models" / "fewshot-ct" / variant
+    folder = MODELS_DIR / "fewshot-ct" / variant
     encoder, config = load_encoder(folder)
     assert config["train"]["method"] == method and config["data"]["classes"] == list(CT_BASE)
     assert encoder(torch.zeros(2, 1, 32, 32)).shape == (2, 128)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from dosepred.io import nifti, openkbp_csv
 from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
-from dosepred.inference.predictor import ModelError, Predictor
+from dosepred.inference.loader import load_predictor
+from dosepred.models import ModelError
 
 runner = CliRunner()
 
@@ -37,7 +38,7 @@ def test_predicts_each_patient_zero_outside_the_mask(tiny_model: Path, patients:
 
 
 def test_tta_mirrors_and_continue_skips_done_patients(tiny_model: Path, patients: Path, tmp_path: Path) -> None:
-    predictor = Predictor.from_model_dir(tiny_model, device=torch.device("cpu"))
+    predictor = load_predictor(tiny_model, device=torch.device("cpu"))
     patient = make_phantom()
     plain, averaged = predictor.predict(patient, tta=False), predictor.predict(patient, tta=True)
     assert not np.array_equal(plain, averaged)
@@ -78,7 +79,7 @@ def test_corrupt_weights_and_pickles_are_refused(tiny_model: Path, patients: Pat
     assert result.exit_code == 2 and "no model 'no-such-model'" in result.output
     assert not (tmp_path / "out").exists()
     with pytest.raises(ModelError, match="not a model folder"):
-        Predictor.from_model_dir(tmp_path, device=torch.device("cpu"))
+        load_predictor(tmp_path, device=torch.device("cpu"))
 
 
 def test_demo_writes_dose_plot_and_table(tiny_model: Path, tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_demo_writes_dose_plot_and_table(tiny_model: Path, tmp_path: Path) -> No
 
 
 def test_the_default_shipped_model_runs_the_demo(tmp_path: Path) -> None:
-    from dosepred.inference.models import DEFAULT_MODEL, shipped_models
+    from dosepred.models import DEFAULT_MODEL, shipped_models
 
     assert DEFAULT_MODEL in shipped_models()
     result = runner.invoke(app, ["demo", "-o", str(tmp_path), "--device", "cpu"])
@@ -101,8 +102,8 @@ def test_the_default_shipped_model_runs_the_demo(tmp_path: Path) -> None:
 
 def test_uncertainty_comes_from_a_second_output_channel(tiny_model: Path, two_output_model: Path) -> None:
     patient = make_phantom((32, 32, 32))
-    single = Predictor.from_model_dir(tiny_model, device=torch.device("cpu"))
+    single = load_predictor(tiny_model, device=torch.device("cpu"))
     assert single.predict_with_uncertainty(patient, tta=False)[1] is None
-    double = Predictor.from_model_dir(two_output_model, device=torch.device("cpu"))
+    double = load_predictor(two_output_model, device=torch.device("cpu"))
     dose, uncertainty = double.predict_with_uncertainty(patient, tta=True)
     assert uncertainty.shape == dose.shape and not uncertainty[~patient.possible_dose_mask].any()

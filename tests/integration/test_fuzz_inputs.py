@@ -34,6 +34,7 @@ from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import PATIENT_ID, Patient
 from dosepred.io.uploads import MAX_RATIO, MAX_UNPACKED_BYTES, UploadError, extract_zip
 from dosepred.inference.batch import predict_patients
+from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat
 from tests.conftest import SAMPLE_PATIENTS, requires_openkbp
@@ -356,7 +357,7 @@ def test_mutated_zip_uploads(originals: Originals, mutation: tuple) -> None:
 
 @pytest.fixture(scope="module")
 def predictor(two_output_model: Path) -> Predictor:
-    return Predictor.from_model_dir(two_output_model, device=torch.device("cpu"))
+    return load_predictor(two_output_model, device=torch.device("cpu"))
 
 
 batch_entries = st.lists(st.one_of(st.tuples(st.just("csv"), csv_mutations),

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from dosepred.io import pack
 from dosepred.io.files import atomic_file, remove_stale
 from dosepred.io.phantom import make_phantom
+from dosepred.models import MODELS_DIR
 from dosepred.cli import app
 
 runner = CliRunner()
@@ -79,7 +80,7 @@ def test_demo_into_a_file_is_a_message(tiny_model: Path, tmp_path: Path) -> None
     assert result.exit_code == 2 and "is not a folder" in result.output
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "models" / "lenas-teachers").is_dir(),
+@pytest.mark.skipif(not (MODELS_DIR / "lenas-teachers").is_dir(),
                     reason="the shipped teachers' ensemble is not in this checkout")
 def test_demo_takes_an_ensemble_as_predict_does(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "-o", str(tmp_path), "-m", "lenas-teachers"])
@@ -107,7 +108,7 @@ def test_a_model_config_without_data_is_a_message(tiny_model: Path, tmp_path: Pa
     del config["data"]
     (broken / "config.json").write_text(json.dumps(config))
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "-m", str(broken)])
-    assert result.exit_code == 2 and "invalid model config" in result.output
+    assert result.exit_code == 2 and "invalid dose model config" in result.output
 
 
 def test_evaluate_a_pack_named_otherwise_than_its_id(tmp_path: Path) -> None:
