@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,3 +39,16 @@ def progress_bar() -> Progress:
 def fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # file names may hold [brackets]
     return typer.Exit(code)
+
+
+def run_settings(output: Path, config: Path | None, overrides: list[str] | None, *, resume: bool,
+                 defaults: dict[str, Any]) -> dict[str, Any]:
+    """A training command's settings: the run's own config.yaml when resuming, else ``defaults`` updated by
+    the config file and the ``key.sub=value`` overrides. Raises ConfigError."""
+    from dosepred.engine.config import ConfigError, load_config
+
+    if resume:
+        if config is not None or overrides:
+            raise ConfigError("--resume continues with the run's own config; give no --config or overrides")
+        return load_config(output / "config.yaml", defaults=defaults)
+    return load_config(config, overrides or [], defaults=defaults)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.cli.common import app, console, fail, progress_bar, run_settings
 from dosepred.io.errors import PatientDataError
 
 detect_app = typer.Typer(help="BLC zero-shot detection of the structures in axial CT slices (seen/unseen split "
@@ -32,43 +32,38 @@ def _detection_slices(source: Path, slice_step: int, progress: Progress):
 
 @detect_app.command("train")
 def detect_train(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder: model.safetensors, config.json, log.json.")],
-    data: Annotated[Path, typer.Option("--data", help="Training patients (pack, CSV folders or tarball).")] = Path("data/pack/train"),
-    steps: Annotated[int, typer.Option("--steps", help="Training steps (the shipped detector: 1200).")] = 1200,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per step.")] = 8,
-    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW peak learning rate.")] = 1e-3,
-    slice_step: Annotated[int, typer.Option("--slice-step", help="Keep every n-th slice holding a structure.")] = 2,
-    blrpn: Annotated[bool, typer.Option("--blrpn/--no-blrpn", help="Learnt background embedding in the RPN "
-                                        "(off: binary objectness and the fixed word 'background').")] = True,
-    semantic_flow: Annotated[bool, typer.Option("--semantic-flow/--no-semantic-flow",
-                                                help="Semantic information flow between cascade stages.")] = True,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints; the "
+                                         "model in OUTPUT/best.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (configs/detect_blc.yaml "
+                                                "reproduces the shipped detector).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=200 or "
+                                                          "detector.blrpn=false.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
 ) -> None:
     """Train a detector on the seen structures (unseen ones are never targets, and their regions are ignored)."""
-    import torch
+    from dosepred.detection.training import DetectorTrainer
+    from dosepred.devices import DeviceError
+    from dosepred.engine.config import DETECT_DEFAULTS, ConfigError
 
-    from dosepred.detection.network import DetectorConfig
-    from dosepred.detection.training import save_detector, train_detector
-
-    if steps < 1 or batch_size < 1 or slice_step < 1:
-        raise fail("--steps, --batch-size and --slice-step must be at least 1")
-    if threads:
-        torch.set_num_threads(threads)
-    config = DetectorConfig(blrpn=blrpn, semantic_flow=semantic_flow)
     with progress_bar() as progress:
-        slices = _detection_slices(data, slice_step, progress)
-        task = progress.add_task("training", total=steps)
+        slices = progress.add_task("slices", total=None)
         try:
-            detector, log = train_detector(slices, config, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                                           seed=seed, progress=lambda phase, done, total: progress.update(task, completed=done))
+            settings = run_settings(output, config, overrides, resume=resume, defaults=DETECT_DEFAULTS)
+            if threads is not None:
+                settings["threads"] = threads
+            trainer = DetectorTrainer(settings, output, resume=resume, overwrite=overwrite,
+                                      progress=lambda phase, done, total: progress.update(slices, completed=done,
+                                                                                          total=total))
+        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
+            raise fail(str(error)) from None
+        task = progress.add_task("training", total=settings["optim"]["steps"], completed=trainer.step)
+        try:
+            trainer.fit(lambda step, row: progress.update(task, completed=step))
         except FloatingPointError as error:
             raise fail(str(error), code=1) from None
-    training = {"data": str(data), "slices": len(slices), "slice_step": slice_step, "steps": steps,
-                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-                "threads": torch.get_num_threads(), "minutes": round(log[-1]["seconds"] / 60, 1)}
-    save_detector(detector, output, training, log)
-    console.print(f"trained on {len(slices)} slices for {steps} steps in {training['minutes']} min; model in {output}")
+    console.print(f"trained on {len(trainer.slices)} slices for {trainer.step} steps; model in {output / 'best'}")
 
 
 @detect_app.command("eval")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.cli.common import app, console, fail, progress_bar, run_settings
 from dosepred.io.errors import PatientDataError
 
 fewshot_app = typer.Typer(help="Few-shot classification of CT patches (or digits): ProtoNet, + contrastive with "
@@ -24,88 +24,59 @@ class FewShotData(str, Enum):
     digits = "digits"
 
 
-def _fewshot_patches(data: FewShotData, patients: Path | None, *, novel: bool, size: int, slices: int):
-    """The base (training) or novel (evaluation) patch set; clear errors for missing data or scikit-learn."""
-    from dosepred.fewshot import data as fewshot_data
+def _fewshot_patches(data: FewShotData, patients: Path | None, *, size: int, slices: int):
+    """The novel (evaluation) patch set; clear errors for missing data or scikit-learn."""
+    from dosepred.fewshot.data import load_patches
 
-    if data is FewShotData.digits:
-        if patients is not None:
-            raise fail("--patients applies to --data ct only")
-        try:
-            return fewshot_data.digits_patches(fewshot_data.DIGITS_NOVEL if novel else fewshot_data.DIGITS_BASE, size=size)
-        except ImportError:
-            raise fail("the digits need scikit-learn: pip install -e '.[fewshot]'") from None
-    default = Path("data/pack/validation" if novel else "data/pack/train")
-    source = patients or default
-    classes = fewshot_data.CT_NOVEL if novel else fewshot_data.CT_BASE
+    if data is FewShotData.ct:
+        patients = patients or Path("data/pack/validation")
     try:
         with progress_bar() as progress:
-            task = progress.add_task(f"patches ({source})", total=None)
-            return fewshot_data.ct_patches(source, classes, size=size, slices=slices,
-                                           progress=lambda phase, done, total: progress.update(task, completed=done,
-                                                                                                total=total))
-    except PatientDataError as error:
-        hint = "" if patients else f" (build it with: dosepred prepare ../shared/openkbp/... -o {default} --format pack)"
-        raise fail(f"{error}{hint}") from None
+            task = progress.add_task(f"patches ({patients or data.value})", total=None)
+            return load_patches(data.value, patients, novel=True, size=size, slices=slices,
+                                progress=lambda phase, done, total: progress.update(task, completed=done, total=total))
+    except ImportError:
+        raise fail("the digits need scikit-learn: pip install -e '.[fewshot]'") from None
+    except (PatientDataError, ValueError) as error:
+        raise fail(str(error)) from None
 
 
 @fewshot_app.command("train")
 def fewshot_train(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: model.safetensors, config.json, log.json.")],
-    method: Annotated[str, typer.Option("--method", help="protonet, random (contrastive, random views) or learned "
-                                        "(contrastive, learned views).")] = "learned",
-    data: Annotated[FewShotData, typer.Option("--data", help="ct: CT patches of the base structures; digits: "
-                                              "scikit-learn digits 0-4.")] = FewShotData.ct,
-    patients: Annotated[Path | None, typer.Option("--patients", help="Training patients for --data ct "
-                                                  "[default: data/pack/train].")] = None,
-    steps: Annotated[int, typer.Option("--steps", help="Training episodes.")] = 1000,
-    ways: Annotated[int, typer.Option("--ways", help="Classes per training episode.")] = 5,
-    shots: Annotated[int, typer.Option("--shots", help="Support images per class.")] = 5,
-    queries: Annotated[int, typer.Option("--queries", help="Query images per class.")] = 10,
-    contrastive_weight: Annotated[float, typer.Option("--contrastive-weight", help="Weight of the InfoNCE loss.")] = 0.5,
-    inner_lr: Annotated[float, typer.Option("--inner-lr", help="Inner SGD step of the learned views' meta-loop.")] = 0.01,
-    view_strength: Annotated[float, typer.Option("--view-strength", help="Scale every view bound (rotation 20°, "
-                                                 "scale 1.2, shift 15%, gain 0.2, bias 0.1, noise 0.05).")] = 1.0,
-    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch side in voxels (pixels for digits).")] = 32,
-    slices: Annotated[int, typer.Option("--slices", help="Axial slices per structure and patient.")] = 4,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints; the "
+                                         "model in OUTPUT/best.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (configs/fewshot_ct_*.yaml "
+                                                "reproduce the shipped models).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as fewshot.method=protonet, "
+                                                          "data.dataset=digits or optim.steps=200.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
 ) -> None:
-    """Meta-train an encoder on episodes of the base classes; the run folder is a model folder for 'fewshot eval'."""
-    from dosepred.fewshot import data as fewshot_data
-    from dosepred.fewshot.train import FewShotConfig, save_model, train as train_fewshot
-    from dosepred.fewshot.views import ViewFamily
+    """Meta-train an encoder on episodes of the base classes; OUTPUT/best is a model for 'fewshot eval'."""
+    from dosepred.devices import DeviceError
+    from dosepred.engine.config import FEWSHOT_DEFAULTS, ConfigError
+    from dosepred.fewshot.train import FewShotTrainer
 
-    if patch_size < 16 or patch_size % 16:
-        raise fail(f"--patch-size must be a multiple of 16 (the encoder halves it four times), got {patch_size}")
-    try:
-        config = FewShotConfig(method=method, steps=steps, ways=ways, shots=shots, queries=queries,
-                               contrastive_weight=contrastive_weight, inner_lr=inner_lr, seed=seed,
-                               views=ViewFamily().scaled(view_strength))
-    except ValueError as error:
-        raise fail(str(error)) from None
-    if steps < 1 or view_strength < 0:
-        raise fail(f"--steps must be at least 1 and --view-strength at least 0, got {steps} and {view_strength}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    patches = _fewshot_patches(data, patients, novel=False, size=patch_size, slices=slices)
     with progress_bar() as progress:
-        task = progress.add_task(f"train ({method})", total=steps)
+        patches = progress.add_task("patches", total=None)
         try:
-            result = train_fewshot(patches, config, lambda phase, done, total: progress.update(task, completed=done))
-        except ValueError as error:
+            settings = run_settings(output, config, overrides, resume=resume, defaults=FEWSHOT_DEFAULTS)
+            if threads is not None:
+                settings["threads"] = threads
+            trainer = FewShotTrainer(settings, output, resume=resume, overwrite=overwrite,
+                                     progress=lambda phase, done, total: progress.update(patches, completed=done,
+                                                                                         total=total))
+        except ImportError:
+            raise fail("the digits need scikit-learn: pip install -e '.[fewshot]'") from None
+        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
             raise fail(str(error)) from None
-    described = {"dataset": data.value, "classes": list(patches.classes), "patches": patches.counts(),
-                 "patch_size": patch_size}
-    if data is FewShotData.ct:
-        described.update(patients=str(patients or "data/pack/train"), slices=slices,
-                         hu_window=list(fewshot_data.HU_WINDOW))
-    save_model(result, config, output, data=described)
-    last = result.log[-1]
-    console.print(f"{method}: {steps} episodes in {result.seconds / 60:.1f} min, last training accuracy "
-                  f"{100 * last['accuracy']:.1f}%; model in {output}")
+        method = settings["fewshot"]["method"]
+        task = progress.add_task(f"train ({method})", total=settings["optim"]["steps"], completed=trainer.step)
+        trainer.fit(lambda step, row: progress.update(task, completed=step))
+    last = trainer.history[-1]
+    console.print(f"{method}: {trainer.step} episodes in {last['elapsed_s'] / 60:.1f} min, last training accuracy "
+                  f"{100 * last['accuracy']:.1f}%; model in {output / 'best'}")
 
 
 @fewshot_app.command("eval")
@@ -142,7 +113,7 @@ def fewshot_eval(
             raise fail(f"{folder} was trained on {described['dataset']}, not {data.value} (give --data)")
         key = (described["patch_size"], described.get("slices", 0))
         if key not in cache:
-            cache[key] = _fewshot_patches(data, patients, novel=True, size=key[0], slices=key[1] or 1)
+            cache[key] = _fewshot_patches(data, patients, size=key[0], slices=key[1] or 1)
         patches = cache[key]
         row = {"model": str(folder), "method": config["train"]["method"],
                "training_seconds": config.get("training_seconds"), "steps": config["train"]["steps"]}

@@ -59,7 +59,7 @@ def train(
 
         trainer.fit(on_step)
     if trainer.topology.is_main:
-        console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; model in {output / 'best'}")
+        console.print(f"best validation dose score {trainer.best_score:.4f} Gy; model in {output / 'best'}")
 
 
 def _searched_network(path: Path, network: dict) -> dict:
@@ -88,11 +88,11 @@ def distill(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
 ) -> None:
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
-    from dosepred.engine.config import DEFAULTS, ConfigError, load_config
-    from dosepred.engine.distillation import DISTILL_DEFAULTS, DistillationTrainer
+    from dosepred.engine.config import DISTILL_DEFAULTS, ConfigError, load_config
+    from dosepred.engine.distillation import DistillationTrainer
     from dosepred.models import ModelError
 
-    defaults = {**DEFAULTS, "distill": DISTILL_DEFAULTS}
+    defaults = DISTILL_DEFAULTS
     try:
         if resume:
             if teachers or config is not None or overrides:
@@ -113,7 +113,7 @@ def distill(
     with progress_bar() as progress:
         task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
         trainer.fit(lambda step, row: progress.update(task, completed=step))
-    console.print(f"best validation dose score {trainer.best_dose_score:.4f} Gy; student in {output / 'best'}")
+    console.print(f"best validation dose score {trainer.best_score:.4f} Gy; student in {output / 'best'}")
 
 
 @app.command()

@@ -1,62 +1,82 @@
-"""Train a BLC detector on slices; its model folder (``dosepred.models``, kind ``detector``)."""
+"""Training the BLC detector through the one training loop; its model folder (``dosepred.models``, kind ``detector``)."""
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from dosepred.detection.data import Progress, SliceSet, network_input
 from dosepred.detection.detector import BLCDetector
 from dosepred.detection.embeddings import load_embeddings
 from dosepred.detection.network import DetectorConfig
+from dosepred.devices import hardware
+from dosepred.engine.loop import TrainingLoop, sample_seed
 from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
 
 LOG = "log.json"
 
 
-def train_detector(slices: SliceSet, config: DetectorConfig, *, steps: int = 1200, batch_size: int = 8,
-                   learning_rate: float = 1e-3, warmup: int = 100, seed: int = 0, log_every: int = 50,
-                   progress: Progress | None = None) -> tuple[BLCDetector, list[dict[str, float]]]:
-    """AdamW with linear warm-up then cosine decay, random batches of slices; returns the detector and its loss log."""
-    torch.manual_seed(seed)
-    classes, background = load_embeddings()
-    detector = BLCDetector(config, classes, background)
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    batches = torch.Generator().manual_seed(seed)
-    log, running, start = [], {}, time.perf_counter()
-    detector.train()
-    for step in range(1, steps + 1):
-        chosen = torch.randint(len(slices), (batch_size,), generator=batches)
-        losses = detector.losses(network_input(slices.images[chosen]),
-                                 [(slices.boxes[i], slices.labels[i]) for i in chosen.tolist()])
+class DetectorTrainer(TrainingLoop):
+    """Random batches of training slices (a function of (seed, step)); every validation row exports the model.
+
+    ``progress(phase, done, total)`` reports the slices' extraction, which takes minutes on the full set.
+    """
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 progress: Progress | None = None) -> None:
+        self.progress = progress
+        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
+
+    def setup(self) -> None:
+        if self.config["data"]["slice_step"] < 1:
+            raise ValueError("data.slice_step must be at least 1")
+        try:
+            self.detector_config = DetectorConfig.from_dict(self.config["detector"])
+        except TypeError as error:
+            raise ValueError(f"detector: {error}") from None
+        stages = [f"stage{t + 1}_{part}" for t in range(len(self.detector_config.stage_ious)) for part in ("class", "box")]
+        self.metric_fields = ("step", "train_loss", "lr", "rpn_class", "rpn_box", *stages, "elapsed_s")
+
+    def build_network(self) -> nn.Module:
+        classes, background = load_embeddings()
+        return BLCDetector(self.detector_config, classes, background).to(self.device)
+
+    def build_data(self) -> None:
+        data = self.config["data"]
+        self.slices = SliceSet.from_source(Path(data["train"]), slice_step=data["slice_step"], progress=self.progress)
+        if len(self.slices) == 0:
+            raise ValueError(f"{data['train']}: no slice holds a structure")
+
+    def make_batch(self, step: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        draw = torch.Generator().manual_seed(sample_seed(self.config["seed"], step, 0))
+        chosen = torch.randint(len(self.slices), (self.config["optim"]["batch_size"],), generator=draw).tolist()
+        images = network_input(self.slices.images[chosen]).to(self.device)
+        return images, [(self.slices.boxes[i].to(self.device), self.slices.labels[i].to(self.device)) for i in chosen]
+
+    def train_step(self, batch: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]) -> float:
+        self.network.train()
+        losses = self.network.losses(*batch)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(detector.parameters(), 10.0)
-        optimizer.step()
-        schedule.step()
-        for name, value in losses.items():
-            running[name] = running.get(name, 0.0) + value.item() / log_every
-        if step % log_every == 0 or step == steps:
-            log.append({"step": step, "seconds": round(time.perf_counter() - start, 1),
-                        **{name: round(value, 5) for name, value in running.items()}})
-            running = {}
-        if progress:
-            progress("training", step, steps)
-    return detector.eval(), log
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}")
+        self.optimize(loss)
+        self.step_log = {name: float(value.detach()) for name, value in losses.items()}
+        return float(loss.detach())
+
+    def export(self, folder: Path) -> None:
+        training = {"data": str(self.config["data"]["train"]), "slices": len(self.slices), "steps": self.step,
+                    "hardware": hardware(self.device), "minutes": round(self.history[-1]["elapsed_s"] / 60, 1),
+                    "run": self.run_dir.name}
+        save_detector(self.network, folder, training, self.history)
 
 
 def save_detector(detector: BLCDetector, folder: Path, training: dict | None = None,
                   log: list[dict[str, float]] | None = None) -> None:
-    """A detector model folder: weights, config (settings + training record) and the loss log."""
+    """A detector model folder: weights, config (settings + training record) and the training log."""
     write_model(folder, "detector", {"detector": detector.config.to_dict(), "training": training or {}},
                 {WEIGHTS_FILE: detector.state_dict()}, {LOG: json.dumps(log or [], indent=1) + "\n"})
 

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "network": {"name": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
     "optim": {"steps": 2000, "batch_size": 2, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 50,
+              "min_lr_ratio": 0.01,  # the cosine decays to this fraction of lr
               "grad_clip": 1.0,
               "skip_grad_norm": 1.0e4,  # skip a step whose gradient norm is above this (garbage from a kernel)
               "max_minutes": None},  # a wall-clock budget: at its end, validate, export and stop early
@@ -35,6 +36,18 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # torch CPU threads; None: every core
 }
 
+
+#: ``dosepred distill``: the training defaults plus the distillation's own section.
+DISTILL_DEFAULTS: dict[str, Any] = {**DEFAULTS, "distill": {
+    "teachers": [],  # model names or folders (an ensemble counts as its members); resolution must match
+    "truth_weight": 1.0,
+    "soft_weight": 1.0,
+    "uncertainty_weight": 1.0,
+    "adversarial_weight": 0.01,
+    "feature_matching": 0.0,
+    "critic_lr": 2e-4,
+    "critic": {"name": "patch_critic", "channels": 16, "num_layers_d": 3},
+}}
 
 #: The search command's defaults: the same data section, at 32^3, and the search's own settings.
 SEARCH_DEFAULTS: dict[str, Any] = {
@@ -55,6 +68,44 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "options": {},  # the strategy's own options (see its file in dosepred/nas/strategies/)
     },
 }
+
+#: ``dosepred detect train``: the BLC detector on axial slices, through the same training loop.
+DETECT_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "threads": None,
+    "data": {"train": "data/pack/train", "slice_step": 2},  # every n-th slice that holds a structure
+    "detector": {},  # DetectorConfig's fields (dosepred/detection/network.py); empty: its defaults
+    "optim": {**DEFAULTS["optim"], "steps": 1200, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100,
+              "min_lr_ratio": 0.0, "grad_clip": 10.0, "skip_grad_norm": None},
+    "validate_every": 100,  # a metrics row (mean losses) and an export
+    "checkpoint_every": 100,
+}
+
+#: ``dosepred fewshot train``: episodic meta-training of a patch encoder, through the same training loop. AdamW
+#: without weight decay, no warm-up and a constant rate (min_lr_ratio 1) is Adam at a fixed rate.
+FEWSHOT_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "cpu",
+    "threads": None,
+    "data": {"dataset": "ct",  # ct: CT patches of the base structures; digits: scikit-learn's digits 0-4
+             "patients": "data/pack/train", "patch_size": 32, "slices": 4},  # slices per structure and patient
+    "fewshot": {
+        "method": "learned",  # protonet; random: + InfoNCE on random views; learned: + InfoNCE on learned views
+        "ways": 5, "shots": 5, "queries": 10,  # the training episodes
+        "channels": 32, "depth": 4,  # the encoder
+        "contrastive_weight": 0.5, "temperature": 0.2,
+        "inner_lr": 0.01, "generator_lr": 1e-3,  # the learned views' meta-loop
+        "view_strength": 1.0,  # scales every view bound: rotation 20 deg, scale 1.2, shift 15%, gain 0.2, ...
+    },
+    "optim": {**DEFAULTS["optim"], "steps": 1000, "batch_size": 1, "lr": 1e-3, "weight_decay": 0.0,
+              "warmup_steps": 0, "min_lr_ratio": 1.0, "grad_clip": None, "skip_grad_norm": None},
+    "validate_every": 50,  # a metrics row (mean losses and accuracy) and an export
+    "checkpoint_every": 100,
+}
+
+#: Sections whose keys are the consumer's to check (a builder's or a strategy's arguments).
+_FREE_FORM = ("search.options", "detector")
 
 
 class ConfigError(ValueError):
@@ -95,9 +146,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
                 raise ConfigError(f"{where}: network must be a mapping")
             same_network = value.get("name", base[key]["name"]) == base[key]["name"]
             base[key] = {**base[key], **value} if same_network else dict(value)
-        elif name == "search.options":  # free-form: the strategy checks its own options
+        elif name in _FREE_FORM:
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: search.options must be a mapping")
+                raise ConfigError(f"{where}: {name} must be a mapping")
             base[key] = {**base[key], **value}
         elif key not in base:
             raise ConfigError(f"{where}: unknown key {name!r}")

@@ -19,31 +19,18 @@ only; + distillation; + adversarial critic).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dosepred.data.dataset import PatientSamples
+from dosepred.engine.config import DISTILL_DEFAULTS
 from dosepred.engine.losses import masked_l1
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
 from dosepred.networks import create_network
-
-DISTILL_DEFAULTS: dict[str, Any] = {
-    "teachers": [],  # model names or folders; their working resolution must match data.resolution
-    "truth_weight": 1.0,
-    "soft_weight": 1.0,
-    "uncertainty_weight": 1.0,
-    "adversarial_weight": 0.01,
-    "feature_matching": 0.0,
-    "critic_lr": 2e-4,
-    "critic": {"name": "patch_critic", "channels": 16, "num_layers_d": 3},
-}
-
 
 class DistillationTrainer(Trainer):
     """The trainer, with teachers, a critic and a two-channel (dose, uncertainty) student."""
@@ -52,21 +39,21 @@ class DistillationTrainer(Trainer):
                                              "critic_loss")
 
     def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False, overwrite: bool = False) -> None:  # noqa: ANN001
-        self.distill = {**DISTILL_DEFAULTS, **config.get("distill", {})}
+        self.distill = {**DISTILL_DEFAULTS["distill"], **config.get("distill", {})}
         config = {**config, "network": {**config["network"], "out_channels": 2}}  # dose + uncertainty
         super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def build_network(self) -> nn.Module:
         critic = {"in_channels": self.network_config()["in_channels"] + 1, **self.distill["critic"]}
-        self.critic = create_network(**critic).to(self.build_device())
+        self.critic = create_network(**critic).to(self.device)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.distill["critic_lr"], betas=(0.5, 0.999))
-        return create_network(**self.config["network"])
+        return super().build_network()
 
-    def build_data(self) -> tuple[PatientSamples, list[Path]]:
-        train, validation = super().build_data()
+    def build_data(self) -> None:
+        super().build_data()
         teachers = self.load_teachers()
+        train = self.train_data
         train.attach("teacher_dose", [teacher_targets(teachers, train.inputs(i)["image"][0]) for i in range(len(train))])
-        return train, validation
 
     def load_teachers(self) -> list[Predictor]:
         if len(self.distill["teachers"]) < 1:

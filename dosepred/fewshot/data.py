@@ -97,6 +97,26 @@ def digits_patches(classes: Sequence[str], *, size: int = 32) -> PatchSet:
     return PatchSet(images, labels, tuple(classes), tuple(f"digit_{i}" for i in np.flatnonzero(keep)))
 
 
+def load_patches(dataset: str, patients: Path | None, *, novel: bool, size: int, slices: int,
+                 progress: Progress | None = None) -> PatchSet:
+    """The base (training) or novel (evaluation) patches of ``dataset`` ("ct": from ``patients``; "digits").
+
+    Raises:
+        ValueError: an unknown dataset, or patients given for the digits.
+        ImportError: the digits without scikit-learn.
+        PatientDataError: no readable patient in ``patients``.
+    """
+    if dataset == "digits":
+        if patients is not None:
+            raise ValueError("patients apply to the ct dataset only")
+        return digits_patches(DIGITS_NOVEL if novel else DIGITS_BASE, size=size)
+    if dataset != "ct":
+        raise ValueError(f"unknown few-shot dataset {dataset!r}; choose ct or digits")
+    if patients is None:
+        raise ValueError("the ct dataset needs a folder of patients")
+    return ct_patches(patients, CT_NOVEL if novel else CT_BASE, size=size, slices=slices, progress=progress)
+
+
 @dataclass(frozen=True)
 class Episode:
     """Indices into a patch set; episode label i means class ``classes[i]``; support is ordered way by way."""
@@ -129,11 +149,13 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self) -> Episode:
-        chosen = self.eligible[torch.randperm(len(self.eligible), generator=self.generator)[: self.ways]]
+    def sample(self, generator: torch.Generator | None = None) -> Episode:
+        """The next episode of the sampler's own stream, or the one that ``generator`` draws."""
+        generator = generator or self.generator
+        chosen = self.eligible[torch.randperm(len(self.eligible), generator=generator)[: self.ways]]
         support, query = [], []
         for c in chosen.tolist():
-            items = self.by_class[c][torch.randperm(len(self.by_class[c]), generator=self.generator)]
+            items = self.by_class[c][torch.randperm(len(self.by_class[c]), generator=generator)]
             support.append(items[: self.shots])
             query.append(items[self.shots: self.shots + self.queries])
         return Episode(chosen, torch.cat(support), torch.cat(query))

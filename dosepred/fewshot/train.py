@@ -1,4 +1,4 @@
-"""Episodic training of the three variants, and the model folder they leave (safetensors + config.json).
+"""Episodic training of the three variants through the one training loop, and their model folder (kind ``fewshot``).
 
 * ``protonet``: the ProtoNet loss of each episode (support prototypes, query cross-entropy).
 * ``random``: + ``contrastive_weight`` x InfoNCE between two random views of every episode image.
@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dosepred.fewshot.data import Episode, EpisodeSampler, PatchSet, Progress
+from dosepred.devices import hardware
+from dosepred.engine.loop import TrainingLoop, sample_seed
+from dosepred.fewshot.data import Episode, EpisodeSampler, Progress, load_patches
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
 from dosepred.fewshot.views import ViewFamily, apply_views, random_params
@@ -29,33 +29,6 @@ from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model,
 
 METHODS: tuple[str, ...] = ("protonet", "random", "learned")
 GENERATOR_FILE = "generator.safetensors"
-
-
-@dataclass
-class FewShotConfig:
-    """Training settings; every run folder keeps them in config.json."""
-
-    method: str = "learned"
-    steps: int = 1000
-    ways: int = 5
-    shots: int = 5
-    queries: int = 10
-    lr: float = 1e-3
-    channels: int = 32
-    depth: int = 4
-    contrastive_weight: float = 0.5
-    temperature: float = 0.2
-    inner_lr: float = 0.01
-    generator_lr: float = 1e-3
-    seed: int = 0
-    log_every: int = 50
-    views: ViewFamily = field(default_factory=ViewFamily)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if isinstance(self.views, dict):
-            self.views = ViewFamily(**self.views)
 
 
 class ContrastiveModel(nn.Module):
@@ -71,45 +44,90 @@ class ContrastiveModel(nn.Module):
         return embeddings, self.head(embeddings)
 
 
-@dataclass
-class TrainResult:
-    model: ContrastiveModel
-    generator: ViewGenerator | None
-    log: list[dict[str, float]]
-    seconds: float
+class FewShotTrainer(TrainingLoop):
+    """Meta-training on episodes of the base classes, one episode per step (a function of (seed, step)); the
+    ``fewshot`` section of the config chooses the method. ``progress`` reports the patches' extraction."""
 
+    metric_fields = ("step", "train_loss", "lr", "accuracy", "contrastive_loss", "outer_loss", "outer_accuracy",
+                     "elapsed_s")
 
-def train(patches: PatchSet, config: FewShotConfig, progress: Progress | None = None) -> TrainResult:
-    """Meta-train on episodes of ``patches`` (the base classes) for ``config.steps`` episodes."""
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed + 1)
-    sampler = EpisodeSampler(patches.labels, ways=config.ways, shots=config.shots, queries=config.queries,
-                             seed=config.seed)
-    model = ContrastiveModel(channels=config.channels, depth=config.depth, image_size=patches.images.shape[-1])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = ViewGenerator() if config.method == "learned" else None
-    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.generator_lr) if generator else None
-    model.train()
-    log: list[dict[str, float]] = []
-    window: list[dict[str, float]] = []
-    started = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        episode = sampler.sample()
-        images = patches.images[torch.cat([episode.support, episode.query])]
-        optimizer.zero_grad()
-        if config.method == "learned":
-            assert generator is not None and generator_optimizer is not None
-            row = _learned_step(model, generator, generator_optimizer, images, episode, config, rng)
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 progress: Progress | None = None) -> None:
+        self.progress = progress
+        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
+
+    def setup(self) -> None:
+        self.settings = self.config["fewshot"]
+        if self.settings["method"] not in METHODS:
+            raise ValueError(f"unknown method {self.settings['method']!r}; choose one of {', '.join(METHODS)}")
+        size, depth = self.config["data"]["patch_size"], self.settings["depth"]
+        if size < 2 ** depth or size % 2 ** depth:
+            raise ValueError(f"data.patch_size must be a multiple of {2 ** depth} (the encoder halves it {depth} "
+                             f"times), got {size}")
+        if self.settings["view_strength"] < 0:
+            raise ValueError(f"fewshot.view_strength must be at least 0, got {self.settings['view_strength']}")
+        self.views = ViewFamily().scaled(self.settings["view_strength"])
+
+    def build_network(self) -> nn.Module:
+        s = self.settings
+        self.generator = ViewGenerator().to(self.device) if s["method"] == "learned" else None
+        if self.generator is not None:
+            self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=s["generator_lr"])
+        return ContrastiveModel(channels=s["channels"], depth=s["depth"],
+                                image_size=self.config["data"]["patch_size"]).to(self.device)
+
+    def build_data(self) -> None:
+        data, s = self.config["data"], self.settings
+        patients = Path(data["patients"]) if data["dataset"] == "ct" else None
+        self.patches = load_patches(data["dataset"], patients, novel=False, size=data["patch_size"],
+                                    slices=data["slices"], progress=self.progress)
+        self.sampler = EpisodeSampler(self.patches.labels, ways=s["ways"], shots=s["shots"], queries=s["queries"])
+
+    def make_batch(self, step: int) -> tuple[torch.Tensor, Episode, torch.Generator]:
+        seed = self.config["seed"]
+        episode = self.sampler.sample(torch.Generator().manual_seed(sample_seed(seed, step, 0)))
+        images = self.patches.images[torch.cat([episode.support, episode.query])].to(self.device)
+        return images, episode, torch.Generator().manual_seed(sample_seed(seed, step, 1))
+
+    def train_step(self, batch: tuple[torch.Tensor, Episode, torch.Generator]) -> float:
+        images, episode, rng = batch
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.generator is not None:
+            row = _learned_step(self.network, self.generator, self.generator_optimizer, images, episode,
+                                self.settings, self.views, rng)
         else:
-            row = _episode_loss(model, images, episode, config, rng)
-        optimizer.step()
-        window.append(row)
-        if step % config.log_every == 0 or step == config.steps:
-            log.append({"step": step, **{k: sum(r[k] for r in window) / len(window) for k in window[0]}})
-            window = []
-        if progress is not None:
-            progress("train", step, config.steps)
-    return TrainResult(model, generator, log, time.perf_counter() - started)
+            row = _episode_loss(self.network, images, episode, self.settings, self.views, rng)
+        self.apply_gradients()
+        self.step_log = {key: value for key, value in row.items() if key != "proto_loss"}
+        return row["proto_loss"]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = super().checkpoint_state()
+        if self.generator is not None:
+            state |= {"generator": self.generator.state_dict(), "generator_optimizer": self.generator_optimizer.state_dict()}
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        if self.generator is not None:
+            self.generator.load_state_dict(state["generator"])
+            self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+
+    def export(self, folder: Path) -> None:
+        """model.safetensors (encoder), generator.safetensors (learned views only), config.json, log.json."""
+        data = self.config["data"]
+        described = {"dataset": data["dataset"], "classes": list(self.patches.classes), "patches": self.patches.counts(),
+                     "patch_size": data["patch_size"]}
+        if data["dataset"] == "ct":
+            described.update(patients=str(data["patients"]), slices=data["slices"])
+        content = {"encoder": {"channels": self.settings["channels"], "depth": self.settings["depth"]},
+                   "data": described, "train": {**self.settings, "steps": self.step, "seed": self.config["seed"]},
+                   "hardware": hardware(self.device), "training_seconds": round(self.history[-1]["elapsed_s"], 1)}
+        weights = {WEIGHTS_FILE: self.network.encoder.state_dict()}
+        if self.generator is not None:
+            weights[GENERATOR_FILE] = self.generator.state_dict()
+        write_model(folder, "fewshot", content, weights, {"log.json": json.dumps(self.history, indent=1) + "\n"})
 
 
 def _split_loss(embeddings: torch.Tensor, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,29 +135,30 @@ def _split_loss(embeddings: torch.Tensor, episode: Episode) -> tuple[torch.Tenso
     return protonet_loss(support, episode.support_labels, query, episode.query_labels)
 
 
-def _episode_loss(model: ContrastiveModel, images: torch.Tensor, episode: Episode, config: FewShotConfig,
-                  rng: torch.Generator) -> dict[str, float]:
+def _episode_loss(model: ContrastiveModel, images: torch.Tensor, episode: Episode, settings: dict[str, Any],
+                  views: ViewFamily, rng: torch.Generator) -> dict[str, float]:
     """ProtoNet loss, plus InfoNCE on two random views unless the method is plain ProtoNet; back-propagated."""
     loss, accuracy = _split_loss(model(images)[0], episode)
     row = {"proto_loss": loss.item(), "accuracy": accuracy.item()}
-    if config.method == "random":
-        views = [apply_views(images, random_params(len(images), generator=rng), config.views, generator=rng)
-                 for _ in range(2)]
-        contrastive = info_nce(*model(torch.cat(views))[1].chunk(2), config.temperature)
-        loss = loss + config.contrastive_weight * contrastive
+    if settings["method"] == "random":
+        viewed = [apply_views(images, random_params(len(images), generator=rng), views, generator=rng)
+                  for _ in range(2)]
+        contrastive = info_nce(*model(torch.cat(viewed))[1].chunk(2), settings["temperature"])
+        loss = loss + settings["contrastive_weight"] * contrastive
         row["contrastive_loss"] = contrastive.item()
     loss.backward()
     return row
 
 
 def _learned_step(model: ContrastiveModel, generator: ViewGenerator, generator_optimizer: torch.optim.Optimizer,
-                  images: torch.Tensor, episode: Episode, config: FewShotConfig, rng: torch.Generator) -> dict[str, float]:
+                  images: torch.Tensor, episode: Episode, settings: dict[str, Any], views: ViewFamily,
+                  rng: torch.Generator) -> dict[str, float]:
     """One generator update (inner/outer loop), then the encoder's gradient with the generated views."""
     params = dict(model.named_parameters())
-    views = [apply_views(images, generator(images, generator=rng), config.views, generator=rng) for _ in range(2)]
-    contrastive = info_nce(*functional_call(model, params, (torch.cat(views),))[1].chunk(2), config.temperature)
-    grads = torch.autograd.grad(config.contrastive_weight * contrastive, list(params.values()), create_graph=True)
-    stepped = {name: p - config.inner_lr * g for (name, p), g in zip(params.items(), grads)}
+    viewed = [apply_views(images, generator(images, generator=rng), views, generator=rng) for _ in range(2)]
+    contrastive = info_nce(*functional_call(model, params, (torch.cat(viewed),))[1].chunk(2), settings["temperature"])
+    grads = torch.autograd.grad(settings["contrastive_weight"] * contrastive, list(params.values()), create_graph=True)
+    stepped = {name: p - settings["inner_lr"] * g for (name, p), g in zip(params.items(), grads)}
     outer, outer_accuracy = _split_loss(functional_call(model, stepped, (images,))[0], episode)
     generator_optimizer.zero_grad()
     outer.backward(inputs=list(generator.parameters()))
@@ -152,17 +171,6 @@ def _learned_step(model: ContrastiveModel, generator: ViewGenerator, generator_o
         p.grad = p.grad + g.detach() if p.grad is not None else g.detach()
     return {"proto_loss": loss.item(), "accuracy": accuracy.item(), "contrastive_loss": contrastive.item(),
             "outer_loss": outer.item(), "outer_accuracy": outer_accuracy.item()}
-
-
-def save_model(result: TrainResult, config: FewShotConfig, folder: Path, *, data: dict[str, Any]) -> None:
-    """A few-shot model folder: the encoder (model.safetensors), the view generator (generator.safetensors,
-    learned views only), config and the training log."""
-    content = {"encoder": {"channels": config.channels, "depth": config.depth}, "data": data,
-               "train": asdict(config), "training_seconds": round(result.seconds, 1)}
-    weights = {WEIGHTS_FILE: result.model.encoder.state_dict()}
-    if result.generator is not None:
-        weights[GENERATOR_FILE] = result.generator.state_dict()
-    write_model(folder, "fewshot", content, weights, {"log.json": json.dumps(result.log, indent=1) + "\n"})
 
 
 def load_encoder(folder: str | Path) -> tuple[ConvEncoder, dict[str, Any]]:

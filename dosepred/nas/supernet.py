@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dosepred.engine.losses import masked_l1
-from dosepred.engine.trainer import sample_seed
+from dosepred.engine.loop import clip_and_step, sample_seed, warmup_cosine
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.networks.searched import Genotype, UNetSpaceNet
@@ -50,7 +50,7 @@ def train_supernet(supernet: UNetSpaceNet, space: SearchSpace, data: SearchData,
     sampler = sampler or space.sample
     rng = np.random.default_rng([data.seed, 1])
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=lr * 0.05)
+    scheduler = warmup_cosine(optimizer, warmup_steps=0, steps=steps, min_lr_ratio=0.05)
     supernet.to(device).train()
     losses = []
     for step in range(steps):
@@ -58,8 +58,7 @@ def train_supernet(supernet: UNetSpaceNet, space: SearchSpace, data: SearchData,
         loss = masked_l1(supernet(batch["image"], sampler(rng)), batch["dose"], batch["possible_dose_mask"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(supernet.parameters(), 1.0)
-        optimizer.step()
+        clip_and_step(optimizer, supernet.parameters(), grad_clip=1.0, skip_grad_norm=None)
         scheduler.step()
         losses.append(float(loss.detach()))
         if on_step is not None:

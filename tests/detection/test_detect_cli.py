@@ -13,12 +13,19 @@ runner = CliRunner()
 
 @requires_openkbp
 def test_detect_cli_trains_and_evaluates_on_real_slices(tmp_path):
-    model = tmp_path / "detector"
-    trained = runner.invoke(app, ["detect", "train", "-o", str(model), "--data", str(SAMPLE / "train-pats"),
-                                  "--steps", "2", "--batch-size", "2", "--slice-step", "8"])
+    run = tmp_path / "detector"
+    arguments = ["detect", "train", "-o", str(run), f"data.train={SAMPLE / 'train-pats'}", "optim.steps=2",
+                 "optim.batch_size=2", "data.slice_step=8", "checkpoint_every=1"]
+    trained = runner.invoke(app, arguments)
     assert trained.exit_code == 0, trained.output
+    model = run / "best"
     assert json.loads((model / "config.json").read_text())["training"]["steps"] == 2
     assert len(json.loads((model / "log.json").read_text())) == 1
+    assert (run / "metrics.csv").read_text().count("\n") == 2  # the header and one row
+    again = runner.invoke(app, arguments)
+    assert again.exit_code == 2 and "--resume continues it" in again.output
+    resumed = runner.invoke(app, ["detect", "train", "-o", str(run), "--resume"])  # nothing left to do
+    assert resumed.exit_code == 0, resumed.output
     evaluated = runner.invoke(app, ["detect", "eval", str(model), "--data", str(SAMPLE / "validation-pats"),
                                     "--slice-step", "16", "--json", str(tmp_path / "metrics.json")])
     assert evaluated.exit_code == 0, evaluated.output
@@ -30,11 +37,13 @@ def test_detect_cli_trains_and_evaluates_on_real_slices(tmp_path):
 
 
 def test_detect_cli_rejects_bad_input(tmp_path):
-    missing = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "--data", str(tmp_path / "nowhere")])
+    missing = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), f"data.train={tmp_path / 'nowhere'}"])
     assert missing.exit_code == 2 and "no such file or folder" in missing.output
     assert not (tmp_path / "m").exists()
-    steps = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "--steps", "0"])
+    steps = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "optim.steps=0"])
     assert steps.exit_code == 2 and "at least 1" in steps.output
+    unknown = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.no_such_setting=1"])
+    assert unknown.exit_code == 2 and "no_such_setting" in unknown.output
     not_a_model = runner.invoke(app, ["detect", "eval", str(tmp_path)])
     assert not_a_model.exit_code == 2 and "not a model folder" in not_a_model.output
 

@@ -20,19 +20,27 @@ def digit_models(tmp_path_factory):
     pytest.importorskip("sklearn")
     root = tmp_path_factory.mktemp("fewshot")
     for method in ("protonet", "learned"):
-        result = runner.invoke(app, ["fewshot", "train", "-o", str(root / method), "--data", "digits", "--method", method,
-                                     "--steps", "3", "--shots", "2", "--queries", "3", "--patch-size", "16"])
+        result = runner.invoke(app, ["fewshot", "train", "-o", str(root / method), "data.dataset=digits",
+                                     f"fewshot.method={method}", "optim.steps=3", "fewshot.shots=2", "fewshot.queries=3",
+                                     "data.patch_size=16"])
         assert result.exit_code == 0, result.output
     return root
 
 
-def test_fewshot_cli_train_and_eval_digits(digit_models, tmp_path) -> None:
-    assert (digit_models / "learned" / "generator.safetensors").is_file()
-    assert not (digit_models / "protonet" / "generator.safetensors").exists()
-    config = json.loads((digit_models / "learned" / "config.json").read_text())
+@pytest.fixture(scope="module")
+def digit_best(digit_models):
+    """The model folders of the digit runs."""
+    return {method: digit_models / method / "best" for method in ("protonet", "learned")}
+
+
+def test_fewshot_cli_train_and_eval_digits(digit_models, digit_best, tmp_path) -> None:
+    assert (digit_models / "learned" / "metrics.csv").is_file()
+    assert (digit_best["learned"] / "generator.safetensors").is_file()
+    assert not (digit_best["protonet"] / "generator.safetensors").exists()
+    config = json.loads((digit_best["learned"] / "config.json").read_text())
     assert config["data"]["classes"] == ["0", "1", "2", "3", "4"] and config["train"]["steps"] == 3
     out = tmp_path / "table.json"
-    result = runner.invoke(app, ["fewshot", "eval", str(digit_models / "protonet"), str(digit_models / "learned"),
+    result = runner.invoke(app, ["fewshot", "eval", str(digit_best["protonet"]), str(digit_best["learned"]),
                                  "--data", "digits", "--episodes", "20", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "5-way 1-shot" in result.output and "5-way 5-shot" in result.output
@@ -44,13 +52,14 @@ def test_fewshot_cli_train_and_eval_digits(digit_models, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["train", "-o", "{tmp}/x", "--method", "mixup", "--data", "digits"], "unknown method"),
-    (["train", "-o", "{tmp}/x", "--data", "ct", "--patients", "{tmp}/nowhere"], "nowhere"),
-    (["train", "-o", "{tmp}/x", "--data", "digits", "--ways", "6"], "only 5 have them"),
-    (["train", "-o", "{tmp}/x", "--data", "digits", "--patch-size", "20"], "multiple of 16"),
+    (["train", "-o", "{tmp}/x", "fewshot.method=mixup", "data.dataset=digits"], "unknown method"),
+    (["train", "-o", "{tmp}/x", "data.dataset=ct", "data.patients={tmp}/nowhere"], "nowhere"),
+    (["train", "-o", "{tmp}/x", "data.dataset=digits", "fewshot.ways=6"], "only 5 have them"),
+    (["train", "-o", "{tmp}/x", "data.dataset=digits", "data.patch_size=20"], "multiple of 16"),
+    (["train", "-o", "{tmp}/x", "fewshot.wayz=3"], "unknown key 'fewshot.wayz'"),
     (["eval", "{tmp}", "--data", "digits"], "not a model folder"),
-    (["eval", "{models}/protonet", "--data", "digits", "--shots", "0"], "--shots >= 1"),
-    (["eval", "{models}/protonet", "--data", "ct"], "trained on digits"),
+    (["eval", "{models}/protonet/best", "--data", "digits", "--shots", "0"], "--shots >= 1"),
+    (["eval", "{models}/protonet/best", "--data", "ct"], "trained on digits"),
 ])
 def test_fewshot_cli_errors(digit_models, tmp_path, arguments: list[str], message: str) -> None:
     arguments = [a.format(tmp=tmp_path, models=digit_models) for a in arguments]
@@ -61,9 +70,10 @@ def test_fewshot_cli_errors(digit_models, tmp_path, arguments: list[str], messag
 
 @requires_openkbp
 def test_fewshot_cli_on_the_sample_patients(tmp_path) -> None:
-    model = tmp_path / "ct"
-    result = runner.invoke(app, ["fewshot", "train", "-o", str(model), "--patients", str(SAMPLE / "train-pats"),
-                                 "--method", "random", "--steps", "2", "--ways", "3", "--shots", "1", "--queries", "2"])
+    model = tmp_path / "ct" / "best"
+    result = runner.invoke(app, ["fewshot", "train", "-o", str(tmp_path / "ct"), f"data.patients={SAMPLE / 'train-pats'}",
+                                 "fewshot.method=random", "optim.steps=2", "fewshot.ways=3", "fewshot.shots=1",
+                                 "fewshot.queries=2"])
     assert result.exit_code == 0, result.output
     config = json.loads((model / "config.json").read_text())
     assert config["data"]["classes"] == ["Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dosepred.engine.loop import clip_and_step, lr_factor
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
@@ -192,8 +193,8 @@ class FPNAS(Strategy):
                  if s["adaptive"] else s["fixed_samples"])
             m = min(m, budget.supernet_steps - passes)
             batch = training_batch(data, rng, step, budget.batch_size, budget.device)
-            for group in weights.param_groups:  # cosine decay over the forward-pass budget
-                group["lr"] = budget.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * passes / budget.supernet_steps)))
+            for group in weights.param_groups:  # the recipe's cosine, over the forward-pass budget
+                group["lr"] = budget.lr * lr_factor(passes, warmup_steps=0, steps=budget.supernet_steps, min_lr_ratio=0.05)
             losses, penalised, log_probs = [], [], []
             for _ in range(m):
                 genotype, log_prob = distribution.sample(rng)
@@ -208,8 +209,7 @@ class FPNAS(Strategy):
             importance = importance_weights(penalised, s["temperature"]).to(budget.device)
             weights.zero_grad(set_to_none=True)
             (importance * torch.stack(losses)).sum().backward()
-            torch.nn.utils.clip_grad_norm_(supernet.parameters(), 1.0)
-            weights.step()
+            clip_and_step(weights, supernet.parameters(), grad_clip=1.0, skip_grad_norm=None)
             distribution_step(distribution_optimizer, log_probs, importance.cpu())
             passes += m
             step += 1

@@ -18,13 +18,13 @@ the end to each slot's strongest op (and resampling), keeping residuals whose ga
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from dosepred.engine.loop import clip_and_step, warmup_cosine
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
@@ -174,12 +174,9 @@ class GOLDNAS(Strategy):
         total_macs = float(sum(value.sum() for value in macs.values()))
         warmup = int(s["warmup_fraction"] * budget.supernet_steps)
 
-        def weight_factor(step: int) -> float:  # cosine decay of the weights' rate; the gates' rate stays
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(1, budget.supernet_steps)))
-
-        optimizer = torch.optim.AdamW([{"params": gold.supernet.parameters(), "lr": budget.lr, "weight_decay": 1e-4},
-                                       {"params": gold.logits.parameters(), "lr": s["gate_lr"], "weight_decay": 0.0}])
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [weight_factor, lambda step: 1.0])
+        weights = torch.optim.AdamW(gold.supernet.parameters(), lr=budget.lr, weight_decay=1e-4)
+        schedule = warmup_cosine(weights, warmup_steps=0, steps=budget.supernet_steps, min_lr_ratio=0.05)
+        gates = torch.optim.AdamW(gold.logits.parameters(), lr=s["gate_lr"], weight_decay=0.0)  # a constant rate
         rng = np.random.default_rng([data.seed, 1])
         mu, rounds, stable = 0.0, [], []
         alive = gold.alive_masks()
@@ -190,10 +187,10 @@ class GOLDNAS(Strategy):
             batch = training_batch(data, rng, step, budget.batch_size, budget.device)
             task = masked_l1(gold(batch["image"]), batch["dose"], batch["possible_dose_mask"])
             cost = sum((torch.sigmoid(gold.logits[key]) * macs[key] * alive[key]).sum() for key in macs) / total_macs
-            optimizer.zero_grad(set_to_none=True)
+            gold.zero_grad(set_to_none=True)
             (task + mu * cost).backward()
-            torch.nn.utils.clip_grad_norm_(gold.supernet.parameters(), 1.0)
-            optimizer.step()
+            clip_and_step(weights, gold.supernet.parameters(), grad_clip=1.0, skip_grad_norm=None)
+            gates.step()
             schedule.step()
             if s["pruning"] == "gradual" and step >= warmup and (step + 1 - warmup) % s["prune_every"] == 0:
                 pruned = gold.prune(s["threshold"], s["max_pruned"])

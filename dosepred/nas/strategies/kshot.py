@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dosepred.engine.loop import clip_and_step, warmup_cosine
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
@@ -156,7 +157,7 @@ class KShotNAS(Strategy):
 
         weight_steps = sum(not trains_simplex(step) for step in range(budget.supernet_steps))
         weights = torch.optim.AdamW(kshot.replicas.parameters(), lr=budget.lr, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=max(1, weight_steps), eta_min=budget.lr * 0.05)
+        schedule = warmup_cosine(weights, warmup_steps=0, steps=weight_steps, min_lr_ratio=0.05)
         simplex = torch.optim.Adam(kshot.simplex.parameters(), lr=self.settings["simplex_lr"])
         simplex_uniform = torch.distributions.Dirichlet(torch.ones(len(kshot.modules_in_order), kshot.k))
         rng = np.random.default_rng([data.seed, 1])
@@ -179,8 +180,7 @@ class KShotNAS(Strategy):
             if simplex_step:
                 simplex.step()
             else:
-                torch.nn.utils.clip_grad_norm_(kshot.replicas.parameters(), 1.0)
-                weights.step()
+                clip_and_step(weights, kshot.replicas.parameters(), grad_clip=1.0, skip_grad_norm=None)
                 schedule.step()
             losses["simplex" if simplex_step else "supernets"].append(float(loss.detach()))
             report("k-shot supernets", step + 1, budget.supernet_steps)
