@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,9 +15,21 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+if TYPE_CHECKING:
+    from dosepred.engine.loop import TrainingLoop
+
 app = typer.Typer(help="3D radiotherapy dose prediction for head-and-neck patients (OpenKBP).", rich_markup_mode=None,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
+
+# The options every training command shares (train, distill, detect train, fewshot train).
+RunFolder = Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints; the "
+                                         "model in OUTPUT/best.")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
+Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")]
 
 
 @app.callback()
@@ -52,3 +65,29 @@ def run_settings(output: Path, config: Path | None, overrides: list[str] | None,
             raise ConfigError("--resume continues with the run's own config; give no --config or overrides")
         return load_config(output / "config.yaml", defaults=defaults)
     return load_config(config, overrides or [], defaults=defaults)
+
+
+def train_with_progress(output: Path, config: Path | None, overrides: list[str] | None, *, resume: bool,
+                        threads: int | None, defaults: dict[str, Any], label: str,
+                        build: Callable[[dict[str, Any], Callable[[str, int, int], None]], TrainingLoop]) -> TrainingLoop:
+    """Load a training command's settings, ``build(settings, data_progress)`` its trainer and fit it, with
+    progress bars for the data and the steps; every expected failure becomes a message."""
+    from dosepred.devices import DeviceError
+    from dosepred.engine.config import ConfigError
+    from dosepred.io.errors import PatientDataError
+
+    with progress_bar() as progress:
+        loading = progress.add_task("data", total=None)
+        try:
+            settings = run_settings(output, config, overrides, resume=resume, defaults=defaults)
+            if threads is not None:
+                settings["threads"] = threads
+            trainer = build(settings, lambda phase, done, total: progress.update(loading, completed=done, total=total))
+        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
+            raise fail(str(error)) from None
+        task = progress.add_task(label, total=settings["optim"]["steps"], completed=trainer.step)
+        try:
+            trainer.fit(lambda step, row: progress.update(task, completed=step))
+        except FloatingPointError as error:
+            raise fail(str(error), code=1) from None
+    return trainer

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar, run_settings
+from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
+                                 progress_bar, train_with_progress)
 from dosepred.io.errors import PatientDataError
 
 detect_app = typer.Typer(help="BLC zero-shot detection of the structures in axial CT slices (seen/unseen split "
@@ -31,38 +32,15 @@ def _detection_slices(source: Path, slice_step: int, progress: Progress):
 
 
 @detect_app.command("train")
-def detect_train(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints; the "
-                                         "model in OUTPUT/best.")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (configs/detect_blc.yaml "
-                                                "reproduces the shipped detector).")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=200 or "
-                                                          "detector.blrpn=false.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
-) -> None:
+def detect_train(output: RunFolder, config: ConfigFile = None, overrides: Overrides = None, resume: Resume = False,
+                 overwrite: Overwrite = False, threads: Threads = None) -> None:
     """Train a detector on the seen structures (unseen ones are never targets, and their regions are ignored)."""
     from dosepred.detection.training import DetectorTrainer
-    from dosepred.devices import DeviceError
-    from dosepred.engine.config import DETECT_DEFAULTS, ConfigError
+    from dosepred.engine.config import DETECT_DEFAULTS
 
-    with progress_bar() as progress:
-        slices = progress.add_task("slices", total=None)
-        try:
-            settings = run_settings(output, config, overrides, resume=resume, defaults=DETECT_DEFAULTS)
-            if threads is not None:
-                settings["threads"] = threads
-            trainer = DetectorTrainer(settings, output, resume=resume, overwrite=overwrite,
-                                      progress=lambda phase, done, total: progress.update(slices, completed=done,
-                                                                                          total=total))
-        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
-            raise fail(str(error)) from None
-        task = progress.add_task("training", total=settings["optim"]["steps"], completed=trainer.step)
-        try:
-            trainer.fit(lambda step, row: progress.update(task, completed=step))
-        except FloatingPointError as error:
-            raise fail(str(error), code=1) from None
+    trainer = train_with_progress(output, config, overrides, resume=resume, threads=threads, defaults=DETECT_DEFAULTS,
+                                  label="training", build=lambda settings, progress: DetectorTrainer(
+                                      settings, output, resume=resume, overwrite=overwrite, progress=progress))
     console.print(f"trained on {len(trainer.slices)} slices for {trainer.step} steps; model in {output / 'best'}")
 
 

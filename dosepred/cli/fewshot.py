@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar, run_settings
+from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
+                                 progress_bar, train_with_progress)
 from dosepred.io.errors import PatientDataError
 
 fewshot_app = typer.Typer(help="Few-shot classification of CT patches (or digits): ProtoNet, + contrastive with "
@@ -42,41 +43,23 @@ def _fewshot_patches(data: FewShotData, patients: Path | None, *, size: int, sli
 
 
 @fewshot_app.command("train")
-def fewshot_train(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints; the "
-                                         "model in OUTPUT/best.")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (configs/fewshot_ct_*.yaml "
-                                                "reproduce the shipped models).")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as fewshot.method=protonet, "
-                                                          "data.dataset=digits or optim.steps=200.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
-) -> None:
+def fewshot_train(output: RunFolder, config: ConfigFile = None, overrides: Overrides = None, resume: Resume = False,
+                  overwrite: Overwrite = False, threads: Threads = None) -> None:
     """Meta-train an encoder on episodes of the base classes; OUTPUT/best is a model for 'fewshot eval'."""
-    from dosepred.devices import DeviceError
-    from dosepred.engine.config import FEWSHOT_DEFAULTS, ConfigError
+    from dosepred.engine.config import FEWSHOT_DEFAULTS
     from dosepred.fewshot.train import FewShotTrainer
 
-    with progress_bar() as progress:
-        patches = progress.add_task("patches", total=None)
+    def build(settings: dict, progress) -> FewShotTrainer:  # noqa: ANN001
         try:
-            settings = run_settings(output, config, overrides, resume=resume, defaults=FEWSHOT_DEFAULTS)
-            if threads is not None:
-                settings["threads"] = threads
-            trainer = FewShotTrainer(settings, output, resume=resume, overwrite=overwrite,
-                                     progress=lambda phase, done, total: progress.update(patches, completed=done,
-                                                                                         total=total))
+            return FewShotTrainer(settings, output, resume=resume, overwrite=overwrite, progress=progress)
         except ImportError:
-            raise fail("the digits need scikit-learn: pip install -e '.[fewshot]'") from None
-        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
-            raise fail(str(error)) from None
-        method = settings["fewshot"]["method"]
-        task = progress.add_task(f"train ({method})", total=settings["optim"]["steps"], completed=trainer.step)
-        trainer.fit(lambda step, row: progress.update(task, completed=step))
+            raise ValueError("the digits need scikit-learn: pip install -e '.[fewshot]'") from None
+
+    trainer = train_with_progress(output, config, overrides, resume=resume, threads=threads,
+                                  defaults=FEWSHOT_DEFAULTS, label="episodes", build=build)
     last = trainer.history[-1]
-    console.print(f"{method}: {trainer.step} episodes in {last['elapsed_s'] / 60:.1f} min, last training accuracy "
-                  f"{100 * last['accuracy']:.1f}%; model in {output / 'best'}")
+    console.print(f"{trainer.settings['method']}: {trainer.step} episodes in {last['elapsed_s'] / 60:.1f} min, last "
+                  f"training accuracy {100 * last['accuracy']:.1f}%; model in {output / 'best'}")
 
 
 @fewshot_app.command("eval")

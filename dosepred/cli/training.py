@@ -9,21 +9,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
+                                 progress_bar)
 from dosepred.io.errors import PatientDataError
 
 @app.command()
 def train(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: config, metrics, checkpoints, best model.")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (see configs/).")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+    output: RunFolder,
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
     genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
                                                   "with 'genotype' (and optionally 'channels').")] = None,
     init: Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
                                              "fresh schedule; its lineage carries into the new model card.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
+    threads: Threads = None,
 ) -> None:
     """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
     from dosepred.devices import DeviceError
@@ -77,15 +78,15 @@ def _searched_network(path: Path, network: dict) -> dict:
 
 @app.command()
 def distill(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder, as for train.")],
+    output: RunFolder,
     teachers: Annotated[list[str] | None, typer.Option("--teachers", "-t", help="A teacher model (name or folder); "
                                                        "repeat for each [default: the config's distill.teachers].")] = None,
     student: Annotated[str, typer.Option("--student", help="A registered network name (e.g. unet) or a "
                                          "genotype JSON file.")] = "unet",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config (train + distill).")] = None,
+    config: ConfigFile = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")] = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
     from dosepred.engine.config import DISTILL_DEFAULTS, ConfigError, load_config
