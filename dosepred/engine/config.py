@@ -157,7 +157,18 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
                 raise ConfigError(f"{where}: {name} must be a mapping")
             _merge(base[key], value, where, f"{name}.")
         else:
+            _check_type(base[key], value, f"{where}: {name}")
             base[key] = value
+
+
+def _check_type(default: Any, value: Any, where: str) -> None:
+    """A value must have its default's type (an int may stand for a float; null is always allowed, and a key
+    whose default is null takes any value)."""
+    if default is None or value is None:
+        return
+    expected = (int, float) if type(default) is float else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where} must be of type {type(default).__name__}, not {value!r}")
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:

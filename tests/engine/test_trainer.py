@@ -63,6 +63,24 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="optim.steps must be of type int, not 1.5"):
+        load_config(None, ["optim.steps=1.5"])
+    with pytest.raises(ConfigError, match="data.augment must be of type bool"):
+        load_config(None, ["data.augment=1"])
+    assert load_config(None, ["optim.lr=1"])["optim"]["lr"] == 1  # an int stands for a float
+    assert load_config(None, ["data.beam_angles=[0, 180]"])["data"]["beam_angles"] == [0, 180]  # default null: any
+
+
+@pytest.mark.parametrize("config, defaults", [
+    ("baseline_cpu.yaml", "DEFAULTS"), ("full_cpu.yaml", "DEFAULTS"), ("gpu_full.yaml", "DEFAULTS"),
+    ("distill_cpu32.yaml", "DISTILL_DEFAULTS"), ("distill_cpu64.yaml", "DISTILL_DEFAULTS"),
+    ("search_lenas_cpu.yaml", "SEARCH_DEFAULTS"), ("search_compare_cpu.yaml", "SEARCH_DEFAULTS"),
+    ("detect_blc.yaml", "DETECT_DEFAULTS"), ("fewshot_ct.yaml", "FEWSHOT_DEFAULTS"),
+])
+def test_every_shipped_config_loads(config: str, defaults: str) -> None:
+    from dosepred.engine import config as configs
+
+    assert load_config(Path(__file__).resolve().parents[2] / "configs" / config, defaults=getattr(configs, defaults))
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config: dict, run_dir: str, out: str) -> None:
