@@ -1,7 +1,9 @@
 """What travels to a lent GPU machine: the tracked files plus the carried folders, against the device's
-64 MiB limit and the 60 MiB target, and what a coarser CT tolerance in the training pack would save.
+64 MiB limit and the 60 MiB target, what a coarser CT tolerance in the training pack would save, and what
+it costs: the model's scores on validation patients whose CT went through the same coarser coding.
 
     python benchmarks/travel_set.py [--carry data/pack .whl] [--ct-tolerance 1 3 5 10] [--sample 12]
+                                    [--model unet-beams-128 --validation data/pack/validation]
 
 The carried folders are the packed splits (`dosepred prepare … --format pack`) and the wheels the GPU
 image lacks (monai, nibabel, pyjpegls; see the README's GPU section). The CT-tolerance estimate re-codes the
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--carry", nargs="*", default=["data/pack/train", "data/pack/validation", ".whl"])
     parser.add_argument("--ct-tolerance", type=int, nargs="*", default=[])
     parser.add_argument("--sample", type=int, default=12)
+    parser.add_argument("--model", help="also score this model on validation CT coded at each tolerance")
+    parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
     tracked = tracked_sizes(root)
@@ -74,6 +78,43 @@ def main() -> None:
                     size += out.stat().st_size
                 scaled = carried.get("data/pack/train", folder_size(train)) * size / stored
                 print(f"| {tolerance} | {scaled / MIB:.2f} | {100 * (size / stored - 1):+.1f}% |")
+    if args.model and args.ct_tolerance:
+        print(f"\nWhat it costs: {args.model} (no TTA) on the first {args.sample} validation patients, their CT coded "
+              "at each tolerance:")
+        print("| CT tolerance (HU) | dose score (Gy) | DVH score (Gy) | mean abs change of the prediction (Gy) |")
+        print("|---|---|---|---|")
+        for tolerance, (dose, dvh, change) in model_cost(args.model, args.validation, args.ct_tolerance, args.sample).items():
+            print(f"| {tolerance} | {dose:.4f} | {dvh:.4f} | {change:.4f} |")
+
+
+def model_cost(model: str, validation: Path, tolerances: list[int], sample: int) -> dict[int, tuple[float, float, float]]:
+    """Per tolerance: the model's dose and DVH scores and the mean absolute change of its prediction (inside the
+    possible-dose mask) against the prediction from the CT as stored."""
+    import numpy as np
+
+    from dosepred.devices import resolve_device
+    from dosepred.inference.loader import load_predictor
+    from dosepred.metrics.openkbp import OpenKBPScorer
+
+    predictor = load_predictor(model, device=resolve_device("auto"))
+    scorers = {tolerance: OpenKBPScorer() for tolerance in tolerances}
+    changes: dict[int, list[float]] = {tolerance: [] for tolerance in tolerances}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sources.find_patients(validation)[:sample]:
+            patient = sources.read_patient(path)
+            stored = predictor.predict(patient, tta=False)
+            mask = patient.possible_dose_mask.astype(bool)
+            for tolerance in tolerances:
+                coded = Path(tmp) / path.name
+                pack.write_patient(patient, coded, ct_tolerance_hu=tolerance)
+                recoded = pack.read_patient(coded)
+                predicted = predictor.predict(recoded, tta=False)
+                scorers[tolerance].add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
+                                       possible_dose_mask=patient.possible_dose_mask,
+                                       voxel_volume_mm3=patient.voxel_volume_mm3)
+                changes[tolerance].append(float(np.abs(predicted - stored)[mask].mean()))
+    return {tolerance: (scorers[tolerance].evaluation.dose_score, scorers[tolerance].evaluation.dvh_score,
+                        float(np.mean(changes[tolerance]))) for tolerance in tolerances}
 
 
 if __name__ == "__main__":

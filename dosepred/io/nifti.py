@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from dosepred.io.errors import PatientDataError
@@ -43,6 +42,8 @@ def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
 
 def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
     """Write one volume as NIfTI in the OpenKBP frame (masks as uint8, integral CT as int16)."""
+    import nibabel as nib  # here, not at the top: a job that reads only packs does without it
+
     if volume.dtype == bool:
         volume = volume.astype(np.uint8)
     elif np.array_equal(volume, np.round(volume)) and np.abs(volume).max(initial=0) < 2**15:
@@ -74,6 +75,8 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """The voxel spacing (mm) of an affine, along its voxel axes."""
+    import nibabel as nib  # here, not at the top: a job that reads only packs does without it
+
     return _mm(nib.affines.voxel_sizes(affine))
 
 
@@ -93,6 +96,8 @@ def _check_voxel_type(dtype: np.dtype, path: Path) -> None:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib  # here, not at the top: a job that reads only packs does without it
+
     image = nib.load(path)
     if len(image.shape) != 3:
         raise PatientDataError(path, f"expected a 3D image, got a {len(image.shape)}D one")

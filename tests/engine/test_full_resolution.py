@@ -106,6 +106,25 @@ def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
     assert json.loads((best / "config.json").read_text())["data"]["beam_angles"] == config["data"]["beam_angles"]
 
 
+def test_the_gpu_run_needs_neither_nibabel_nor_simpleitk(tiny_packs, tmp_path: Path) -> None:
+    """What travels to the GPU carries no nibabel wheel and the GPU image has neither: training from packs
+    must not import them (they are imported where NIfTI or other images are read)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["nibabel"] = sys.modules["SimpleITK"] = None  # importing either now fails
+from dosepred.cli import app
+app(["train", "-c", {str(REPOSITORY / "configs" / "gpu_full.yaml")!r}, "-o", {str(tmp_path / "run")!r},
+     "data.train={tiny_packs / 'train'}", "data.validation={tiny_packs / 'validation'}", "data.resolution=32",
+     "device=cpu", "optim.steps=1", "network.channels=[4, 8]", "network.strides=[2]"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
 def test_a_step_with_garbage_gradients_is_skipped(tiny_packs, tmp_path: Path) -> None:
     trainer = Trainer(tiny_config(tiny_packs, "amp=false"), tmp_path / "run")
     before = {name: tensor.clone() for name, tensor in trainer.network.state_dict().items()}
