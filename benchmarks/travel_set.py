@@ -5,8 +5,9 @@ it costs: the model's scores on validation patients whose CT went through the sa
     python benchmarks/travel_set.py [--carry data/pack .whl] [--ct-tolerance 1 3 5 10] [--sample 12]
                                     [--model unet-beams-128 --validation data/pack/validation]
 
-The carried folders are the packed splits (`dosepred prepare … --format pack`) and the wheels the GPU
-image lacks (monai, nibabel, pyjpegls; see the README's GPU section). The CT-tolerance estimate re-codes the
+The carried folders are what configs/gpu_full.yaml reads: the training split and the first 12 validation
+patients packed with CT coded to 32 HU (`dosepred prepare … --format pack --ct-tolerance 32`), and the wheels
+the GPU image lacks (monai, pyjpegls; see the README's GPU section). The CT-tolerance estimate re-codes the
 first `--sample` training patients and scales their size to the whole split.
 """
 
@@ -45,7 +46,7 @@ def folder_size(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--carry", nargs="*", default=["data/pack/train", "data/pack/validation", ".whl"])
+    parser.add_argument("--carry", nargs="*", default=["data/pack/train-ct32", "data/pack/val12-ct32", ".whl"])
     parser.add_argument("--ct-tolerance", type=int, nargs="*", default=[])
     parser.add_argument("--sample", type=int, default=12)
     parser.add_argument("--model", help="also score this model on validation CT coded at each tolerance")
@@ -62,7 +63,7 @@ def main() -> None:
     total = sum(tracked.values()) + sum(carried.values())
     verdict = "fits the target" if total <= TARGET_MIB * MIB else "over the target" if total <= LIMIT_MIB * MIB else "over the device's limit"
     print(f"| **total** | **{total / MIB:.2f}** ({verdict}: target {TARGET_MIB}, limit {LIMIT_MIB}) |")
-    train = root / "data/pack/train"
+    train = root / "data/pack/train"  # the split at the pack's default tolerance (1 HU)
     if args.ct_tolerance and train.is_dir():
         paths = sources.find_patients(train)
         sample = paths[: args.sample]

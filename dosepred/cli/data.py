@@ -30,6 +30,8 @@ def prepare(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the converted patients to.")],
     format: Annotated[PrepareFormat, typer.Option("--format", help="nifti: one folder of .nii.gz per patient; "
                                                   "pack: one compact file per patient.")] = PrepareFormat.nifti,
+    ct_tolerance: Annotated[int, typer.Option("--ct-tolerance", min=0, help="pack: every CT voxel comes back within "
+                                              "this many HU (a coarser coding makes a smaller pack).")] = pack.CT_TOLERANCE_HU,
 ) -> None:
     """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
     failures: list[str] = []
@@ -41,7 +43,7 @@ def prepare(
                     if format is PrepareFormat.nifti:
                         nifti.write_patient(patient, output / patient.id)
                     else:
-                        pack.write_patient(patient, output / f"{patient.id}{pack.SUFFIX}")
+                        pack.write_patient(patient, output / f"{patient.id}{pack.SUFFIX}", ct_tolerance_hu=ct_tolerance)
                 except PatientDataError as error:
                     failures.append(str(error))
     except PatientDataError as error:

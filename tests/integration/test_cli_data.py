@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from dosepred.io import nifti, openkbp_csv
+from dosepred.io import nifti, openkbp_csv, pack
 from dosepred.cli import app
 from tests.conftest import SAMPLE, SAMPLE_PATIENTS, requires_openkbp
 
@@ -44,6 +44,12 @@ def test_prepare_pack_round_trip(phantom_split: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "pack"), "--format", "pack"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["pt_1.dpk", "pt_2.dpk"]
+    coarse = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "coarse"), "--format", "pack",
+                                 "--ct-tolerance", "32"])
+    assert coarse.exit_code == 0, coarse.output
+    original, rough = openkbp_csv.read_patient(phantom_split / "pt_1"), pack.read_patient(tmp_path / "coarse" / "pt_1.dpk")
+    assert 1 < np.abs(np.round(original.ct) - rough.ct).max() <= 32
+    assert (tmp_path / "coarse" / "pt_1.dpk").stat().st_size < (tmp_path / "pack" / "pt_1.dpk").stat().st_size
 
 
 def test_prepare_missing_source(tmp_path: Path) -> None:
