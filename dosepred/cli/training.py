@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar)
+                                 progress_bar, run_settings)
 from dosepred.io.errors import PatientDataError
 
 @app.command()
@@ -120,25 +120,31 @@ def distill(
 @app.command()
 def search(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder for the search's results.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="lenas, random, kshot, gold or fpnas (see the README).")] = "lenas",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON search config.")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="lenas, random, kshot, gold or fpnas (see the "
+                                                 "README) [default: the config's search.strategy, lenas].")] = None,
+    config: ConfigFile = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides such as search.supernet_steps=500.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the search in OUTPUT (its supernet from the last "
+                                         "checkpoint).")] = False,
+    overwrite: Overwrite = False,
     space_size: Annotated[bool, typer.Option("--space-size", help="Print the search space and its size, then stop.")] = False,
 ) -> None:
     """Search architectures, rank them and choose strong, diverse teachers (ranked.json, teachers/, diversity.json)."""
-    from dosepred.engine.config import SEARCH_DEFAULTS, ConfigError, load_config
+    from dosepred.engine.config import SEARCH_DEFAULTS, ConfigError
     from dosepred.nas.run import run_search
     from dosepred.nas.space import SearchSpace
 
+    if output is None and not space_size:
+        raise fail("give --output for the search's results")
     try:
-        settings = load_config(config, overrides or [], defaults=SEARCH_DEFAULTS)
+        chosen = [f"search.strategy={strategy}"] if strategy else []
+        settings = run_settings(output or Path(), config, [*(overrides or []), *chosen], resume=resume and not chosen,
+                                defaults=SEARCH_DEFAULTS)
     except ConfigError as error:
         raise fail(str(error)) from None
     if space_size:
         Console().print(SearchSpace(tuple(settings["search"]["channels"])).describe())
         return
-    if output is None:
-        raise fail("give --output for the search's results")
     with progress_bar() as progress:
         tasks: dict[str, object] = {}
 
@@ -148,7 +154,7 @@ def search(
             progress.update(tasks[phase], completed=done)
 
         try:
-            summary = run_search(settings, output, strategy=strategy, progress=report)
-        except (KeyError, PatientDataError, ValueError) as error:
+            summary = run_search(settings, output, resume=resume, overwrite=overwrite, progress=report)
+        except (KeyError, PatientDataError, ValueError, FileExistsError) as error:
             raise fail(str(error)) from None
     Console().print(summary, soft_wrap=True)

@@ -56,6 +56,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "threads": None,
     "data": {**DEFAULTS["data"], "resolution": 32},
     "search": {
+        "strategy": "lenas",  # lenas, random, kshot, gold or fpnas (dosepred/nas/strategies/)
         "channels": [8, 16, 32, 64],  # the searched U-Net's widths (3 down levels)
         "supernet_steps": 1500,
         "lr": 2e-3,

@@ -19,22 +19,30 @@ from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy
 
 
-def run_search(config: dict[str, Any], output: Path, *, strategy: str,
+def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, overwrite: bool = False,
                progress: Callable[[str, int, int], None] | None = None) -> str:
-    """Search, select teachers, write ranked.json, teachers/teacher_*.json, diversity.json, log.json."""
+    """Search, select teachers, write ranked.json, teachers/teacher_*.json, diversity.json, log.json.
+
+    A folder that holds a search is refused unless ``resume`` continues it (the supernet from its last
+    checkpoint, in ``output/supernet``; strategies that train their own supernets start those again) or
+    ``overwrite`` replaces it.
+    """
+    if (output / "config.yaml").exists() and not (resume or overwrite):
+        raise FileExistsError(f"{output} holds a search already: --resume continues it, --overwrite replaces it")
     settings = config["search"]
+    strategy = settings["strategy"]
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     torch.manual_seed(config["seed"])
     device = resolve_device(config["device"])
     search = get_strategy(strategy, **settings.get("options", {}))
     output.mkdir(parents=True, exist_ok=True)
-    save_config({**config, "strategy": strategy}, output / "config.yaml")
+    save_config(config, output / "config.yaml")
     started = time.perf_counter()
     data = SearchData.from_config(config["data"], seed=config["seed"], validation_patients=settings["validation_patients"])
     space = SearchSpace(tuple(settings["channels"]))
     budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
-                    max_sweeps=settings["max_sweeps"], device=device)
+                    max_sweeps=settings["max_sweeps"], device=device, run_dir=output, resume=resume)
     result = search.search(space, data, budget, progress)
     search_seconds = time.perf_counter() - started
 

@@ -109,3 +109,29 @@ def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path)
                                  "data.resolution=16", "optim.steps=1", "validate_every=1"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())["network"]["name"] == "searched"
+
+
+def test_an_interrupted_search_resumes_its_supernet_exactly(tiny_packs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+    from dosepred.nas.run import run_search
+
+    config = load_config(None, [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=150",
+                                "search.max_sweeps=1", "search.teachers=2", "search.pool=4"], defaults=SEARCH_DEFAULTS)
+    run_search(config, tmp_path / "straight")
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if phase == "supernet" and done == 120:  # after the checkpoint at step 100
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, tmp_path / "resumed", progress=interrupt)
+    with pytest.raises(FileExistsError, match="--resume continues it"):
+        run_search(config, tmp_path / "resumed")
+    run_search(config, tmp_path / "resumed", resume=True)
+    assert (tmp_path / "resumed" / "supernet" / "metrics.csv").is_file()
+    straight, resumed = (load_file(tmp_path / run / "supernet.safetensors") for run in ("straight", "resumed"))
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    assert (tmp_path / "straight" / "ranked.json").read_text() == (tmp_path / "resumed" / "ranked.json").read_text()

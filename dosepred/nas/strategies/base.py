@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +27,9 @@ class Budget:
     batch_size: int = 2
     max_sweeps: int = 3
     device: torch.device = torch.device("cpu")
+    #: Where supernet training keeps its run (checkpoints, metrics.csv); None: a temporary folder.
+    run_dir: Path | None = None
+    resume: bool = False  # continue the supernet run in run_dir from its last checkpoint
 
 
 @dataclass
