@@ -148,6 +148,10 @@ class TrainingLoop:
         """One optimisation step (``self.optimize(loss)``); returns the loss, more values in ``self.step_log``."""
         raise NotImplementedError
 
+    def finished(self) -> bool:
+        """Whether training ends before ``optim.steps`` (a budget counted otherwise); no by default."""
+        return False
+
     def validate(self) -> dict[str, float]:
         """Validation values of the current network (``val_*`` columns); none by default."""
         return {}
@@ -163,10 +167,11 @@ class TrainingLoop:
         self.apply_gradients()
 
     def apply_gradients(self) -> None:
-        """Clip and step (skipping garbage gradients, see ``clip_and_step``), then move the schedule."""
+        """Clip the optimiser's parameters' gradients and step (skipping garbage gradients, see ``clip_and_step``),
+        then move the schedule."""
         optim = self.config["optim"]
-        if not clip_and_step(self.optimizer, self.network.parameters(), grad_clip=optim["grad_clip"],
-                             skip_grad_norm=optim["skip_grad_norm"]):
+        stepped = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+        if not clip_and_step(self.optimizer, stepped, grad_clip=optim["grad_clip"], skip_grad_norm=optim["skip_grad_norm"]):
             log.warning("that was step %d", self.step + 1)
         self.scheduler.step()
 
@@ -219,7 +224,8 @@ class TrainingLoop:
             self.step += 1
             logged.append({"train_loss": loss, **self.step_log})
             row: dict[str, float] = {"step": self.step, **logged[-1], "lr": self.scheduler.get_last_lr()[0]}
-            last = self.step == total or any_rank(time.perf_counter() - started > budget_s, self.topology, self.device)
+            last = (self.step == total or self.finished()
+                    or any_rank(time.perf_counter() - started > budget_s, self.topology, self.device))
             if self.step % self.config["validate_every"] == 0 or last:
                 means = {key: float(np.mean([entry[key] for entry in logged])) for key in logged[-1]}
                 row = self._log_validation({**row, **means}, time.perf_counter() - started)

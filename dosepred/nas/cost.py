@@ -28,7 +28,8 @@ def macs_by_module(network: nn.Module, run: Callable[[], object]) -> dict[str, i
 
 @lru_cache(maxsize=4096)
 def _cost(genotype_json: str, channels: tuple[int, ...], resolution: int) -> tuple[int, int]:
-    network = build_network(genotype=json.loads(genotype_json), channels=channels).eval()
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was, cached or not
+        network = build_network(genotype=json.loads(genotype_json), channels=channels).eval()
     x = torch.zeros(1, len(INPUT_CHANNELS), resolution, resolution, resolution)
     macs = macs_by_module(network, lambda: network(x))[""]
     return sum(p.numel() for p in network.parameters()), macs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from torch import nn
 from dosepred.engine.losses import masked_l1
 from dosepred.engine.loop import TrainingLoop, sample_seed
 from dosepred.nas.evaluator import SearchData
-from dosepred.nas.space import SearchSpace
+from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 
@@ -37,10 +39,8 @@ def paths_of(supernet: UNetSpaceNet) -> Callable[[dict], SupernetPath]:
     return lambda entry: SupernetPath(supernet, entry["genotype"])
 
 
-def training_batch(data: SearchData, rng: np.random.Generator, step: int, batch_size: int,
-                   device: torch.device) -> dict[str, torch.Tensor]:
-    """A random augmented batch of the training patients; the augmentation depends on (seed, step) only."""
-    indices = rng.choice(len(data.train), size=min(batch_size, len(data.train)), replace=False)
+def training_batch(data: SearchData, indices: np.ndarray, step: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The augmented batch of these training patients; the augmentation depends on (seed, step) only."""
     return data.train.batch(indices, [sample_seed(data.seed, step, i) for i in range(len(indices))], device)
 
 
@@ -54,11 +54,12 @@ def supernet_config(*, seed: int, device: torch.device, steps: int, lr: float, b
 
 class SupernetTrainer(TrainingLoop):
     """A weight-sharing supernet trained through the training loop, one sampled path per step: the batch and
-    the path of a step are functions of (seed, step), so a search resumes its supernet exactly."""
+    the path of a step are functions of (seed, step) (``draw``), so a search resumes its supernet exactly.
+    Strategies with their own supernets subclass it (``dosepred/nas/strategies/``)."""
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, space: SearchSpace, data: SearchData,
-                 sampler: Callable[[np.random.Generator], Genotype] | None = None, resume: bool = False) -> None:
-        self.space, self.data, self.sampler = space, data, sampler or space.sample
+                 resume: bool = False) -> None:
+        self.space, self.data = space, data
         super().__init__(config, run_dir, resume=resume, overwrite=not resume)
 
     def build_network(self) -> nn.Module:
@@ -67,10 +68,19 @@ class SupernetTrainer(TrainingLoop):
     def build_data(self) -> None:
         """The search's data, given."""
 
-    def make_batch(self, step: int) -> tuple[dict[str, torch.Tensor], Genotype]:
+    def draw(self, step: int) -> tuple[np.ndarray, Genotype]:
+        """The training patients and the architecture of ``step``."""
         rng = np.random.default_rng([self.config["seed"], 1, step])
-        batch = training_batch(self.data, rng, step, self.config["optim"]["batch_size"], self.device)
-        return batch, self.sampler(rng)
+        size = min(self.config["optim"]["batch_size"], len(self.data.train))
+        return rng.choice(len(self.data.train), size=size, replace=False), self.space.sample(rng)
+
+    def sampled_architectures(self) -> int:
+        """How many distinct architectures the steps so far trained on."""
+        return len({genotype_key(self.draw(step)[1:]) for step in range(self.step)})
+
+    def make_batch(self, step: int) -> tuple[dict[str, torch.Tensor], Genotype]:
+        indices, genotype = self.draw(step)
+        return training_batch(self.data, indices, step, self.device), genotype
 
     def train_step(self, batch: tuple[dict[str, torch.Tensor], Genotype]) -> float:
         samples, genotype = batch
@@ -83,21 +93,23 @@ class SupernetTrainer(TrainingLoop):
         """Nothing: the search writes the supernet's weights with its results."""
 
 
-def train_supernet(supernet_run: str | Path, space: SearchSpace, data: SearchData, *, steps: int, lr: float,
-                   batch_size: int, device: torch.device,
-                   sampler: Callable[[np.random.Generator], Genotype] | None = None, resume: bool = False,
-                   on_step: Callable[[int, float], None] | None = None) -> tuple[UNetSpaceNet, list[float]]:
-    """Train a supernet in the run folder ``supernet_run`` (with ``resume``: from its checkpoint, when it has
-    one); returns the supernet and the losses of the steps trained now."""
-    config = supernet_config(seed=data.seed, device=device, steps=steps, lr=lr, batch_size=batch_size)
-    resume = resume and (Path(supernet_run) / "checkpoints" / "last.pt").is_file()
-    trainer = SupernetTrainer(config, supernet_run, space=space, data=data, sampler=sampler, resume=resume)
+def fit_supernet(make_trainer: Callable[[dict[str, Any], Path, bool], SupernetTrainer], *, run_dir: Path | None,
+                 resume: bool, seed: int, device: torch.device, steps: int, lr: float, batch_size: int,
+                 on_step: Callable[[SupernetTrainer], None] | None = None) -> tuple[SupernetTrainer, list[float]]:
+    """Build a supernet trainer with ``make_trainer(config, run, resume)`` in ``run_dir`` (None: a temporary
+    folder; ``resume``: from its checkpoint, when it has one), train it, calling ``on_step(trainer)`` after each
+    step; returns it and the losses of the steps trained now."""
+    config = supernet_config(seed=seed, device=device, steps=steps, lr=lr, batch_size=batch_size)
     losses: list[float] = []
 
-    def step_done(step: int, row: dict[str, float]) -> None:
-        losses.append(row["train_loss"])
-        if on_step is not None:
-            on_step(step, row["train_loss"])
+    with contextlib.ExitStack() as stack:
+        run = run_dir if run_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        trainer = make_trainer(config, run, resume and (run / "checkpoints" / "last.pt").is_file())
 
-    trainer.fit(step_done)
-    return trainer.network, losses
+        def step_done(step: int, row: dict[str, float]) -> None:
+            losses.append(row["train_loss"])
+            if on_step is not None:
+                on_step(trainer)
+
+        trainer.fit(step_done)
+    return trainer, losses

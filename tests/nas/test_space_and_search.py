@@ -111,20 +111,30 @@ def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path)
     assert json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())["network"]["name"] == "searched"
 
 
-def test_an_interrupted_search_resumes_its_supernet_exactly(tiny_packs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy, options", [
+    ("lenas", []), ("kshot", ["search.options.warmup_fraction=0.2"]),
+    ("gold", ["search.options.prune_every=10", "search.options.threshold=0.6"]),
+    ("fpnas", ["search.options.final_samples=4", "search.options.adaptive=false", "search.options.fixed_samples=1"]),
+])
+def test_an_interrupted_search_resumes_its_supernet_exactly(strategy: str, options: list[str], tiny_packs,
+                                                            tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from dosepred.engine.config import SEARCH_DEFAULTS, load_config
     from dosepred.nas.run import run_search
 
     config = load_config(None, [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
-                                "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=150",
-                                "search.max_sweeps=1", "search.teachers=2", "search.pool=4"], defaults=SEARCH_DEFAULTS)
+                                "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=130",
+                                "search.max_sweeps=1", "search.teachers=2", "search.pool=4",
+                                f"search.strategy={strategy}", *options], defaults=SEARCH_DEFAULTS)
     run_search(config, tmp_path / "straight")
+    reports: list[int] = []
 
     def interrupt(phase: str, done: int, total: int) -> None:
-        if phase == "supernet" and done == 120:  # after the checkpoint at step 100
-            raise KeyboardInterrupt
+        if total == 130 and done < 130:
+            reports.append(done)
+            if len(reports) == 110:  # after the checkpoint at loop step 100
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_search(config, tmp_path / "resumed", progress=interrupt)
@@ -134,4 +144,6 @@ def test_an_interrupted_search_resumes_its_supernet_exactly(tiny_packs, tmp_path
     assert (tmp_path / "resumed" / "supernet" / "metrics.csv").is_file()
     straight, resumed = (load_file(tmp_path / run / "supernet.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    logs = [json.loads((tmp_path / run / "log.json").read_text()) for run in ("straight", "resumed")]
+    assert logs[0]["counts"] == logs[1]["counts"]
     assert (tmp_path / "straight" / "ranked.json").read_text() == (tmp_path / "resumed" / "ranked.json").read_text()

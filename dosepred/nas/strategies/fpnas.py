@@ -21,19 +21,20 @@ The ranking scores the distribution's most likely architecture and ``final_sampl
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dosepred.engine.loop import clip_and_step, lr_factor
+from dosepred.engine.loop import lr_factor
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import make_supernet, paths_of, training_batch
+from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, paths_of
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype
 
@@ -156,9 +157,18 @@ class FPNAS(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        supernet = make_supernet(space).to(budget.device)
-        distribution = ArchitectureDistribution(space)
-        log, counts = self.train(supernet, distribution, space, data, budget, report)
+        trainer, _ = fit_supernet(
+            lambda config, run, resume: FPNASTrainer(config, run, space=space, data=data, settings=self.settings,
+                                                     resume=resume),
+            run_dir=budget.run_dir / "supernet" if budget.run_dir else None, resume=budget.resume, seed=data.seed,
+            device=budget.device, steps=budget.supernet_steps, lr=budget.lr, batch_size=budget.batch_size,
+            on_step=lambda trainer: report("fp-nas", trainer.passes, budget.supernet_steps))
+        supernet, distribution = trainer.network, trainer.distribution
+        trace = trainer.trace
+        log = [{"phase": "distribution", "steps": trainer.step, "forward_passes": trainer.passes,
+                "adaptive": self.settings["adaptive"], "samples_per_step": [entry["samples"] for entry in trace],
+                "entropy": [round(entry["entropy"], 4) for entry in trace]}]
+        counts = {"training_forward_passes": trainer.passes, "sampled_architectures": len(trainer.distinct)}
 
         path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
@@ -172,49 +182,82 @@ class FPNAS(Strategy):
         counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(book.ranked(), path, log, counts, supernet)
 
-    def train(self, supernet: nn.Module, distribution: ArchitectureDistribution, space: SearchSpace, data: SearchData,
-              budget: Budget, report: Progress) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        s = self.settings
-        weights = torch.optim.AdamW(supernet.parameters(), lr=budget.lr, weight_decay=1e-4)
-        distribution_optimizer = torch.optim.Adam(distribution.parameters(), lr=s["distribution_lr"])
-        resolution = data.validation["image"].shape[-1]
-        reference_macs = architecture_cost(space.reference(), space.channels, resolution)["macs"]
-        rng = np.random.default_rng([data.seed, 1])
-        passes = step = 0
-        distinct: set[str] = set()
-        trace = []
-        supernet.train()
-        while passes < budget.supernet_steps:
-            if not distribution.is_joint and passes >= s["joint_after"] * budget.supernet_steps:
-                distribution.to_joint()
-                distribution_optimizer = torch.optim.Adam(distribution.joint.parameters(), lr=s["distribution_lr"])
-            entropy = distribution.entropy()
-            m = (sample_count(entropy, distribution.max_entropy(), low=s["min_samples"], high=s["max_samples"])
-                 if s["adaptive"] else s["fixed_samples"])
-            m = min(m, budget.supernet_steps - passes)
-            batch = training_batch(data, rng, step, budget.batch_size, budget.device)
-            for group in weights.param_groups:  # the recipe's cosine, over the forward-pass budget
-                group["lr"] = budget.lr * lr_factor(passes, warmup_steps=0, steps=budget.supernet_steps, min_lr_ratio=0.05)
-            losses, penalised, log_probs = [], [], []
-            for _ in range(m):
-                genotype, log_prob = distribution.sample(rng)
-                distinct.add(genotype_key(genotype))
-                losses.append(masked_l1(supernet(batch["image"], genotype), batch["dose"], batch["possible_dose_mask"]))
-                penalty = 0.0
-                if s["cost_weight"]:
-                    relative = architecture_cost(genotype, space.channels, resolution)["macs"] / reference_macs
-                    penalty = s["cost_weight"] * max(0.0, relative - s["cost_target"])
-                penalised.append(float(losses[-1].detach()) + penalty)
-                log_probs.append(log_prob)
-            importance = importance_weights(penalised, s["temperature"]).to(budget.device)
-            weights.zero_grad(set_to_none=True)
-            (importance * torch.stack(losses)).sum().backward()
-            clip_and_step(weights, supernet.parameters(), grad_clip=1.0, skip_grad_norm=None)
-            distribution_step(distribution_optimizer, log_probs, importance.cpu())
-            passes += m
-            step += 1
-            trace.append({"step": step, "samples": m, "entropy": entropy})
-            report("fp-nas", passes, budget.supernet_steps)
-        log = [{"phase": "distribution", "steps": step, "forward_passes": passes, "adaptive": s["adaptive"],
-                "samples_per_step": [t["samples"] for t in trace], "entropy": [round(t["entropy"], 4) for t in trace]}]
-        return log, {"training_forward_passes": passes, "sampled_architectures": len(distinct)}
+
+class FPNASTrainer(SupernetTrainer):
+    """FP-NAS through the training loop. A loop step is one distribution step: ``m`` paths drawn from the
+    distribution (m from its entropy when adaptive), the supernet's loss weighted by PARSEC's importance weights,
+    then the distribution moves towards the better paths. ``optim.steps`` is the budget of forward passes; the
+    loop ends when the passes reach it, and the weights' cosine runs over the passes."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, space: SearchSpace, data: SearchData,
+                 settings: dict[str, Any], resume: bool = False) -> None:
+        self.settings, self.passes = settings, 0
+        self.distinct: list[str] = []  # keys of the architectures trained on, in the order first drawn
+        self.trace: list[dict[str, Any]] = []
+        super().__init__(config, run_dir, space=space, data=data, resume=resume)
+
+    def build_network(self) -> nn.Module:
+        supernet = make_supernet(self.space).to(self.device)
+        self.distribution = ArchitectureDistribution(self.space)
+        self.distribution_optimizer = torch.optim.Adam(self.distribution.parameters(), lr=self.settings["distribution_lr"])
+        self.resolution = self.data.validation["image"].shape[-1]
+        self.reference_macs = architecture_cost(self.space.reference(), self.space.channels, self.resolution)["macs"]
+        return supernet
+
+    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        optim = self.config["optim"]
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: lr_factor(
+            self.passes, warmup_steps=0, steps=optim["steps"], min_lr_ratio=optim["min_lr_ratio"]))
+
+    def finished(self) -> bool:
+        return self.passes >= self.config["optim"]["steps"]
+
+    def train_step(self, batch: tuple[dict[str, torch.Tensor], Genotype]) -> float:
+        samples, _ = batch  # the paths come from the distribution
+        s, distribution, budget = self.settings, self.distribution, self.config["optim"]["steps"]
+        if not distribution.is_joint and self.passes >= s["joint_after"] * budget:
+            distribution.to_joint()
+            self.distribution_optimizer = torch.optim.Adam(distribution.joint.parameters(), lr=s["distribution_lr"])
+        entropy = distribution.entropy()
+        m = (sample_count(entropy, distribution.max_entropy(), low=s["min_samples"], high=s["max_samples"])
+             if s["adaptive"] else s["fixed_samples"])
+        m = min(m, budget - self.passes)
+        rng = np.random.default_rng([self.config["seed"], 3, self.step])
+        self.network.train()
+        losses, penalised, log_probs = [], [], []
+        for _ in range(m):
+            genotype, log_prob = distribution.sample(rng)
+            if (key := genotype_key(genotype)) not in self.distinct:
+                self.distinct.append(key)
+            losses.append(masked_l1(self.network(samples["image"], genotype), samples["dose"], samples["possible_dose_mask"]))
+            penalty = 0.0
+            if s["cost_weight"]:
+                relative = architecture_cost(genotype, self.space.channels, self.resolution)["macs"] / self.reference_macs
+                penalty = s["cost_weight"] * max(0.0, relative - s["cost_target"])
+            penalised.append(float(losses[-1].detach()) + penalty)
+            log_probs.append(log_prob)
+        importance = importance_weights(penalised, s["temperature"]).to(self.device)
+        loss = (importance * torch.stack(losses)).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.passes += m  # before the schedule moves: the next step's rate follows the passes so far
+        self.apply_gradients()
+        distribution_step(self.distribution_optimizer, log_probs, importance.cpu())
+        self.trace.append({"step": self.step + 1, "samples": m, "entropy": entropy})
+        return float(loss.detach())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return super().checkpoint_state() | {
+            "distribution": self.distribution.state_dict(), "joint": self.distribution.is_joint,
+            "distribution_optimizer": self.distribution_optimizer.state_dict(), "passes": self.passes,
+            "distinct": self.distinct, "trace": self.trace}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        if state["joint"]:
+            self.distribution.to_joint()
+            self.distribution_optimizer = torch.optim.Adam(self.distribution.joint.parameters(),
+                                                           lr=self.settings["distribution_lr"])
+        self.distribution.load_state_dict(state["distribution"])
+        self.distribution_optimizer.load_state_dict(state["distribution_optimizer"])
+        self.passes, self.distinct, self.trace = state["passes"], state["distinct"], state["trace"]

@@ -18,19 +18,19 @@ the end to each slot's strongest op (and resampling), keeping residuals whose ga
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dosepred.engine.loop import clip_and_step, warmup_cosine
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import make_supernet, training_batch
+from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Gate, Genotype, UNetSpaceNet
 
@@ -167,42 +167,14 @@ class GOLDNAS(Strategy):
         s = self.settings
         if s["pruning"] not in ("gradual", "hard"):
             raise ValueError(f"gold pruning must be 'gradual' or 'hard', got {s['pruning']!r}")
-        gold = GatedSupernet(space).to(budget.device)
         resolution = data.validation["image"].shape[-1]
-        macs = {key: torch.as_tensor(value, dtype=torch.float32, device=budget.device)
-                for key, value in gold.op_macs(resolution).items()}
-        total_macs = float(sum(value.sum() for value in macs.values()))
-        warmup = int(s["warmup_fraction"] * budget.supernet_steps)
-
-        weights = torch.optim.AdamW(gold.supernet.parameters(), lr=budget.lr, weight_decay=1e-4)
-        schedule = warmup_cosine(weights, warmup_steps=0, steps=budget.supernet_steps, min_lr_ratio=0.05)
-        gates = torch.optim.AdamW(gold.logits.parameters(), lr=s["gate_lr"], weight_decay=0.0)  # a constant rate
-        rng = np.random.default_rng([data.seed, 1])
-        mu, rounds, stable = 0.0, [], []
-        alive = gold.alive_masks()
-        gold.train()
-        for step in range(budget.supernet_steps):
-            if step == warmup:
-                mu = s["mu_start"]
-            batch = training_batch(data, rng, step, budget.batch_size, budget.device)
-            task = masked_l1(gold(batch["image"]), batch["dose"], batch["possible_dose_mask"])
-            cost = sum((torch.sigmoid(gold.logits[key]) * macs[key] * alive[key]).sum() for key in macs) / total_macs
-            gold.zero_grad(set_to_none=True)
-            (task + mu * cost).backward()
-            clip_and_step(weights, gold.supernet.parameters(), grad_clip=1.0, skip_grad_norm=None)
-            gates.step()
-            schedule.step()
-            if s["pruning"] == "gradual" and step >= warmup and (step + 1 - warmup) % s["prune_every"] == 0:
-                pruned = gold.prune(s["threshold"], s["max_pruned"])
-                if len(pruned) < s["min_pruned"]:
-                    mu *= 1 + s["mu_step"]
-                elif len(pruned) == s["max_pruned"]:
-                    mu /= 1 + s["mu_step"]
-                rounds.append({"step": step + 1, "pruned": pruned, "mu": mu, "cost": float(cost.detach())})
-                if pruned:
-                    alive = gold.alive_masks()
-                    stable.append(copy.deepcopy(gold.architecture()))
-            report("gold-nas", step + 1, budget.supernet_steps)
+        trainer, _ = fit_supernet(
+            lambda config, run, resume: GoldTrainer(config, run, space=space, data=data, settings=s, resume=resume),
+            run_dir=budget.run_dir / "supernet" if budget.run_dir else None, resume=budget.resume, seed=data.seed,
+            device=budget.device, steps=budget.supernet_steps, lr=budget.lr, batch_size=budget.batch_size,
+            on_step=lambda trainer: report("gold-nas", trainer.step, budget.supernet_steps))
+        gold: GatedSupernet = trainer.network
+        stable, rounds, mu = trainer.stable, trainer.rounds, trainer.mu
         if s["pruning"] == "hard":
             gold.prune_hard()
         if s["pruning"] == "hard" or not stable:  # the hard-pruned result, or the unpruned one if nothing was pruned
@@ -226,3 +198,67 @@ class GOLDNAS(Strategy):
         unique = {genotype_key(point["genotype"]): point for point in points}.values()
         ranked = sorted(unique, key=lambda point: point["estimated_dose_score"])
         return SearchResult(ranked, path, log, counts, gold)
+
+
+class GoldTrainer(SupernetTrainer):
+    """GOLD-NAS's one-level training through the training loop: weights (AdamW, the recipe's cosine) and gates
+    (AdamW at a constant rate) on the same batches, the MACs term's coefficient mu adapted and ops pruned every
+    ``prune_every`` steps after the warm-up; every pruning leaves a stable point."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, space: SearchSpace, data: SearchData,
+                 settings: dict[str, Any], resume: bool = False) -> None:
+        self.settings = settings
+        self.warmup = int(settings["warmup_fraction"] * config["optim"]["steps"])
+        self.mu, self.rounds, self.stable = 0.0, [], []
+        super().__init__(config, run_dir, space=space, data=data, resume=resume)
+
+    def build_network(self) -> nn.Module:
+        gold = GatedSupernet(self.space).to(self.device)
+        resolution = self.data.validation["image"].shape[-1]
+        self.macs = {key: torch.as_tensor(value, dtype=torch.float32, device=self.device)
+                     for key, value in gold.op_macs(resolution).items()}
+        self.total_macs = float(sum(value.sum() for value in self.macs.values()))
+        self.alive = gold.alive_masks()
+        self.gates = torch.optim.AdamW(gold.logits.parameters(), lr=self.settings["gate_lr"], weight_decay=0.0)
+        return gold
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config["optim"]
+        return torch.optim.AdamW(self.network.supernet.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+
+    def train_step(self, batch: tuple[dict[str, torch.Tensor], Genotype]) -> float:
+        samples, _ = batch  # every alive op runs, gated
+        gold: GatedSupernet = self.network
+        s, step = self.settings, self.step
+        gold.train()
+        if step == self.warmup:
+            self.mu = s["mu_start"]
+        task = masked_l1(gold(samples["image"]), samples["dose"], samples["possible_dose_mask"])
+        cost = sum((torch.sigmoid(gold.logits[key]) * self.macs[key] * self.alive[key]).sum()
+                   for key in self.macs) / self.total_macs
+        gold.zero_grad(set_to_none=True)
+        (task + self.mu * cost).backward()
+        self.apply_gradients()
+        self.gates.step()
+        if s["pruning"] == "gradual" and step >= self.warmup and (step + 1 - self.warmup) % s["prune_every"] == 0:
+            pruned = gold.prune(s["threshold"], s["max_pruned"])
+            if len(pruned) < s["min_pruned"]:
+                self.mu *= 1 + s["mu_step"]
+            elif len(pruned) == s["max_pruned"]:
+                self.mu /= 1 + s["mu_step"]
+            self.rounds.append({"step": step + 1, "pruned": pruned, "mu": self.mu, "cost": float(cost.detach())})
+            if pruned:
+                self.alive = gold.alive_masks()
+                self.stable.append(copy.deepcopy(gold.architecture()))
+        return float(task.detach())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return super().checkpoint_state() | {"gates": self.gates.state_dict(), "mu": self.mu, "rounds": self.rounds,
+                                             "stable": self.stable, "alive": self.network.alive}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        self.gates.load_state_dict(state["gates"])
+        self.mu, self.rounds, self.stable = state["mu"], state["rounds"], state["stable"]
+        self.network.alive = state["alive"]
+        self.alive = self.network.alive_masks()

@@ -19,6 +19,7 @@ estimates show what width costs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +27,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dosepred.engine.loop import clip_and_step, warmup_cosine
+from dosepred.engine.loop import warmup_cosine
 from dosepred.engine.losses import masked_l1
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
-from dosepred.nas.space import SearchSpace, genotype_key
+from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import make_supernet, training_batch
+from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, training_batch
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype
 
@@ -125,8 +126,20 @@ class KShotNAS(Strategy):
         widths = sorted(float(w) for w in self.settings["widths"])
         if not widths or widths[-1] != 1.0 or widths[0] <= 0:
             raise ValueError(f"kshot widths must be ratios in (0, 1] that include 1.0, got {self.settings['widths']}")
-        kshot = KShotSupernet(space, k=int(self.settings["k"]), widths=widths).to(budget.device)
-        log, counts = self.train(kshot, space, data, budget, report)
+        warmup = int(self.settings["warmup_fraction"] * budget.supernet_steps)
+        trainer, _ = fit_supernet(
+            lambda config, run, resume: KShotTrainer(config, run, space=space, data=data, k=int(self.settings["k"]),
+                                                     widths=widths, warmup=warmup,
+                                                     simplex_lr=self.settings["simplex_lr"], resume=resume),
+            run_dir=budget.run_dir / "supernet" if budget.run_dir else None, resume=budget.resume, seed=data.seed,
+            device=budget.device, steps=budget.supernet_steps, lr=budget.lr, batch_size=budget.batch_size,
+            on_step=lambda trainer: report("k-shot supernets", trainer.step, budget.supernet_steps))
+        kshot: KShotSupernet = trainer.network
+        log = [{"phase": "supernets", "k": kshot.k, "widths": kshot.widths, "warmup_steps": warmup,
+                "weight_steps": trainer.weight_steps, "simplex_steps": budget.supernet_steps - trainer.weight_steps,
+                **{f"final_{name}_loss": sum(v[-20:]) / len(v[-20:]) for name, v in trainer.losses.items() if v}}]
+        counts = {"training_forward_passes": budget.supernet_steps,
+                  "sampled_architectures": trainer.sampled_architectures()}
 
         full = len(widths) - 1
         by_channels = {tuple(width_channels(space, ratio)): index for index, ratio in enumerate(widths)}
@@ -147,45 +160,70 @@ class KShotNAS(Strategy):
         counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(ranked, path, [*log, *sweeps], counts, kshot)
 
-    def train(self, kshot: KShotSupernet, space: SearchSpace, data: SearchData, budget: Budget,
-              report: Progress) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Warm-up with lambda drawn uniformly from the simplex, then alternate supernet and simplex-net steps."""
-        warmup = int(self.settings["warmup_fraction"] * budget.supernet_steps)
 
-        def trains_simplex(step: int) -> bool:
-            return kshot.k > 1 and step >= warmup and (step - warmup) % 2 == 1
+class KShotTrainer(SupernetTrainer):
+    """K-shot supernets through the training loop: a warm-up with lambda drawn uniformly from the simplex, then
+    supernet steps (AdamW, the recipe's cosine over the supernet steps) alternating with simplex-net steps."""
 
-        weight_steps = sum(not trains_simplex(step) for step in range(budget.supernet_steps))
-        weights = torch.optim.AdamW(kshot.replicas.parameters(), lr=budget.lr, weight_decay=1e-4)
-        schedule = warmup_cosine(weights, warmup_steps=0, steps=weight_steps, min_lr_ratio=0.05)
-        simplex = torch.optim.Adam(kshot.simplex.parameters(), lr=self.settings["simplex_lr"])
-        simplex_uniform = torch.distributions.Dirichlet(torch.ones(len(kshot.modules_in_order), kshot.k))
-        rng = np.random.default_rng([data.seed, 1])
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, space: SearchSpace, data: SearchData, k: int,
+                 widths: list[float], warmup: int, simplex_lr: float, resume: bool = False) -> None:
+        self.k, self.widths, self.warmup, self.simplex_lr = k, widths, warmup, simplex_lr
+        self.losses: dict[str, list[float]] = {"supernets": [], "simplex": []}  # of the steps trained now
+        super().__init__(config, run_dir, space=space, data=data, resume=resume)
+
+    def trains_simplex(self, step: int) -> bool:
+        return self.k > 1 and step >= self.warmup and (step - self.warmup) % 2 == 1
+
+    @property
+    def weight_steps(self) -> int:
+        return sum(not self.trains_simplex(step) for step in range(self.config["optim"]["steps"]))
+
+    def build_network(self) -> nn.Module:
+        kshot = KShotSupernet(self.space, k=self.k, widths=self.widths).to(self.device)
+        self.simplex_optimizer = torch.optim.Adam(kshot.simplex.parameters(), lr=self.simplex_lr)
+        self.simplex_uniform = torch.distributions.Dirichlet(torch.ones(len(kshot.modules_in_order), self.k))
+        return kshot
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config["optim"]
+        return torch.optim.AdamW(self.network.replicas.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+
+    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return warmup_cosine(self.optimizer, warmup_steps=0, steps=self.weight_steps,
+                             min_lr_ratio=self.config["optim"]["min_lr_ratio"])
+
+    def draw(self, step: int) -> tuple[np.ndarray, Genotype, int]:
+        indices, genotype = super().draw(step)
+        return indices, genotype, int(np.random.default_rng([self.config["seed"], 2, step]).integers(len(self.widths)))
+
+    def make_batch(self, step: int) -> tuple[dict[str, torch.Tensor], Genotype, int]:
+        indices, genotype, width = self.draw(step)
+        return training_batch(self.data, indices, step, self.device), genotype, width
+
+    def train_step(self, batch: tuple[dict[str, torch.Tensor], Genotype, int]) -> float:
+        samples, genotype, width = batch
+        kshot: KShotSupernet = self.network
         kshot.train()
-        losses: dict[str, list[float]] = {"supernets": [], "simplex": []}
-        drawn: set[str] = set()
-        for step in range(budget.supernet_steps):
-            batch = training_batch(data, rng, step, budget.batch_size, budget.device)
-            genotype, width = space.sample(rng), int(rng.integers(len(kshot.widths)))
-            drawn.add(genotype_key({"genotype": genotype, "width": width}))
-            simplex_step = trains_simplex(step)
-            if step < warmup or kshot.k == 1:
-                lambdas = simplex_uniform.sample().to(budget.device)
-            else:
-                lambdas = kshot.lambdas(genotype, width)
-                lambdas = lambdas if simplex_step else lambdas.detach()
-            loss = masked_l1(kshot(batch["image"], genotype, width, lambdas), batch["dose"], batch["possible_dose_mask"])
-            kshot.zero_grad(set_to_none=True)
-            loss.backward()
-            if simplex_step:
-                simplex.step()
-            else:
-                clip_and_step(weights, kshot.replicas.parameters(), grad_clip=1.0, skip_grad_norm=None)
-                schedule.step()
-            losses["simplex" if simplex_step else "supernets"].append(float(loss.detach()))
-            report("k-shot supernets", step + 1, budget.supernet_steps)
+        simplex_step = self.trains_simplex(self.step)
+        if self.step < self.warmup or kshot.k == 1:
+            lambdas = self.simplex_uniform.sample().to(self.device)
+        else:
+            lambdas = kshot.lambdas(genotype, width)
+            lambdas = lambdas if simplex_step else lambdas.detach()
+        loss = masked_l1(kshot(samples["image"], genotype, width, lambdas), samples["dose"], samples["possible_dose_mask"])
         kshot.zero_grad(set_to_none=True)
-        log = [{"phase": "supernets", "k": kshot.k, "widths": kshot.widths, "warmup_steps": warmup,
-                "weight_steps": weight_steps, "simplex_steps": budget.supernet_steps - weight_steps,
-                **{f"final_{name}_loss": sum(v[-20:]) / len(v[-20:]) for name, v in losses.items() if v}}]
-        return log, {"training_forward_passes": budget.supernet_steps, "sampled_architectures": len(drawn)}
+        loss.backward()
+        if simplex_step:
+            self.simplex_optimizer.step()
+            kshot.zero_grad(set_to_none=True)
+        else:
+            self.apply_gradients()
+        self.losses["simplex" if simplex_step else "supernets"].append(float(loss.detach()))
+        return float(loss.detach())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return super().checkpoint_state() | {"simplex_optimizer": self.simplex_optimizer.state_dict()}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        self.simplex_optimizer.load_state_dict(state["simplex_optimizer"])
