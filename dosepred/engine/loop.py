@@ -67,7 +67,6 @@ def clip_and_step(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Para
     if torch.isfinite(norm) and (skip_grad_norm is None or norm <= skip_grad_norm):
         optimizer.step()
         return True
-    log.warning("gradient norm %.3g: step skipped", float(norm))
     return False
 
 
@@ -172,7 +171,7 @@ class TrainingLoop:
         optim = self.config["optim"]
         stepped = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
         if not clip_and_step(self.optimizer, stepped, grad_clip=optim["grad_clip"], skip_grad_norm=optim["skip_grad_norm"]):
-            log.warning("that was step %d", self.step + 1)
+            log.warning("step %d: gradient norm not finite or above optim.skip_grad_norm, step skipped", self.step + 1)
         self.scheduler.step()
 
     # --- state -----------------------------------------------------------------------------------
