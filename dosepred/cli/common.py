@@ -90,4 +90,6 @@ def train_with_progress(output: Path, config: Path | None, overrides: list[str] 
             trainer.fit(lambda step, row: progress.update(task, completed=step))
         except FloatingPointError as error:
             raise fail(str(error), code=1) from None
+        finally:
+            trainer.close()
     return trainer

@@ -58,7 +58,10 @@ def train(
                 progress.update(task, description=f"train (val dose {row['val_dose_score']:.2f} Gy)")
             progress.update(task, completed=step)
 
-        trainer.fit(on_step)
+        try:
+            trainer.fit(on_step)
+        finally:
+            trainer.close()
     if trainer.topology.is_main:
         console.print(f"best validation dose score {trainer.best_score:.4f} Gy; model in {output / 'best'}")
 
@@ -113,7 +116,10 @@ def distill(
         raise fail(str(error)) from None
     with progress_bar() as progress:
         task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
-        trainer.fit(lambda step, row: progress.update(task, completed=step))
+        try:
+            trainer.fit(lambda step, row: progress.update(task, completed=step))
+        finally:
+            trainer.close()
     console.print(f"best validation dose score {trainer.best_score:.4f} Gy; student in {output / 'best'}")
 
 

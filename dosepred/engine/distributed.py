@@ -30,6 +30,17 @@ def init_distributed() -> Topology:
     return Topology(rank=dist.get_rank(), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def leave(topology: Topology) -> None:
+    """Leave the process group together: every rank waits for the others, then destroys its part.
+
+    Call it once nothing holds the group any more (a DDP wrapper keeps it alive): a group torn down by the
+    interpreter at exit can abort the process after the work is done.
+    """
+    if topology.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(topology: Topology) -> None:
     if topology.world_size > 1:
         dist.barrier()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gc
 import logging
 import math
 import pickle
@@ -31,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dosepred.devices import resolve_device, set_threads
 from dosepred.engine.config import save_config
-from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed
+from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed, leave
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,12 @@ class TrainingLoop:
             if last:
                 break
         return self.history
+
+    def close(self) -> None:
+        """Leave the torchrun process group (a no-op in one process); the trainer cannot train after it."""
+        self.model = self.network  # the DDP wrapper holds the group: release it first
+        gc.collect()
+        leave(self.topology)
 
     def _log_validation(self, row: dict[str, float], elapsed: float) -> dict[str, float]:
         """Validate (rank 0), record the row (training values averaged since the last one), export the best."""
