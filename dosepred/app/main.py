@@ -7,9 +7,9 @@ computes anything the library does not.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,10 @@ import streamlit as st
 import torch
 
 from dosepred.io import sources
-from dosepred.io.dicom import write_rt_dose
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import ROIS, Patient, require_grid
 from dosepred.io.phantom import make_phantom
+from dosepred.io.roi_names import UnmappedRoiWarning
 from dosepred.io.uploads import extract_zip, patients_under, resolve_under, save_images
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.loader import load_predictor
@@ -65,9 +65,9 @@ def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
     if source == options[0]:
         return "phantom", phantom()
     if source == "Upload":
-        uploads = st.sidebar.file_uploader("A zip of an OpenKBP patient folder, or NIfTI files (ct.nii.gz, "
-                                           "possible_dose_mask.nii.gz, <ROI>.nii.gz, ...)", type=["zip", "nii", "gz"],
-                                           accept_multiple_files=True)
+        uploads = st.sidebar.file_uploader("A zip of one patient: an OpenKBP folder, or a clinic's DICOM (CT "
+                                           "series + RTSTRUCT); or NIfTI files (ct.nii.gz, possible_dose_mask.nii.gz, "
+                                           "<ROI>.nii.gz, ...)", type=["zip", "nii", "gz"], accept_multiple_files=True)
         if not uploads:
             st.info("Upload a patient to predict its dose.")
             return None
@@ -85,8 +85,13 @@ def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
 def remembered(key: str, load) -> Patient:  # noqa: ANN001 - a function returning a Patient
     """The patient of ``key``, loaded once per session (the page reruns on every widget change)."""
     if st.session_state.get("patient_key") != key:
-        st.session_state["patient"] = load()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnmappedRoiWarning)
+            st.session_state["patient"] = load()
+        st.session_state["patient_warnings"] = [str(w.message) for w in caught if w.category is UnmappedRoiWarning]
         st.session_state["patient_key"] = key
+    for message in st.session_state["patient_warnings"]:
+        st.warning(message)
     return st.session_state["patient"]
 
 
@@ -151,29 +156,39 @@ def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, o
     return rows
 
 
+def show_roi_mapping(patient: Patient) -> None:
+    """For a DICOM patient: which of its ROIs became which model structure, and which none."""
+    if patient.clinic is None:
+        return
+    mapping = patient.clinic.mapping
+    with st.expander("ROI names: the patient's -> the model's"):
+        st.dataframe([{"ROI": name, "used as": structure} for name, structure in mapping.table()], hide_index=True)
+        st.caption(f"Possible-dose region: {patient.clinic.body_source}.")
+
+
 def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
     st.subheader("Downloads")
+    formats = [(OutputFormat.nifti, f"{patient.id}_dose.nii.gz", "Dose (NIfTI)"),
+               (OutputFormat.rtdose, f"{patient.id}_rtdose.dcm", "Dose (DICOM RT Dose)")]
+    if patient.clinic is None:  # an OpenKBP CSV exists on OpenKBP's grid only
+        formats.insert(1, (OutputFormat.openkbp, f"{patient.id}.csv", "Dose (OpenKBP CSV)"))
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
-        for output_format, name in ((OutputFormat.nifti, f"{patient.id}_dose.nii.gz"),
-                                    (OutputFormat.openkbp, f"{patient.id}.csv")):
+        for output_format, name, _ in formats:
             write_dose(patient, dose, Path(tmp) / name, output_format)
             files[name] = (Path(tmp) / name).read_bytes()
-        if importlib.util.find_spec("pydicom") is not None:
-            write_rt_dose(patient, dose, Path(tmp) / f"{patient.id}_rtdose.dcm")
-            files[f"{patient.id}_rtdose.dcm"] = (Path(tmp) / f"{patient.id}_rtdose.dcm").read_bytes()
     table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
-    columns = st.columns(4)
-    columns[0].download_button("Dose (NIfTI)", files[f"{patient.id}_dose.nii.gz"], f"{patient.id}_dose.nii.gz")
-    columns[1].download_button("Dose (OpenKBP CSV)", files[f"{patient.id}.csv"], f"{patient.id}.csv")
-    columns[2].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
-    if f"{patient.id}_rtdose.dcm" in files:
-        columns[3].download_button("Dose (DICOM RT Dose)", files[f"{patient.id}_rtdose.dcm"], f"{patient.id}_rtdose.dcm")
+    columns = st.columns(len(formats) + 1)
+    for column, (_, name, label) in zip(columns, formats):
+        column.download_button(label, files[name], name)
+    columns[-1].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
+    if patient.clinic is not None:
+        st.caption("NIfTI and RT Dose lie on the patient's own CT, in its frame of reference (same "
+                   "FrameOfReferenceUID and study as the CT).")
+    else:
         st.caption("RT Dose frame of reference: a new one, the same as dosepred's NIfTI files (voxel (0,0,0) at the "
                    "origin, x towards the patient's left, y posterior, z superior); it does not line up with the "
                    "original planning CT, which OpenKBP does not provide.")
-    else:
-        columns[3].caption("DICOM RT Dose: install pydicom (pip install -e '.[dicom]').")
 
 
 def main() -> None:
@@ -194,7 +209,9 @@ def main() -> None:
         st.error(f"Cannot use this patient: {error}")
         return
     st.caption(f"{patient.id}: grid {'x'.join(map(str, patient.shape))}, spacing "
-               f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {model_name()}")
+               f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {model_name()}"
+               + ("; the clinic CT resampled onto the model's grid" if patient.clinic is not None else ""))
+    show_roi_mapping(patient)
     show_slices(patient, dose, uncertainty, view_controls(uncertainty is not None))
     rows = show_dvh_and_metrics(patient, dose)
     show_downloads(patient, dose, rows)

@@ -15,18 +15,28 @@ from dosepred.inference.writers import OutputFormat
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.phantom import make_phantom
+from dosepred.io.roi_names import RoiNames
 
 @app.command()
 def predict(
     input: Annotated[Path, typer.Option("--input", "-i", help="One patient, or a folder of patients (OpenKBP CSV, "
-                                        "NIfTI or pack), or a .tar.xz of them.")],
+                                        "NIfTI, pack, or DICOM: a CT series and its RTSTRUCT), or a .tar.xz or "
+                                        ".zip of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one predicted dose per patient.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
                                               "[default: the best shipped model].")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
-    format: Annotated[OutputFormat, typer.Option("--format", help="openkbp-csv: pt_*.csv submission files; "
-                                                 "nifti: pt_*.nii.gz.")] = OutputFormat.openkbp,
+    format: Annotated[OutputFormat | None, typer.Option("--format", help="openkbp-csv: <id>.csv submission files; "
+                                                        "nifti: <id>.nii.gz; rtdose: <id>.dcm (DICOM RT Dose; DICOM "
+                                                        "patients: on their CT) [default: rtdose for DICOM patients, "
+                                                        "openkbp-csv for the others].", show_default=False)] = None,
+    roi_names: Annotated[Path | None, typer.Option("--roi-names", help="ROI name table (YAML) for DICOM patients "
+                                                   "[default: the shipped dosepred/io/roi_names.yaml].",
+                                                   show_default=False)] = None,
+    ptv: Annotated[list[str] | None, typer.Option("--ptv", help="NAME=GY: a DICOM target whose name does not carry "
+                                                  "its prescription, e.g. --ptv PTV_High=70 (repeatable).",
+                                                  show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
@@ -40,13 +50,17 @@ def predict(
 
     set_threads(threads)
     try:
+        names = RoiNames.load(roi_names, prescriptions=_prescriptions(ptv or []))
         predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
         with sources.open_patients(input) as paths, progress_bar() as progress:
             task = progress.add_task("predict", total=len(paths))
             report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,
-                                      on_patient=lambda name: progress.advance(task))
+                                      roi_names=names, on_patient=lambda name: progress.advance(task))
     except (ModelError, DeviceError, PatientDataError) as error:
         raise fail(str(error)) from None
+    for name, messages in report.warnings.items():
+        for message in messages:
+            console.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
     console.print(f"wrote {len(report.written)} prediction(s) to {output}"
                   + (f", skipped {len(report.skipped)} already done" if report.skipped else ""))
     if report.failed:
@@ -54,6 +68,21 @@ def predict(
         for name, message in report.failed.items():
             console.print(f"  {escape(name)}: {escape(message)}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _prescriptions(pairs: list[str]) -> dict[str, float]:
+    """--ptv NAME=GY pairs -> {NAME: GY}."""
+    prescriptions = {}
+    for pair in pairs:
+        name, _, gy = pair.rpartition("=")
+        try:
+            value = float(gy)
+        except ValueError:
+            value = 0.0
+        if not name.strip() or not value > 0:
+            raise fail(f"--ptv {pair}: expected NAME=GY with a positive prescription in Gy, e.g. PTV_High=70")
+        prescriptions[name.strip()] = value
+    return prescriptions
 
 
 @app.command()

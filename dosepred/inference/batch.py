@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dosepred.io import sources
+from dosepred.io import dicom_in, sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import remove_stale
 from dosepred.io.patient import require_grid
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
-from dosepred.inference.writers import OutputFormat, output_path, write_dose
+from dosepred.inference.writers import OutputFormat, default_format, output_path, write_dose
+from dosepred.io.roi_names import RoiNames, UnmappedRoiWarning
 
 
 @dataclass
@@ -20,32 +22,42 @@ class BatchReport:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # e.g. ROIs no model input takes
 
 
-def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[Path], output: Path, *, output_format: OutputFormat,
-                     tta: bool, resume: bool, on_patient: Callable[[str], None] | None = None) -> BatchReport:
+def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[Path], output: Path, *,
+                     output_format: OutputFormat | None, tta: bool, resume: bool, roi_names: RoiNames | None = None,
+                     on_patient: Callable[[str], None] | None = None) -> BatchReport:
     """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped.
 
-    Models that give an uncertainty map (ensembles, students) also write ``<id>_uncertainty`` beside the dose.
-    Temporary files that a killed earlier run left in ``output`` are removed first.
+    ``output_format`` None writes each patient as it came in: DICOM patients as RT Dose, others as OpenKBP
+    CSV. Models that give an uncertainty map (ensembles, students) also write ``<id>_uncertainty`` beside the
+    dose (NIfTI beside an RT Dose: it is no dose). ROIs that no model input takes are listed in
+    ``report.warnings``. Temporary files that a killed earlier run left in ``output`` are removed first.
     """
     report = BatchReport()
     remove_stale(output)
     for path in paths:
         name = path.name.removesuffix(".dpk")
+        chosen = output_format or default_format(dicom_in.is_dicom_folder(path))
         try:
-            if resume and output_path(output, name, output_format).is_file():
+            if resume and output_path(output, name, chosen).is_file():
                 report.skipped.append(name)
                 continue
-            patient = sources.read_patient(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnmappedRoiWarning)
+                patient = sources.read_patient(path, roi_names)
+            if caught:
+                report.warnings[name] = [str(w.message) for w in caught]
             if patient.id != name:  # outputs are named by id: another name would break --continue and collide
                 raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its id")
             require_grid(patient)
             dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
             if uncertainty is not None:
-                write_dose(patient, uncertainty, output_path(output, f"{patient.id}_uncertainty", output_format),
-                           output_format)
-            write_dose(patient, dose, output_path(output, patient.id, output_format), output_format)
+                spread_format = OutputFormat.nifti if chosen is OutputFormat.rtdose else chosen
+                write_dose(patient, uncertainty, output_path(output, f"{patient.id}_uncertainty", spread_format),
+                           spread_format)
+            write_dose(patient, dose, output_path(output, patient.id, chosen), chosen)
             report.written.append(patient.id)
         except (PatientDataError, OSError, RuntimeError, ValueError) as error:
             report.failed[name] = str(error)

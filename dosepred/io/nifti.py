@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dosepred.io.clinic import Grid
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import atomic_folder
 from dosepred.io.patient import ROIS, Patient, check_grid
+from dosepred.io.roi_names import warn_unmapped
 
 AXIS_CODES = ("P", "L", "I")
 NIFTI_SUFFIX = ".nii.gz"
@@ -49,6 +51,17 @@ def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: 
     elif np.array_equal(volume, np.round(volume)) and np.abs(volume).max(initial=0) < 2**15:
         volume = volume.astype(np.int16)
     image = nib.Nifti1Image(volume, affine_from_spacing(spacing))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+
+
+def write_on_grid(array_zyx: np.ndarray, grid: Grid, path: Path) -> None:
+    """One float volume on any DICOM grid (a clinic CT's, [z, y, x]) as NIfTI, in that grid's place: the RAS+
+    affine is the grid's LPS one with x and y negated."""
+    import nibabel as nib  # here, not at the top: a job that reads only packs does without it
+
+    image = nib.Nifti1Image(np.transpose(np.asarray(array_zyx, dtype=np.float32), (2, 1, 0)),
+                            np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.matrix)
     image.header.set_xyzt_units("mm")
     nib.save(image, path)
 
@@ -147,6 +160,11 @@ def find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _stem(name: str) -> str:
+    """A file name without its image suffix (``ct.nii.gz`` -> ``ct``)."""
+    return next((name[: -len(suffix)] for suffix in _IMAGE_SUFFIXES if name.lower().endswith(suffix)), name)
+
+
 def is_image_folder(folder: Path) -> bool:
     return find_image(folder, "ct") is not None
 
@@ -156,9 +174,13 @@ def read_patient(folder: str | Path) -> Patient:
     folder = Path(folder)
     if not folder.is_dir():
         raise PatientDataError(folder, "not a folder")
+    stems = ("ct", "possible_dose_mask", "dose", *ROIS)
+    warn_unmapped(sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(".")
+                         and entry.name.lower().endswith(_IMAGE_SUFFIXES) and _stem(entry.name) not in stems), folder,
+                  f"the images of a patient folder are named {', '.join(stems)}")
     volumes: dict[str, np.ndarray] = {}
     ct_frame: np.ndarray | None = None
-    for stem in ("ct", "possible_dose_mask", "dose", *ROIS):
+    for stem in stems:
         path = find_image(folder, stem)
         if path is None:
             if stem in ("ct", "possible_dose_mask"):

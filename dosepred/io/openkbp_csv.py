@@ -15,6 +15,7 @@ import numpy as np
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import atomic_file, atomic_folder
 from dosepred.io.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_dose, require_grid
+from dosepred.io.roi_names import warn_unmapped
 
 HEADER = b",data"
 REQUIRED_FILES = ("ct.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
@@ -141,12 +142,10 @@ def read_patient(folder: str | Path) -> Patient:
         raise PatientDataError(folder, "not a folder")
     if not any(folder.iterdir()):
         raise PatientDataError(folder, "empty folder; expected OpenKBP files (ct.csv, possible_dose_mask.csv, ...)")
-    # A misnamed file would silently be left out (a renamed PTV70.csv changes the targets): refuse it.
-    unknown = sorted(entry.name for entry in folder.iterdir() if entry.suffix.lower() == ".csv"
-                     and not entry.name.startswith(".") and entry.name not in KNOWN_FILES)
-    if unknown:
-        raise PatientDataError(folder, f"unknown file(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; "
-                               f"the CSV files of an OpenKBP folder are named {', '.join(KNOWN_FILES)}")
+    # A misnamed file is left out (a renamed PTV70.csv changes the targets): say so.
+    warn_unmapped(sorted(entry.name for entry in folder.iterdir() if entry.suffix.lower() == ".csv"
+                         and not entry.name.startswith(".") and entry.name not in KNOWN_FILES), folder,
+                  f"the CSV files of an OpenKBP folder are named {', '.join(KNOWN_FILES)}")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise PatientDataError(folder, f"missing {', '.join(missing)}")

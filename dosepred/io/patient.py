@@ -6,10 +6,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dosepred.io.errors import PatientDataError
+
+if TYPE_CHECKING:
+    from dosepred.io.dicom_in import ClinicFrame
 
 #: The OpenKBP grid every model of this project works on.
 GRID_SHAPE: tuple[int, int, int] = (128, 128, 128)
@@ -46,6 +50,7 @@ class Patient:
         possible_dose_mask: voxels where dose may be deposited (bool).
         spacing: voxel size in mm along axes 0, 1, 2.
         dose: reference dose in Gy (float32), None when unknown (a patient to predict).
+        clinic: for a patient read from a clinic's DICOM, where this grid sits in its CT (None otherwise).
     """
 
     id: str
@@ -55,6 +60,7 @@ class Patient:
     spacing: tuple[float, float, float]
     dose: np.ndarray | None = None
     source: str = field(default="", repr=False)
+    clinic: ClinicFrame | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_patient_id(self.id, self.source or "patient")

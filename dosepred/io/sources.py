@@ -1,4 +1,5 @@
-"""Where patients come from: one patient folder, a split folder of them, a pack, or a ``.tar.xz``.
+"""Where patients come from: one patient folder (OpenKBP CSV, images or a clinic's DICOM), a split folder of
+them, a pack, or a ``.tar.xz`` / ``.zip`` of them.
 
 Every reader is chosen from what a path holds, so commands take any of these without a format flag.
 """
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dosepred.io import nifti, openkbp_csv, pack
+from dosepred.io import dicom_in, nifti, openkbp_csv, pack
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import temporary_folder
 from dosepred.io.patient import Patient, check_dose
+from dosepred.io.roi_names import RoiNames
 
 _TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
 
@@ -27,7 +29,8 @@ def natural_key(path: Path) -> tuple:
 
 
 def is_patient(path: Path) -> bool:
-    return pack.is_pack_file(path) or path.is_dir() and (openkbp_csv.is_openkbp_folder(path) or nifti.is_image_folder(path))
+    return pack.is_pack_file(path) or path.is_dir() and (
+        openkbp_csv.is_openkbp_folder(path) or nifti.is_image_folder(path) or dicom_in.is_dicom_folder(path))
 
 
 def find_patients(source: Path) -> list[Path]:
@@ -55,15 +58,20 @@ def find_patients(source: Path) -> list[Path]:
         # A single split folder one level down (an extracted tarball holds ``train-pats/``).
         if len(candidates) == 1 and candidates[0].is_dir():
             return find_patients(candidates[0])
-        raise PatientDataError(source, "holds no patient (OpenKBP CSV folders, image folders or pack files)")
+        raise PatientDataError(source, "holds no patient (OpenKBP CSV folders, image folders, DICOM folders or pack files)")
     return candidates
 
 
 @contextlib.contextmanager
 def open_patients(source: str | Path) -> Iterator[list[Path]]:
-    """Yield the patient paths of ``source``; a tarball is unpacked to a temporary folder first."""
+    """Yield the patient paths of ``source``; a tarball or zip is unpacked to a temporary folder first."""
     source = Path(source)
-    if source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
+    if source.is_file() and source.suffix.lower() == ".zip":
+        from dosepred.io.uploads import unpack_zip  # uploads reads patients through this module
+
+        with temporary_folder() as tmp:
+            yield find_patients(unpack_zip(source, Path(tmp)))
+    elif source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
         with temporary_folder() as tmp:
             try:
                 with tarfile.open(source) as archive:
@@ -75,13 +83,19 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         yield find_patients(source)
 
 
-def read_patient(path: str | Path) -> Patient:
-    """Read one patient from an OpenKBP CSV folder, an image folder or a pack file."""
+def read_patient(path: str | Path, roi_names: RoiNames | None = None) -> Patient:
+    """Read one patient from an OpenKBP CSV folder, an image folder, a DICOM folder or a pack file.
+
+    ``roi_names`` maps a DICOM patient's ROI names (the shipped table by default).
+    """
     path = Path(path)
     if pack.is_pack_file(path):
         return pack.read_patient(path)
-    if path.is_dir() and not openkbp_csv.is_openkbp_folder(path) and nifti.is_image_folder(path):
-        return nifti.read_patient(path)
+    if path.is_dir() and not openkbp_csv.is_openkbp_folder(path):
+        if nifti.is_image_folder(path):
+            return nifti.read_patient(path)
+        if dicom_in.is_dicom_folder(path):
+            return dicom_in.read_dicom_patient(path, roi_names)
     return openkbp_csv.read_patient(path)
 
 

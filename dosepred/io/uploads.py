@@ -27,8 +27,8 @@ from dosepred.io.patient import ROIS
 
 MAX_ARCHIVE_BYTES = 300 * 2**20
 MAX_UNPACKED_BYTES = 1500 * 2**20
-MAX_ENTRIES = 500
-MAX_RATIO = 100  # unpacked / archive bytes, over the whole archive (OpenKBP CSV folders: ~3, NIfTI: ~10)
+MAX_ENTRIES = 4000  # a clinic CT can hold several hundred slice files
+MAX_RATIO = 100  # unpacked / archive bytes, over the whole archive (OpenKBP CSV folders: ~3, NIfTI: ~10, DICOM: ~3)
 MAX_NAME_BYTES = 255  # one part of a path, as file systems allow
 MAX_PATH_CHARS = 1024
 IMAGE_STEMS = ("ct", "dose", "possible_dose_mask", *ROIS)
@@ -73,11 +73,20 @@ def patients_under(root: Path) -> list[str]:
 
 def extract_zip(data: bytes, destination: Path) -> Path:
     """Check and unpack an uploaded zip into ``destination/upload``; return the one patient it holds."""
-    if len(data) > MAX_ARCHIVE_BYTES:
+    patients = sources.find_patients(unpack_zip(data, destination))
+    if len(patients) != 1:
+        raise UploadError("upload", f"expected one patient in the archive, found {len(patients)}")
+    return patients[0]
+
+
+def unpack_zip(archive_file: bytes | Path, destination: Path) -> Path:
+    """Check and unpack a zip (its bytes or its path) into ``destination/upload``, which is returned."""
+    size = len(archive_file) if isinstance(archive_file, bytes) else archive_file.stat().st_size
+    if size > MAX_ARCHIVE_BYTES:
         raise UploadError("upload", f"archive larger than {MAX_ARCHIVE_BYTES // 2**20} MiB")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = _checked_members(archive, len(data))
+        with zipfile.ZipFile(io.BytesIO(archive_file) if isinstance(archive_file, bytes) else archive_file) as archive:
+            members = _checked_members(archive, size)
             with atomic_folder(destination / "upload") as folder:
                 for parts, entry in members:
                     _unpack(archive, entry, folder.joinpath(*parts))
@@ -86,10 +95,7 @@ def extract_zip(data: bytes, destination: Path) -> Path:
     except _ZIP_ERRORS as error:
         raise UploadError("upload", "not a zip archive, or a corrupt, truncated, encrypted or unsupported one "
                           f"({type(error).__name__}: {_shown(str(error))})") from None
-    patients = sources.find_patients(destination / "upload")
-    if len(patients) != 1:
-        raise UploadError("upload", f"expected one patient in the archive, found {len(patients)}")
-    return patients[0]
+    return destination / "upload"
 
 
 def _checked_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[tuple[tuple[str, ...], zipfile.ZipInfo]]:

@@ -82,3 +82,30 @@ def test_browser_shows_the_phantom_prediction_and_survives_a_bad_upload(viewer_u
         page.get_by_text("Phantom (embedded)").click()
         page.get_by_text("OpenKBP dose score").wait_for(timeout=120_000)  # still working
         browser.close()
+
+
+def test_browser_predicts_a_clinic_dicom_zip_on_its_ct(viewer_url: str, tmp_path: Path) -> None:
+    from dosepred.io.dicom_export import write_dicom_patient
+    from dosepred.io.phantom import make_phantom
+
+    write_dicom_patient(make_phantom((64, 64, 64)), tmp_path / "clinic_1", pixel_spacing=3.0,
+                        extra_rois={"CTV_7000": "PTV70"})
+    with zipfile.ZipFile(tmp_path / "clinic_1.zip", "w") as archive:
+        for path in sorted((tmp_path / "clinic_1").iterdir()):
+            archive.write(path, f"clinic_1/{path.name}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1900})
+        page.goto(viewer_url)
+        page.get_by_text("Upload", exact=True).wait_for(timeout=240_000)
+        page.get_by_text("Upload", exact=True).click()
+        page.locator('input[type="file"]').set_input_files(str(tmp_path / "clinic_1.zip"))
+        page.get_by_text("the clinic CT resampled onto the model's grid").wait_for(timeout=240_000)
+        assert page.get_by_text("not known to the model: CTV_7000").first.is_visible()  # the unmapped ROI, named
+        page.get_by_text("ROI names: the patient's -> the model's").click()
+        page.get_by_text("Parotid_L").first.wait_for(timeout=30_000)
+        assert page.get_by_text("Dose (DICOM RT Dose)").first.is_visible()
+        assert page.get_by_text("lie on the patient's own CT").first.is_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer_dicom.png"), full_page=True)
+        browser.close()

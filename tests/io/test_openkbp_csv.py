@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -7,8 +8,15 @@ import numpy as np
 import pytest
 
 from dosepred.io.errors import PatientDataError
-from dosepred.io.openkbp_csv import read_dense, read_patient, read_sparse, write_patient, write_submission
+from dosepred.io.openkbp_csv import (
+    read_dense,
+    read_patient,
+    read_sparse,
+    write_patient,
+    write_submission,
+)
 from dosepred.io.patient import ROIS
+from dosepred.io.roi_names import UnmappedRoiWarning
 from tests.conftest import SAMPLE_PATIENTS, requires_openkbp
 
 
@@ -216,11 +224,12 @@ def test_a_file_larger_than_a_grid_of_rows_is_refused_unparsed(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("renamed", ["ptv_70.csv", "CT.csv", "PTV70.CSV", "dose (1).csv"])
-def test_unknown_csv_files_are_refused(patient_dir: Path, renamed: str) -> None:
+def test_unknown_csv_files_are_left_out_with_a_warning(patient_dir: Path, renamed: str) -> None:
     (patient_dir / "PTV70.csv").rename(patient_dir / renamed)
-    expect_error(patient_dir, "pt_9", f"unknown file(s) {renamed}")
-    with pytest.raises(PatientDataError, match="PTV70.csv"):  # the message lists the known names
-        read_patient(patient_dir)
+    with pytest.warns(UnmappedRoiWarning, match=re.escape(f"1 ROI(s) left out, not known to the model: {renamed}")) as caught:
+        patient = read_patient(patient_dir)
+    assert "PTV70.csv" in str(caught[0].message)  # the message lists the known names
+    assert "PTV70" not in patient.structures
 
 
 def test_other_files_and_hidden_ones_are_ignored(patient_dir: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from dosepred.io import nifti, openkbp_csv, sources
 from dosepred.io.errors import PatientDataError
+from dosepred.io.roi_names import UnmappedRoiWarning
 
 
 def test_every_sub_folder_of_a_split_is_a_patient_entry(phantom_split: Path, tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_every_sub_folder_of_a_split_is_a_patient_entry(phantom_split: Path, tmp
     assert [path.name for path in found] == ["pt_1", "pt_2", "pt_3", "pt_4"]
     with pytest.raises(PatientDataError, match="empty folder"):
         sources.read_patient(split / "pt_3")
-    with pytest.raises(PatientDataError, match="unknown file"):
+    with pytest.raises(PatientDataError, match="missing ct.csv"), pytest.warns(UnmappedRoiWarning, match="CT.csv"):
         sources.read_patient(split / "pt_4")
 
 
