@@ -101,7 +101,8 @@ def test_the_dicom_route_predicts_a_real_patient_as_the_openkbp_route_does(tmp_p
         scorer.add(patient.id, patient.dose, dose, structures=patient.structure_stack(),
                    possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
         scores[route] = scorer.evaluation
-    # Measured (benchmarks/dicom_round_trip.py, 10 validation patients): see the README's DICOM section.
-    assert abs(scores["dicom"].dose_score - scores["direct"].dose_score) < 0.5
-    assert abs(scores["dicom"].dvh_score - scores["direct"].dvh_score) < 1.0
+    # Measured here: dose 2.671 -> 2.781 Gy, DVH 1.837 -> 1.712 Gy (pt_201 differs most of the 10 patients of
+    # benchmarks/dicom_round_trip.py, over which the two routes differ by +0.055 / +0.057 Gy).
+    assert abs(scores["dicom"].dose_score - scores["direct"].dose_score) < 0.25
+    assert abs(scores["dicom"].dvh_score - scores["direct"].dvh_score) < 0.3
     shutil.rmtree(tmp_path / "pt_201")
