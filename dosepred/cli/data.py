@@ -75,14 +75,28 @@ def evaluate(
     predictions: Annotated[Path, typer.Argument(help="Folder of predicted doses: <patient>.csv (OpenKBP submission) "
                                                 "or <patient>.nii.gz.")],
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+    clinical: Annotated[bool, typer.Option("--clinical/--no-clinical", help="Also gamma, HI, Paddick CI, V95 % and the "
+                                           "plan objectives.")] = True,
+    gamma: Annotated[str, typer.Option("--gamma", help="Gamma criteria DOSE%,DTA_MM,THRESHOLD% (global; TG-218: "
+                                       "3,2,10).")] = "3,2,10",
+    objectives_file: Annotated[Path | None, typer.Option("--objectives", help="Plan objectives (YAML) [default: the "
+                                                         "shipped head-and-neck set].", show_default=False)] = None,
 ) -> None:
-    """Score predictions with the OpenKBP dose and DVH scores."""
+    """Score predictions: OpenKBP dose and DVH scores, and (by default) the measures a physicist checks."""
+    from dosepred.metrics.clinical import GammaCriteria, clinical_review, load_objectives, summarise_reviews
     from dosepred.metrics.folders import score_predictions
 
+    reviews: dict[str, dict] = {}
     try:
+        criteria = GammaCriteria(*_numbers(gamma, 3, "--gamma"))
+        objectives = load_objectives(objectives_file) if clinical else []
+
+        def review(patient, dose) -> None:  # noqa: ANN001 - a Patient and its predicted dose
+            reviews[patient.id] = clinical_review(patient, dose, objectives, criteria)
+
         with progress_bar() as progress:
             task = progress.add_task("evaluate", total=None)
-            evaluation = score_predictions(reference, predictions,
+            evaluation = score_predictions(reference, predictions, on_patient=review if clinical else None,
                                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     except PatientDataError as error:
         raise fail(str(error)) from None
@@ -93,8 +107,41 @@ def evaluate(
         table.add_row(str(row["roi"]), str(row["metric"]), str(row["n"]), f"{row['reference_gy']:.2f}",
                       f"{row['predicted_gy']:.2f}", f"{row['mean_abs_error_gy']:.2f}")
     Console().print(table)
+    summary = evaluation.summary()
+    if clinical:
+        summary["clinical"] = {"gamma_criteria": criteria.text, **summarise_reviews(reviews), "patients": reviews}
+        _print_clinical(summary["clinical"])
     Console().print(f"patients: {evaluation.n}   dose score: {evaluation.dose_score:.4f} Gy   "
                     f"DVH score: {evaluation.dvh_score:.4f} Gy")
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
+        json_file.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _numbers(text: str, count: int, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count or not all(v > 0 for v in values):
+        raise fail(f"{flag} {text}: expected {count} positive numbers separated by commas, e.g. 3,2,10")
+    return values
+
+
+def _print_clinical(clinical: dict) -> None:
+    rates = clinical["gamma_pass_rate_percent"]
+    if rates:
+        Console().print(f"gamma pass rate ({clinical['gamma_criteria']}): mean {rates['mean']:.1f} % "
+                        f"(patients {rates['min']:.1f}–{rates['max']:.1f} %)")
+    table = Table(title="Targets (mean over patients): predicted / reference")
+    for column in ("target", "HI", "Paddick CI", "V95%", "D95% (Gy)"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for roi, measures in clinical["targets"].items():
+        table.add_row(roi, *(" / ".join(f"{v:.3g}" for v in measures[m].values()) for m in ("HI", "Paddick CI", "V95%", "D95% (Gy)")))
+    Console().print(table)
+    table = Table(title="Plan objectives: patients meeting each")
+    for column in ("objective", "patients", "predicted", "reference"):
+        table.add_column(column, justify="left" if column == "objective" else "right")
+    for objective, counts in clinical["objectives"].items():
+        table.add_row(objective, str(counts["patients"]), str(counts["predicted met"]), str(counts["reference met"]))
+    Console().print(table)

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from dosepred.io import pack, sources
 from dosepred.io.errors import PatientDataError
+from dosepred.io.patient import Patient
 from dosepred.metrics.openkbp import Evaluation, OpenKBPScorer
 
 
 def score_predictions(reference: Path, predictions: Path, *,
-                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
+                      progress: Callable[[int, int], None] | None = None,
+                      on_patient: Callable[[Patient, np.ndarray], None] | None = None) -> Evaluation:
     """The OpenKBP scores of the doses in ``predictions`` (``<id>.csv`` submissions or ``<id>.nii.gz``) against
-    the reference patients (with dose) in ``reference``; ``progress(done, total)`` after each patient.
+    the reference patients (with dose) in ``reference``; ``progress(done, total)`` after each patient, and
+    ``on_patient(patient, predicted dose)`` for more measures (``dosepred.metrics.clinical``).
 
     Raises:
         PatientDataError: a missing prediction or dose, or any unreadable file (every patient must score).
@@ -38,6 +43,8 @@ def score_predictions(reference: Path, predictions: Path, *,
             predicted = sources.read_dose_file(dose_file, patient.shape, patient.spacing)
             scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
                        possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+            if on_patient is not None:
+                on_patient(patient, predicted)
             if progress is not None:
                 progress(done, len(paths))
     return scorer.evaluation
