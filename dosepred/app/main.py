@@ -18,7 +18,7 @@ import torch
 
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
-from dosepred.io.patient import ROIS, Patient, require_grid
+from dosepred.io.patient import ROIS, TARGETS, Patient, require_grid
 from dosepred.io.phantom import make_phantom
 from dosepred.io.roi_names import UnmappedRoiWarning
 from dosepred.io.uploads import extract_zip, patients_under, resolve_under, save_images
@@ -27,10 +27,15 @@ from dosepred.inference.loader import load_predictor
 from dosepred.models import DEFAULT_MODEL
 from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, write_dose
+from dosepred.metrics.clinical import check_objectives, load_objectives
+from dosepred.metrics.gamma import gamma_index
 from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
+from dosepred.visual.report import write_report
 from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis, slice_figure
 
 NOTICE = "Research use only — not for clinical decisions."
+HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (Gy)", "reference_gy": "reference (Gy)",
+           "difference_gy": "predicted − reference (Gy)"}
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
 MODEL_VARIABLE = "DOSEPRED_MODEL"
 REFERENCE_GY = 70.0
@@ -88,7 +93,9 @@ def remembered(key: str, load) -> Patient:  # noqa: ANN001 - a function returnin
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UnmappedRoiWarning)
             st.session_state["patient"] = load()
-        st.session_state["patient_warnings"] = [str(w.message) for w in caught if w.category is UnmappedRoiWarning]
+        # "<where the files were>: ..." -> "<patient id>: ...": an upload's temporary folder means nothing to a user
+        st.session_state["patient_warnings"] = [f"{st.session_state['patient'].id}: {str(w.message).split(': ', 1)[-1]}"
+                                                for w in caught if w.category is UnmappedRoiWarning]
         st.session_state["patient_key"] = key
     for message in st.session_state["patient_warnings"]:
         st.warning(message)
@@ -113,12 +120,37 @@ def predicted_dose(key: str, patient: Patient, device: str) -> tuple[np.ndarray,
     return cache[(key, device)]
 
 
-def view_controls(has_uncertainty: bool) -> SliceView:
+def overlay_names(patient: Patient, uncertainty: np.ndarray | None) -> list[str]:
+    """Colourwashes besides the dose: the model's uncertainty, and against a reference the difference and gamma."""
+    return (["uncertainty"] if uncertainty is not None else []) + (["difference", "gamma"] if patient.dose is not None else [])
+
+
+def overlay(key: str, name: str, patient: Patient, dose: np.ndarray, uncertainty: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The chosen colourwash's volume (none for the dose); the 3 %/2 mm gamma map (up to 2) is computed once,
+    and only when it is asked for."""
+    if name == "uncertainty" and uncertainty is not None:
+        return {name: uncertainty}
+    if name == "difference" and patient.dose is not None:
+        return {name: np.where(patient.possible_dose_mask, dose - patient.dose, np.nan)}
+    if name == "gamma" and patient.dose is not None:
+        return {name: cached_gamma(key, patient, dose, max_gamma=2.0).gamma}
+    return {}
+
+
+def cached_gamma(key: str, patient: Patient, dose: np.ndarray, *, max_gamma: float):  # noqa: ANN201 - GammaResult
+    cache = st.session_state.setdefault("gamma", {})
+    if (key, max_gamma) not in cache:
+        with st.spinner("Computing gamma (3 %/2 mm)…"):
+            cache[(key, max_gamma)] = gamma_index(patient.dose, dose, patient.spacing, max_gamma=max_gamma)
+    return cache[(key, max_gamma)]
+
+
+def view_controls(overlay_names: list[str]) -> SliceView:
     sidebar = st.sidebar
     sidebar.header("Display")
     overlay = "dose"
-    if has_uncertainty:
-        overlay = sidebar.radio("Colourwash", ["dose", "uncertainty"], horizontal=True)
+    if overlay_names:
+        overlay = sidebar.radio("Colourwash", ["dose", *overlay_names], horizontal=True)
     preset = sidebar.selectbox("CT window", list(WINDOW_PRESETS))
     threshold = sidebar.slider("Dose colourwash from (Gy)", 0.0, 70.0, 5.0, 0.5)
     opacity = sidebar.slider("Colourwash opacity", 0.0, 1.0, 0.45, 0.05)
@@ -134,13 +166,13 @@ def view_controls(has_uncertainty: bool) -> SliceView:
                      isodose_gy=tuple(isodoses), structures=tuple(shown), overlay=overlay)
 
 
-def show_slices(patient: Patient, dose: np.ndarray, uncertainty: np.ndarray | None, view: SliceView) -> None:
+def show_slices(patient: Patient, dose: np.ndarray, overlays: dict[str, np.ndarray], view: SliceView) -> None:
     for column, plane in zip(st.columns(3), PLANES):
         with column:
             size = patient.shape[plane_axis(plane)]
             index = st.slider(f"{plane} slice", 1, size, size // 2 + 1, key=f"slice-{plane}") - 1
             view_here = SliceView(**{**view.__dict__, "plane": plane, "index": index})
-            st.pyplot(slice_figure(patient, dose, view_here, uncertainty=uncertainty))
+            st.pyplot(slice_figure(patient, dose, view_here, overlays))
 
 
 def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, object]]:
@@ -152,8 +184,32 @@ def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, o
         first.metric("OpenKBP dose score", f"{scores['dose_score']:.3f} Gy")
         second.metric("OpenKBP DVH score", f"{scores['dvh_score']:.3f} Gy")
     st.subheader("Metrics")
-    st.dataframe(rows, width="stretch", hide_index=True)
+    readable = [{HEADERS.get(column, column): value for column, value in row.items()}
+                for row in sorted(rows, key=lambda row: row["roi"] not in TARGETS)]
+    st.dataframe(readable, width="stretch", hide_index=True)
     return rows
+
+
+def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
+    """Gamma pass rate, the plan objectives (predicted and reference) and the one-file report, on demand."""
+    st.subheader("Plan objectives")
+    if patient.dose is not None:
+        result = cached_gamma(key, patient, dose, max_gamma=1.0)
+        st.metric("Gamma pass rate (3 %/2 mm, global, 10 % threshold)", f"{result.pass_rate:.1f} %")
+    rows = check_objectives(patient, dose, shipped_objectives())
+    st.dataframe([{column: ("✓ met" if value else "✗ missed") if column.endswith(" met") else value
+                   for column, value in row.items()} for row in rows], width="stretch", hide_index=True)
+    if st.button("Build the review report (HTML)"):
+        with tempfile.TemporaryDirectory() as tmp, st.spinner("Writing the report…"):
+            write_report(patient, dose, Path(tmp) / "report.html", model=model_name(), objectives=shipped_objectives())
+            st.session_state["report"] = (key, (Path(tmp) / "report.html").read_bytes())
+    if st.session_state.get("report", ("", b""))[0] == key:
+        st.download_button("Download the report (HTML)", st.session_state["report"][1], f"{patient.id}_review.html")
+
+
+@st.cache_resource(show_spinner=False)
+def shipped_objectives() -> list:
+    return load_objectives()
 
 
 def show_roi_mapping(patient: Patient) -> None:
@@ -161,8 +217,9 @@ def show_roi_mapping(patient: Patient) -> None:
     if patient.clinic is None:
         return
     mapping = patient.clinic.mapping
-    with st.expander("ROI names: the patient's -> the model's"):
-        st.dataframe([{"ROI": name, "used as": structure} for name, structure in mapping.table()], hide_index=True)
+    with st.expander("ROI names and the structures they became"):
+        st.table({"ROI": [name for name, _ in mapping.table()],
+                  "used as": [structure if structure != "-" else "(not used)" for _, structure in mapping.table()]})
         st.caption(f"Possible-dose region: {patient.clinic.body_source}.")
 
 
@@ -212,8 +269,10 @@ def main() -> None:
                f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {model_name()}"
                + ("; the clinic CT resampled onto the model's grid" if patient.clinic is not None else ""))
     show_roi_mapping(patient)
-    show_slices(patient, dose, uncertainty, view_controls(uncertainty is not None))
+    view = view_controls(overlay_names(patient, uncertainty))
+    show_slices(patient, dose, overlay(key, view.overlay, patient, dose, uncertainty), view)
     rows = show_dvh_and_metrics(patient, dose)
+    show_review(key, patient, dose)
     show_downloads(patient, dose, rows)
 
 

@@ -93,3 +93,14 @@ def train_with_progress(output: Path, config: Path | None, overrides: list[str] 
         finally:
             trainer.close()
     return trainer
+
+
+def numbers(text: str, count: int, flag: str) -> list[float]:
+    """Comma-separated positive numbers, ``count`` of them, or a usage error naming ``flag``."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count or not all(v > 0 for v in values):
+        raise fail(f"{flag} {text}: expected {count} positive numbers separated by commas, e.g. 3,2,10")
+    return values

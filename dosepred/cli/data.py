@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.cli.common import app, console, fail, numbers, progress_bar
 from dosepred.inference.writers import OutputFormat
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
@@ -88,7 +88,7 @@ def evaluate(
 
     reviews: dict[str, dict] = {}
     try:
-        criteria = GammaCriteria(*_numbers(gamma, 3, "--gamma"))
+        criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
         objectives = load_objectives(objectives_file) if clinical else []
 
         def review(patient, dose) -> None:  # noqa: ANN001 - a Patient and its predicted dose
@@ -116,16 +116,6 @@ def evaluate(
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def _numbers(text: str, count: int, flag: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count or not all(v > 0 for v in values):
-        raise fail(f"{flag} {text}: expected {count} positive numbers separated by commas, e.g. 3,2,10")
-    return values
 
 
 def _print_clinical(clinical: dict) -> None:

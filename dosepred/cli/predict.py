@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, progress_bar
+from dosepred.cli.common import app, console, fail, numbers, progress_bar
 from dosepred.inference.writers import OutputFormat
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
@@ -86,6 +86,44 @@ def _prescriptions(pairs: list[str]) -> dict[str, float]:
 
 
 @app.command()
+def report(
+    input: Annotated[Path, typer.Option("--input", "-i", help="One patient (any format predict reads).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The report: an .html file.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
+                                              "[default: the best shipped model].")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
+    objectives_file: Annotated[Path | None, typer.Option("--objectives", help="Plan objectives (YAML) [default: the "
+                                                         "shipped head-and-neck set].", show_default=False)] = None,
+    gamma: Annotated[str, typer.Option("--gamma", help="Gamma criteria DOSE%,DTA_MM,THRESHOLD% (global), when the "
+                                       "patient has a reference dose.")] = "3,2,10",
+) -> None:
+    """Predict one patient and write a self-contained HTML review: objectives, gamma, DVH, key slices."""
+    from dosepred.devices import DeviceError, resolve_device
+    from dosepred.inference.loader import load_predictor
+    from dosepred.metrics.clinical import GammaCriteria, load_objectives
+    from dosepred.models import ModelError, resolve_model
+    from dosepred.visual.report import write_report
+
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise fail(f"{output}: the report is an HTML file (name it *.html)")
+    try:
+        criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
+        objectives = load_objectives(objectives_file)
+        predictor = load_predictor(model, device=resolve_device(device))
+        with sources.open_patients(input) as paths:
+            if len(paths) != 1:
+                raise PatientDataError(input, f"holds {len(paths)} patients; a report is for one")
+            with console.status("predicting and measuring"):
+                patient = sources.read_patient(paths[0])
+                write_report(patient, predictor.predict(patient, tta=tta), output, model=resolve_model(model).name,
+                             objectives=objectives, gamma=criteria)
+    except (ModelError, DeviceError, PatientDataError) as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {output}")
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's files.")] = Path("demo-output"),
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
@@ -145,7 +183,8 @@ def viewer(
         raise fail(f"{data_root}: not a folder")
     script = Path(__file__).resolve().parents[1] / "app" / "main.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
-               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal"]  # no "Deploy" menu: this is a local viewer
     environment = {k: v for k, v in os.environ.items() if k not in ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL")}
     if data_root is not None:
         environment["DOSEPRED_DATA_ROOT"] = str(data_root.resolve())

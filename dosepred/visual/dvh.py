@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from dosepred.io.patient import ROIS, Patient
+from dosepred.io.patient import Patient
 from dosepred.metrics import OpenKBPScorer, dvh_curves
+from dosepred.visual.slices import ROI_COLOURS
 
 
 def metrics_rows(patient: Patient, predicted: np.ndarray) -> tuple[list[dict[str, object]], dict[str, float]]:
@@ -64,7 +67,8 @@ def dvh_chart(records: list[dict[str, object]], title: str = "DVH"):  # noqa: AN
         .encode(
             x=alt.X("dose_gy:Q", title="dose (Gy)"),
             y=alt.Y("volume_pct:Q", title="volume (%)", scale=alt.Scale(domain=[0, 100])),
-            color=alt.Color("roi:N", title="structure", sort=list(ROIS)),
+            color=alt.Color("roi:N", title="structure",
+                            scale=alt.Scale(domain=list(ROI_COLOURS), range=list(ROI_COLOURS.values()))),
             strokeDash=alt.StrokeDash("dose:N", title="dose", sort=["predicted", "reference"]),
             tooltip=["roi:N", "dose:N", alt.Tooltip("dose_gy:Q", format=".1f"), alt.Tooltip("volume_pct:Q", format=".1f")],
         )
@@ -72,15 +76,17 @@ def dvh_chart(records: list[dict[str, object]], title: str = "DVH"):  # noqa: AN
     )
 
 
-def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:
-    """Cumulative DVHs per ROI: predicted solid, reference dashed (a bare Figure: no pyplot, no backend change)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path | BinaryIO) -> None:
+    """Cumulative DVHs per ROI as a PNG: predicted solid, reference dashed."""
+    dvh_figure(patient, predicted).savefig(path, dpi=110, format="png")
 
+
+def dvh_figure(patient: Patient, predicted: np.ndarray) -> Figure:
+    """Cumulative DVHs per ROI in the structures' own colours (a bare Figure: no pyplot, no backend change)."""
     top = float(max(predicted.max(), patient.dose.max() if patient.dose is not None else 0.0))
     figure = Figure(figsize=(9, 6))
     axes = figure.subplots()
-    colours = dict(zip(ROIS, colormaps["tab10"].colors))
+    colours = ROI_COLOURS
     levels, curves = dvh_curves(predicted, patient.structures, max_dose_gy=top)
     for roi, curve in curves.items():
         axes.plot(levels, curve, color=colours[roi], label=roi)
@@ -93,4 +99,4 @@ def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    return figure

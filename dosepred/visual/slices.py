@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from dosepred.io.patient import ROIS, Patient
 
@@ -22,6 +23,14 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 ROI_COLOURS = dict(zip(ROIS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                               "#7f7f7f", "#bcbd22", "#17becf")))
+
+
+#: Colourwashes besides the dose: name -> (colour map, label, symmetric about 0)
+OVERLAYS: dict[str, tuple[str, str, bool]] = {
+    "uncertainty": ("magma", "uncertainty (Gy)", False),
+    "difference": ("RdBu_r", "predicted - reference (Gy)", True),
+    "gamma": ("RdYlGn_r", "gamma (pass <= 1)", False),
+}
 
 
 @dataclass
@@ -35,7 +44,7 @@ class SliceView:
     dose_opacity: float = 0.45
     isodose_gy: tuple[float, ...] = (56.0, 63.0, 70.0)
     structures: tuple[str, ...] = field(default_factory=lambda: ROIS)
-    overlay: str = "dose"  # "dose" or "uncertainty"
+    overlay: str = "dose"  # "dose", or a key of ``OVERLAYS`` given to ``slice_figure``
 
 
 def plane_axis(plane: str) -> int:
@@ -59,8 +68,9 @@ def pixel_aspect(spacing: tuple[float, float, float], plane: str) -> float:
 
 
 def slice_figure(patient: Patient, dose: np.ndarray | None, view: SliceView,
-                 uncertainty: np.ndarray | None = None) -> Figure:
-    """One slice: CT, the dose (or uncertainty) colourwash, isodose lines and structure outlines."""
+                 overlays: dict[str, np.ndarray] | None = None) -> Figure:
+    """One slice: CT, the dose colourwash (or one of ``overlays``, see ``OVERLAYS``), isodose lines and
+    structure outlines."""
     axis = plane_axis(view.plane)
     index = patient.shape[axis] // 2 if view.index is None else int(np.clip(view.index, 0, patient.shape[axis] - 1))
     level, width = view.window
@@ -69,25 +79,39 @@ def slice_figure(patient: Patient, dose: np.ndarray | None, view: SliceView,
     extent_aspect = pixel_aspect(patient.spacing, view.plane)
     axes.imshow(take_slice(patient.ct, view.plane, index), cmap="gray", vmin=level - width / 2,
                 vmax=level + width / 2, aspect=extent_aspect, interpolation="nearest")
-    overlay = uncertainty if view.overlay == "uncertainty" and uncertainty is not None else dose
-    if overlay is not None:
-        wash = take_slice(overlay, view.plane, index)
-        shown = np.ma.masked_less(wash, view.dose_threshold_gy if overlay is dose else 1e-3)
-        image = axes.imshow(shown, cmap="jet" if overlay is dose else "magma", alpha=view.dose_opacity,
-                            vmin=0, vmax=max(float(np.nanmax(overlay)), 1e-6), aspect=extent_aspect,
-                            interpolation="nearest")
-        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04,
-                        label="dose (Gy)" if overlay is dose else "uncertainty (Gy)")
+    if view.overlay in (overlays or {}):
+        values = overlays[view.overlay]  # type: ignore[index]
+        colours, label, symmetric = OVERLAYS[view.overlay]
+        top = max(float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0, 1e-6)
+        low, high = (-top, top) if symmetric else (0.0, 2.0 if view.overlay == "gamma" else top)
+        wash = take_slice(values, view.plane, index)
+        shown = np.ma.masked_invalid(np.where(np.isinf(wash), high, wash))
+        if view.overlay == "uncertainty":
+            shown = np.ma.masked_less(shown, 1e-3)
+        image = axes.imshow(shown, cmap=colours, alpha=max(view.dose_opacity, 0.6), vmin=low, vmax=high,
+                            aspect=extent_aspect, interpolation="nearest")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label=label)
+    elif dose is not None:
+        shown = np.ma.masked_less(take_slice(dose, view.plane, index), view.dose_threshold_gy)
+        image = axes.imshow(shown, cmap="jet", alpha=view.dose_opacity, vmin=0, vmax=max(float(dose.max()), 1e-6),
+                            aspect=extent_aspect, interpolation="nearest")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="dose (Gy)")
     if dose is not None and view.isodose_gy:
         levels = sorted(level for level in view.isodose_gy if 0 < level < float(dose.max()))
-        if levels:
-            lines = axes.contour(take_slice(dose, view.plane, index), levels=levels, cmap="autumn", linewidths=1.0)
-            axes.clabel(lines, fmt="%g Gy", fontsize=7)
+        if levels:  # dashed white isodoses: apart from every structure's solid colour
+            lines = axes.contour(take_slice(dose, view.plane, index), levels=levels, colors="white",
+                                 linestyles="dashed", linewidths=1.0)
+            axes.clabel(lines, fmt="%g Gy", fontsize=9, colors="white")
+    shown_rois = []
     for roi in view.structures:
         if roi in patient.structures:
             outline = take_slice(patient.structures[roi], view.plane, index)
             if outline.any():
-                axes.contour(outline.astype(np.float32), levels=[0.5], colors=[ROI_COLOURS[roi]], linewidths=1.0)
+                axes.contour(outline.astype(np.float32), levels=[0.5], colors=[ROI_COLOURS[roi]], linewidths=1.2)
+                shown_rois.append(roi)
+    if shown_rois:
+        handles = [Line2D([], [], color=ROI_COLOURS[roi], lw=2, label=roi) for roi in shown_rois]
+        axes.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.6, ncol=2)
     axes.set_title(f"{view.plane} slice {index + 1}/{patient.shape[axis]}")
     axes.set_axis_off()
     figure.tight_layout()

@@ -30,10 +30,15 @@ def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
     at = run(monkeypatch)
     assert not at.exception
     assert "Research use only" in at.warning[0].value
-    assert [m.label for m in at.metric] == ["OpenKBP dose score", "OpenKBP DVH score"]
+    assert [m.label for m in at.metric] == ["OpenKBP dose score", "OpenKBP DVH score",
+                                            "Gamma pass rate (3 %/2 mm, global, 10 % threshold)"]
     assert len(at.get("vega_lite_chart")) == 1 and "DVH" in at.get("vega_lite_chart")[0].proto.spec
     assert len(at.get("image")) == 3  # axial, coronal, sagittal
-    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 4  # NIfTI, CSV, DVH table, RT Dose
+    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 4  # NIfTI, CSV, DVH table, RT Dose
+    assert at.dataframe[0].value.iloc[0]["structure"] == "PTV56"  # targets first, readable headers
+    assert "SpinalCord D0.1cc < 45 Gy" in set(at.dataframe[1].value["objective"])
+    at.button[0].click().run()  # the report is built on demand
+    assert not at.exception and len(at.get("download_button")) == 5
 
 
 def test_display_controls_redraw_without_error(monkeypatch) -> None:
@@ -59,7 +64,7 @@ def test_patients_under_the_data_root_and_a_broken_one(monkeypatch, tmp_path: Pa
     assert not at.exception
     assert "ct.csv" in at.error[0].value and "wrong header" in at.error[0].value
     at.sidebar.radio[0].set_value("Phantom (embedded)").run()  # the app keeps working
-    assert not at.exception and not at.error and len(at.metric) == 2
+    assert not at.exception and not at.error and len(at.metric) == 3
 
 
 def test_unsafe_patients_under_the_data_root_are_refused(monkeypatch, tmp_path: Path) -> None:
@@ -90,7 +95,7 @@ def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_
     at = run(monkeypatch)
     assert not at.exception
     colourwash = [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
-    assert colourwash and colourwash[0].options == ["dose", "uncertainty"]
+    assert colourwash and colourwash[0].options == ["dose", "uncertainty", "difference", "gamma"]
     colourwash[0].set_value("uncertainty").run()
     assert not at.exception and len(at.get("image")) == 3
 
@@ -98,4 +103,8 @@ def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_
 def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
     monkeypatch.setenv("DOSEPRED_MODEL", "unet-baseline-cpu64")
     at = run(monkeypatch)
-    assert not [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
+    colourwash = [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
+    assert colourwash[0].options == ["dose", "difference", "gamma"]  # against the phantom's reference dose
+    for overlay in ("difference", "gamma"):
+        colourwash[0].set_value(overlay).run()
+        assert not at.exception and len(at.get("image")) == 3

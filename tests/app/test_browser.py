@@ -37,7 +37,8 @@ def viewer_url():
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "dosepred" / "app" / "main.py"), "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--client.toolbarMode", "minimal"],  # as `dosepred app` starts it
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,6 +67,7 @@ def test_browser_shows_the_phantom_prediction_and_survives_a_bad_upload(viewer_u
         page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=60_000)
         assert page.get_by_text("Research use only").first.is_visible()
         assert page.get_by_text("Metrics").first.is_visible()
+        assert page.get_by_text("Deploy").count() == 0
         assert page.locator('[data-testid="stImage"]').count() >= 3
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
@@ -102,9 +104,9 @@ def test_browser_predicts_a_clinic_dicom_zip_on_its_ct(viewer_url: str, tmp_path
         page.locator('input[type="file"]').set_input_files(str(tmp_path / "clinic_1.zip"))
         page.get_by_text("the clinic CT resampled onto the model's grid").wait_for(timeout=240_000)
         assert page.get_by_text("not known to the model: CTV_7000").first.is_visible()  # the unmapped ROI, named
-        page.get_by_text("ROI names: the patient's -> the model's").click()
+        page.get_by_text("ROI names and the structures they became").click()
         page.get_by_text("Parotid_L").first.wait_for(timeout=30_000)
-        assert page.get_by_text("Dose (DICOM RT Dose)").first.is_visible()
+        page.get_by_text("Dose (DICOM RT Dose)").first.wait_for(timeout=120_000)
         assert page.get_by_text("lie on the patient's own CT").first.is_visible()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "viewer_dicom.png"), full_page=True)

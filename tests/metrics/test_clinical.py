@@ -104,3 +104,20 @@ def test_evaluate_prints_and_writes_the_clinical_review(phantom_split: Path, tmp
     assert clinical["targets"]["PTV70"]["HI"]["predicted"] == clinical["targets"]["PTV70"]["HI"]["reference"]
     bad = CliRunner().invoke(app, ["evaluate", str(phantom_split), str(tmp_path), "--gamma", "3,2"])
     assert bad.exit_code == 2 and "expected 3 positive numbers" in bad.output
+
+
+def test_report_writes_one_self_contained_html(tiny_model: Path, phantom_split: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    result = CliRunner().invoke(app, ["report", "-i", str(phantom_split / "pt_1"), "-o", str(tmp_path / "r.html"),
+                                      "-m", str(tiny_model), "--no-tta"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text()
+    assert "Research use only" in page and "Gamma pass rate (3 %/2 mm" in page and "SpinalCord D0.1cc &lt; 45 Gy" in page
+    assert page.count("data:image/png;base64,") == 7  # the DVH and three slices of each dose, nothing fetched
+    assert "src='http" not in page
+    refused = CliRunner().invoke(app, ["report", "-i", str(phantom_split), "-o", str(tmp_path / "r2.html"),
+                                       "-m", str(tiny_model)])
+    assert refused.exit_code == 2 and "a report is for one" in refused.output
