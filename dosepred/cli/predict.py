@@ -58,7 +58,7 @@ def predict(
                                       roi_names=names, on_patient=lambda name: progress.advance(task))
     except (ModelError, DeviceError, PatientDataError) as error:
         raise fail(str(error)) from None
-    for name, messages in report.warnings.items():
+    for messages in report.warnings.values():
         for message in messages:
             console.print(f"[yellow]warning[/yellow] {escape(message)}", soft_wrap=True)
     console.print(f"wrote {len(report.written)} prediction(s) to {output}"

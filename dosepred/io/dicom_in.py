@@ -206,8 +206,8 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
     if abs(np.dot(normal, np.cross(x, y))) < 0.999:
         raise PatientDataError(folder, "the CT slices are not stacked along their normal (a tilted series)")
     direction = np.stack([x, y, normal], axis=1)
-    return Grid(tuple(positions[0]), (pixel[1], pixel[0], float(steps.mean())), tuple(direction.ravel()),
-                (columns, rows, len(slices)))
+    return Grid(tuple(float(v) for v in positions[0]), (pixel[1], pixel[0], float(steps.mean())),  # type: ignore[arg-type]
+                tuple(float(v) for v in direction.ravel()), (columns, rows, len(slices)))
 
 
 def _read_ct(folder: Path, paths: list[Path]) -> np.ndarray:

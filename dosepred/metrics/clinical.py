@@ -141,8 +141,12 @@ class GammaCriteria:
         return f"{self.dose_percent:g} %/{self.distance_mm:g} mm, global, {self.threshold_percent:g} % threshold"
 
 
+#: AAPM TG-218's default criteria.
+TG218 = GammaCriteria()
+
+
 def clinical_review(patient: Patient, dose: np.ndarray, objectives: list[Objective],
-                    gamma: GammaCriteria | None = GammaCriteria()) -> dict[str, object]:
+                    gamma: GammaCriteria | None = TG218) -> dict[str, object]:
     """One patient's plan-quality numbers for the predicted dose (and the reference, when there is one):
     gamma pass rate against the reference, per target HI, Paddick CI and V95 %, and the objectives."""
     targets: dict[str, dict[str, object]] = {}

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from dosepred.io.files import atomic_file
 from dosepred.io.patient import TARGETS, Patient
-from dosepred.metrics.clinical import GammaCriteria, Objective, clinical_review
+from dosepred.metrics.clinical import TG218, GammaCriteria, Objective, clinical_review
 from dosepred.visual.dvh import dvh_figure, metrics_rows
 from dosepred.visual.slices import PLANES, SliceView, slice_figure
 
@@ -30,7 +30,7 @@ th{background:#eee}td:first-child,th:first-child{text-align:left}.met{color:#176
 
 
 def write_report(patient: Patient, dose: np.ndarray, path: str | Path, *, model: str, objectives: list[Objective],
-                 gamma: GammaCriteria = GammaCriteria()) -> None:
+                 gamma: GammaCriteria = TG218) -> None:
     """Write the review of ``dose`` (Gy, on the patient's grid) as one HTML file (atomically)."""
     review = clinical_review(patient, dose, objectives, gamma)
     rows, scores = metrics_rows(patient, dose)
