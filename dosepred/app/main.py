@@ -7,6 +7,7 @@ computes anything the library does not.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import warnings
@@ -39,6 +40,7 @@ HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (G
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
 MODEL_VARIABLE = "DOSEPRED_MODEL"
 REFERENCE_GY = 70.0
+SLICE_CACHE = 96  # drawn slices kept per session
 
 
 def data_root() -> Path | None:
@@ -166,13 +168,25 @@ def view_controls(overlay_names: list[str]) -> SliceView:
                      isodose_gy=tuple(isodoses), structures=tuple(shown), overlay=overlay)
 
 
-def show_slices(patient: Patient, dose: np.ndarray, overlays: dict[str, np.ndarray], view: SliceView) -> None:
+def show_slices(key: str, patient: Patient, dose: np.ndarray, overlays: dict[str, np.ndarray], view: SliceView) -> None:
     for column, plane in zip(st.columns(3), PLANES):
         with column:
             size = patient.shape[plane_axis(plane)]
             index = st.slider(f"{plane} slice", 1, size, size // 2 + 1, key=f"slice-{plane}") - 1
-            view_here = SliceView(**{**view.__dict__, "plane": plane, "index": index})
-            st.pyplot(slice_figure(patient, dose, view_here, overlays))
+            st.image(slice_png(key, patient, dose, SliceView(**{**view.__dict__, "plane": plane, "index": index}), overlays))
+
+
+def slice_png(key: str, patient: Patient, dose: np.ndarray, view: SliceView, overlays: dict[str, np.ndarray]) -> bytes:
+    """A slice drawn once per patient and view: moving one slider redraws that slice only."""
+    cache = st.session_state.setdefault("slices", {})
+    entry = (key, *(tuple(v) if isinstance(v, (list, tuple)) else v for v in view.__dict__.values()))
+    if entry not in cache:
+        buffer = io.BytesIO()
+        slice_figure(patient, dose, view, overlays).savefig(buffer, format="png", dpi=100)
+        if len(cache) >= SLICE_CACHE:
+            cache.pop(next(iter(cache)))  # the oldest
+        cache[entry] = buffer.getvalue()
+    return cache[entry]
 
 
 def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, object]]:
@@ -223,17 +237,20 @@ def show_roi_mapping(patient: Patient) -> None:
         st.caption(f"Possible-dose region: {patient.clinic.body_source}.")
 
 
-def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
+def show_downloads(key: str, patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
     st.subheader("Downloads")
     formats = [(OutputFormat.nifti, f"{patient.id}_dose.nii.gz", "Dose (NIfTI)"),
                (OutputFormat.rtdose, f"{patient.id}_rtdose.dcm", "Dose (DICOM RT Dose)")]
     if patient.clinic is None:  # an OpenKBP CSV exists on OpenKBP's grid only
         formats.insert(1, (OutputFormat.openkbp, f"{patient.id}.csv", "Dose (OpenKBP CSV)"))
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {}
-        for output_format, name, _ in formats:
-            write_dose(patient, dose, Path(tmp) / name, output_format)
-            files[name] = (Path(tmp) / name).read_bytes()
+    if st.session_state.get("downloads", ("",))[0] != key:  # built once per patient, not on every rerun
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            for output_format, name, _ in formats:
+                write_dose(patient, dose, Path(tmp) / name, output_format)
+                files[name] = (Path(tmp) / name).read_bytes()
+        st.session_state["downloads"] = (key, files)
+    files = st.session_state["downloads"][1]
     table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
     columns = st.columns(len(formats) + 1)
     for column, (_, name, label) in zip(columns, formats):
@@ -270,10 +287,10 @@ def main() -> None:
                + ("; the clinic CT resampled onto the model's grid" if patient.clinic is not None else ""))
     show_roi_mapping(patient)
     view = view_controls(overlay_names(patient, uncertainty))
-    show_slices(patient, dose, overlay(key, view.overlay, patient, dose, uncertainty), view)
+    show_slices(key, patient, dose, overlay(key, view.overlay, patient, dose, uncertainty), view)
     rows = show_dvh_and_metrics(patient, dose)
     show_review(key, patient, dose)
-    show_downloads(patient, dose, rows)
+    show_downloads(key, patient, dose, rows)
 
 
 main()
