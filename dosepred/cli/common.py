@@ -30,6 +30,14 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides su
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")]
+ModelName = Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
+                                               "[default: the best shipped model].")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+Tta = Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")]
+ObjectivesFile = Annotated[Path | None, typer.Option("--objectives", help="Plan objectives (YAML) [default: the shipped "
+                                                     "head-and-neck set].", show_default=False)]
+GammaText = Annotated[str, typer.Option("--gamma", help="Gamma criteria DOSE%,DTA_MM,THRESHOLD% (global; TG-218: "
+                                        "3,2,10), against a reference dose.")]
 
 
 @app.callback()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, numbers, progress_bar
+from dosepred.cli.common import GammaText, ObjectivesFile, app, console, fail, numbers, progress_bar
 from dosepred.inference.writers import OutputFormat
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
@@ -77,10 +77,8 @@ def evaluate(
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
     clinical: Annotated[bool, typer.Option("--clinical/--no-clinical", help="Also gamma, HI, Paddick CI, V95 % and the "
                                            "plan objectives.")] = True,
-    gamma: Annotated[str, typer.Option("--gamma", help="Gamma criteria DOSE%,DTA_MM,THRESHOLD% (global; TG-218: "
-                                       "3,2,10).")] = "3,2,10",
-    objectives_file: Annotated[Path | None, typer.Option("--objectives", help="Plan objectives (YAML) [default: the "
-                                                         "shipped head-and-neck set].", show_default=False)] = None,
+    gamma: GammaText = "3,2,10",
+    objectives_file: ObjectivesFile = None,
 ) -> None:
     """Score predictions: OpenKBP dose and DVH scores, and (by default) the measures a physicist checks."""
     from dosepred.metrics.clinical import GammaCriteria, clinical_review, load_objectives, summarise_reviews

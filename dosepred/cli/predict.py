@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import app, console, fail, numbers, progress_bar
+from dosepred.cli.common import (Device, GammaText, ModelName, ObjectivesFile, Tta, app, console, fail, numbers,
+                                 progress_bar)
 from dosepred.inference.writers import OutputFormat
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
@@ -23,10 +24,9 @@ def predict(
                                         "NIfTI, pack, or DICOM: a CT series and its RTSTRUCT), or a .tar.xz or "
                                         ".zip of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one predicted dose per patient.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
-                                              "[default: the best shipped model].")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
+    model: ModelName = None,
+    device: Device = "auto",
+    tta: Tta = True,
     format: Annotated[OutputFormat | None, typer.Option("--format", help="openkbp-csv: <id>.csv submission files; "
                                                         "nifti: <id>.nii.gz; rtdose: <id>.dcm (DICOM RT Dose; DICOM "
                                                         "patients: on their CT) [default: rtdose for DICOM patients, "
@@ -89,14 +89,11 @@ def _prescriptions(pairs: list[str]) -> dict[str, float]:
 def report(
     input: Annotated[Path, typer.Option("--input", "-i", help="One patient (any format predict reads).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The report: an .html file.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
-                                              "[default: the best shipped model].")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average in the left-right mirrored prediction.")] = True,
-    objectives_file: Annotated[Path | None, typer.Option("--objectives", help="Plan objectives (YAML) [default: the "
-                                                         "shipped head-and-neck set].", show_default=False)] = None,
-    gamma: Annotated[str, typer.Option("--gamma", help="Gamma criteria DOSE%,DTA_MM,THRESHOLD% (global), when the "
-                                       "patient has a reference dose.")] = "3,2,10",
+    model: ModelName = None,
+    device: Device = "auto",
+    tta: Tta = True,
+    objectives_file: ObjectivesFile = None,
+    gamma: GammaText = "3,2,10",
 ) -> None:
     """Predict one patient and write a self-contained HTML review: objectives, gamma, DVH, key slices."""
     from dosepred.devices import DeviceError, resolve_device
@@ -126,8 +123,8 @@ def report(
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's files.")] = Path("demo-output"),
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    model: ModelName = None,
+    device: Device = "auto",
 ) -> None:
     """Predict the embedded phantom with the default model: dose (NIfTI), DVH plot (PNG), metrics table (CSV)."""
     from dosepred.inference.writers import write_dose
@@ -170,7 +167,7 @@ def viewer(
     port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder of patients the viewer may open; "
                                                    "nothing outside it is read.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or folder [default: best shipped].")] = None,
+    model: ModelName = None,
 ) -> None:
     """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
     import importlib.util
