@@ -117,9 +117,13 @@ def box_lps(mask_zyx: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray] |
     where = np.argwhere(mask_zyx)
     if where.size == 0:
         return None
+    return _index_box_lps(where.min(0)[::-1], where.max(0)[::-1], grid)
+
+
+def _index_box_lps(low: np.ndarray, high: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The LPS bounding box of the index box from ``low`` to ``high`` ((x, y, z), inclusive)."""
     corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=float)
-    low, high = where.min(0)[::-1], where.max(0)[::-1]  # (x, y, z)
-    points = grid.to_lps(low + corners * (high - low))
+    points = grid.to_lps(low + corners * (np.asarray(high) - low))
     return points.min(0), points.max(0)
 
 
@@ -131,9 +135,7 @@ def place(grid: Grid, structures: np.ndarray, targets: np.ndarray, where: str) -
     if target_box is None:
         raise PatientDataError(where, "no target (PTV) to predict a dose for")
     structure_box = box_lps(structures, grid) or target_box
-    last = np.asarray(grid.size) - 1
-    corners = grid.to_lps(np.array([[x, y, z] for x in (0, last[0]) for y in (0, last[1]) for z in (0, last[2])]))
-    centre = (corners.min(0) + corners.max(0)) / 2
+    centre = np.mean(_index_box_lps(np.zeros(3), np.asarray(grid.size) - 1, grid), axis=0)
     for axis in range(3):
         for low, high in ((structure_box[0][axis], structure_box[1][axis]), (target_box[0][axis], target_box[1][axis])):
             if high - low <= 2 * reach[axis]:
