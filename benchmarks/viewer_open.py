@@ -1,7 +1,8 @@
 """Time from opening the viewer to its DVH, in real Chromium (Debian's, driven by Playwright).
 
 Starts `streamlit run` on 127.0.0.1 as `dosepred app` does, opens the page on the embedded phantom and
-times until the prediction's scores and the DVH chart are shown; then a slider move, to the redrawn slice.
+times until the prediction's scores and the DVH chart are shown; then a click on the axial view, until the
+coronal and sagittal views show the slices through the clicked voxel.
 Each run is a fresh server (a cold model load) unless --warm reuses one for the later runs.
 
     python benchmarks/viewer_open.py [--runs 3] [--warm]
@@ -64,8 +65,14 @@ def main() -> None:
                 scores = time.perf_counter() - started
                 page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=300_000)
                 dvh = time.perf_counter() - started
+                axial = page.locator("figure.dp-panel[data-plane='axial'] canvas").bounding_box()
+                row = int((0.6 * axial["height"] + 1) / axial["height"] * 128)
+                clicked = time.perf_counter()
+                page.mouse.click(axial["x"] + 0.3 * axial["width"] + 1, axial["y"] + 0.6 * axial["height"] + 1)
+                page.locator("figcaption", has_text=f"coronal {row + 1}/128").wait_for(timeout=60_000)
+                click = time.perf_counter() - clicked
                 print(f"run {run + 1} ({'warm' if run and args.warm else 'cold'} server): scores {scores:.1f} s, "
-                      f"DVH {dvh:.1f} s after opening the page", flush=True)
+                      f"DVH {dvh:.1f} s after opening the page; a click to the linked views {click:.2f} s", flush=True)
                 page.close()
             browser.close()
     finally:

@@ -7,16 +7,17 @@ computes anything the library does not.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 import warnings
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 import torch
 
+from dosepred.app.slice_viewer import slice_views
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import ROIS, TARGETS, Patient, require_grid
@@ -32,7 +33,8 @@ from dosepred.metrics.clinical import check_objectives, load_objectives
 from dosepred.metrics.gamma import gamma_index
 from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
 from dosepred.visual.report import write_report
-from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis, slice_figure
+from dosepred.visual.panels import DISPLAY_AXES, Readout, crosshair_of, legend, slice_panel, voxel_of
+from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis, wash_scale
 
 NOTICE = "Research use only — not for clinical decisions."
 HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (Gy)", "reference_gy": "reference (Gy)",
@@ -40,7 +42,8 @@ HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (G
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
 MODEL_VARIABLE = "DOSEPRED_MODEL"
 REFERENCE_GY = 70.0
-SLICE_CACHE = 96  # drawn slices kept per session
+PANEL_CACHE = 96  # slice panels kept per session
+LAYOUTS = ("Three planes", "Side by side")
 
 
 def data_root() -> Path | None:
@@ -147,12 +150,19 @@ def cached_gamma(key: str, patient: Patient, dose: np.ndarray, *, max_gamma: flo
     return cache[(key, max_gamma)]
 
 
-def view_controls(overlay_names: list[str]) -> SliceView:
+def view_controls(overlay_names: list[str], has_reference: bool) -> tuple[SliceView, str]:
+    """The sidebar's display settings, and the layout: the three planes, or one plane side by side."""
     sidebar = st.sidebar
     sidebar.header("Display")
+    layout = LAYOUTS[0]
+    if has_reference:
+        layout = sidebar.radio("Layout", LAYOUTS, help="Side by side: the prediction, the reference and the "
+                               "colourwash of one plane")
     overlay = "dose"
     if overlay_names:
-        overlay = sidebar.radio("Colourwash", ["dose", *overlay_names], horizontal=True)
+        overlay = sidebar.radio("Colourwash", ["dose", *overlay_names], horizontal=True,
+                                index=1 if layout == LAYOUTS[1] else 0)
+    plane = sidebar.radio("Plane", PLANES, horizontal=True) if layout == LAYOUTS[1] else "axial"
     preset = sidebar.selectbox("CT window", list(WINDOW_PRESETS))
     threshold = sidebar.slider("Dose colourwash from (Gy)", 0.0, 70.0, 5.0, 0.5)
     opacity = sidebar.slider("Colourwash opacity", 0.0, 1.0, 0.45, 0.05)
@@ -164,28 +174,89 @@ def view_controls(overlay_names: list[str]) -> SliceView:
         percent = sidebar.multiselect("Isodose levels (%)", [20, 50, 80, 90, 95, 100, 105], default=[50, 95])
         isodoses = [REFERENCE_GY * p / 100 for p in percent]
     shown = sidebar.multiselect("Structure outlines", list(ROIS), default=list(ROIS))
-    return SliceView(window=WINDOW_PRESETS[preset], dose_threshold_gy=threshold, dose_opacity=opacity,
-                     isodose_gy=tuple(isodoses), structures=tuple(shown), overlay=overlay)
+    return SliceView(plane=plane, window=WINDOW_PRESETS[preset], dose_threshold_gy=threshold, dose_opacity=opacity,
+                     isodose_gy=tuple(isodoses), structures=tuple(shown), overlay=overlay), layout
 
 
-def show_slices(key: str, patient: Patient, dose: np.ndarray, overlays: dict[str, np.ndarray], view: SliceView) -> None:
-    for column, plane in zip(st.columns(3), PLANES):
-        with column:
-            size = patient.shape[plane_axis(plane)]
-            index = st.slider(f"{plane} slice", 1, size, size // 2 + 1, key=f"slice-{plane}") - 1
-            st.image(slice_png(key, patient, dose, SliceView(**{**view.__dict__, "plane": plane, "index": index}), overlays))
+def crosshair(key: str, patient: Patient) -> tuple[int, int, int]:
+    """The crosshair's voxel for this patient (the middle at first); the slice sliders show and move it."""
+    if st.session_state.get("crosshair", (None,))[0] != key:
+        middle = tuple(size // 2 for size in patient.shape)
+        st.session_state["crosshair"] = (key, middle)
+        for plane in PLANES:
+            st.session_state[f"slice-{plane}"] = middle[plane_axis(plane)] + 1
+    return st.session_state["crosshair"][1]
 
 
-def slice_png(key: str, patient: Patient, dose: np.ndarray, view: SliceView, overlays: dict[str, np.ndarray]) -> bytes:
-    """A slice drawn once per patient and view: moving one slider redraws that slice only."""
-    cache = st.session_state.setdefault("slices", {})
-    entry = (key, *(tuple(v) if isinstance(v, (list, tuple)) else v for v in view.__dict__.values()))
+def move_crosshair(voxel: tuple[int, int, int]) -> None:
+    st.session_state["crosshair"] = (st.session_state["crosshair"][0], voxel)
+    for plane in PLANES:
+        st.session_state[f"slice-{plane}"] = voxel[plane_axis(plane)] + 1
+
+
+def clicked() -> None:
+    """A click on a view: the crosshair moves there, in every view (runs before the rerun)."""
+    click = st.session_state["views"].click
+    if click:
+        move_crosshair(voxel_of(st.session_state["crosshair"][1], click["plane"], click["row"], click["column"]))
+
+
+def slid(plane: str) -> None:
+    voxel = list(st.session_state["crosshair"][1])
+    voxel[plane_axis(plane)] = st.session_state[f"slice-{plane}"] - 1
+    move_crosshair((voxel[0], voxel[1], voxel[2]))
+
+
+def show_views(key: str, patient: Patient, dose: np.ndarray, overlays: dict[str, np.ndarray], view: SliceView,
+               layout: str) -> None:
+    """Linked views: slice sliders, then the panels (click: crosshair; wheel: zoom; hover: values)."""
+    voxel = crosshair(key, patient)
+    planes = PLANES if layout == LAYOUTS[0] else (view.plane,)
+    for column, plane in zip(st.columns(len(planes)), planes):
+        column.slider(f"{plane} slice", 1, patient.shape[plane_axis(plane)], key=f"slice-{plane}",
+                      on_change=slid, args=(plane,))
+    reference = patient.dose
+    readouts = [Readout("CT", patient.ct, "HU", 1.0), Readout("predicted", dose, "Gy", 0.01)]
+    if reference is not None:
+        readouts += [Readout("reference", reference, "Gy", 0.01), Readout("difference", dose - reference, "Gy", 0.01)]
+    readouts += [Readout(name, values, "Gy" if name == "uncertainty" else "", 0.01) for name, values in overlays.items()
+                 if name in ("gamma", "uncertainty")]
+    dose_max = max(float(dose.max()), float(reference.max()) if reference is not None else 0.0)
+    dose_view = SliceView(**{**view.__dict__, "overlay": "dose"})
+    dose_scale = wash_scale(dose_view, dose_max, {})
+    if layout == LAYOUTS[0]:
+        scales = [wash_scale(view, dose_max, overlays)]
+        roles = [("predicted", plane, overlays.get(view.overlay, dose), scales[0], view) for plane in PLANES]
+    else:
+        scales = [dose_scale]
+        roles = [("predicted", view.plane, dose, dose_scale, dose_view),
+                 ("reference", view.plane, reference, dose_scale, dose_view)]
+        if view.overlay in overlays:
+            scales.append(wash_scale(view, dose_max, overlays))
+            roles.append((view.overlay, view.plane, overlays[view.overlay], scales[1], view))
+    panels = []
+    for number, (role, plane, wash, scale, panel_view) in enumerate(roles):
+        index = voxel[plane_axis(plane)]
+        entry = (key, role, plane, index, *astuple(panel_view), *(r.label for r in readouts))
+        cached = cached_panel(entry, lambda: slice_panel(
+            patient, plane, index, title=role.capitalize(), wash=wash, scale=scale, view=panel_view,
+            isodose=reference if role == "reference" else dose, readouts=readouts))
+        row_axis, column_axis = DISPLAY_AXES[plane]
+        panels.append({**cached, "role": role, "number": number, "voxel": list(voxel),
+                       "row_axis": row_axis, "column_axis": column_axis, "crosshair": list(crosshair_of(voxel, plane))})
+    slice_views([panels], legend(view, scales, patient), key="views", on_click=clicked)
+    st.caption("Click a view to move the crosshair in every view; wheel to zoom, drag to pan, double-click for the "
+               "whole slice; the values under the cursor (or the crosshair) are read out below each view.")
+
+
+def cached_panel(entry: tuple, build) -> dict[str, object]:  # noqa: ANN001 - a function returning a panel
+    """A panel built once per patient, slice and display settings: a click redraws only what moved."""
+    cache = st.session_state.setdefault("panels", {})
+    entry = tuple(tuple(v) if isinstance(v, list) else v for v in entry)
     if entry not in cache:
-        buffer = io.BytesIO()
-        slice_figure(patient, dose, view, overlays).savefig(buffer, format="png", dpi=100)
-        if len(cache) >= SLICE_CACHE:
+        if len(cache) >= PANEL_CACHE:
             cache.pop(next(iter(cache)))  # the oldest
-        cache[entry] = buffer.getvalue()
+        cache[entry] = build()
     return cache[entry]
 
 
@@ -213,12 +284,22 @@ def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
     rows = check_objectives(patient, dose, shipped_objectives())
     st.dataframe([{column: ("✓ met" if value else "✗ missed") if column.endswith(" met") else value
                    for column, value in row.items()} for row in rows], width="stretch", hide_index=True)
-    if st.button("Build the review report (HTML)"):
-        with tempfile.TemporaryDirectory() as tmp, st.spinner("Writing the report…"):
-            write_report(patient, dose, Path(tmp) / "report.html", model=model_name(), objectives=shipped_objectives())
-            st.session_state["report"] = (key, (Path(tmp) / "report.html").read_bytes())
-    if st.session_state.get("report", ("", b""))[0] == key:
-        st.download_button("Download the report (HTML)", st.session_state["report"][1], f"{patient.id}_review.html")
+    st.download_button("Download the review report (HTML)", lambda: report_bytes(patient, dose),
+                       f"{patient.id}_review.html", mime="text/html")
+
+
+def report_bytes(patient: Patient, dose: np.ndarray) -> bytes:
+    """The one-file review report, written when its download is clicked (not on every rerun)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(patient, dose, Path(tmp) / "report.html", model=model_name(), objectives=shipped_objectives())
+        return (Path(tmp) / "report.html").read_bytes()
+
+
+def dose_bytes(patient: Patient, dose: np.ndarray, name: str, output_format: OutputFormat) -> bytes:
+    """A dose file, written when its download is clicked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dose(patient, dose, Path(tmp) / name, output_format)
+        return (Path(tmp) / name).read_bytes()
 
 
 @st.cache_resource(show_spinner=False)
@@ -237,24 +318,16 @@ def show_roi_mapping(patient: Patient) -> None:
         st.caption(f"Possible-dose region: {patient.clinic.body_source}.")
 
 
-def show_downloads(key: str, patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
+def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, object]]) -> None:
     st.subheader("Downloads")
     formats = [(OutputFormat.nifti, f"{patient.id}_dose.nii.gz", "Dose (NIfTI)"),
                (OutputFormat.rtdose, f"{patient.id}_rtdose.dcm", "Dose (DICOM RT Dose)")]
     if patient.clinic is None:  # an OpenKBP CSV exists on OpenKBP's grid only
         formats.insert(1, (OutputFormat.openkbp, f"{patient.id}.csv", "Dose (OpenKBP CSV)"))
-    if st.session_state.get("downloads", ("",))[0] != key:  # built once per patient, not on every rerun
-        with tempfile.TemporaryDirectory() as tmp:
-            files = {}
-            for output_format, name, _ in formats:
-                write_dose(patient, dose, Path(tmp) / name, output_format)
-                files[name] = (Path(tmp) / name).read_bytes()
-        st.session_state["downloads"] = (key, files)
-    files = st.session_state["downloads"][1]
     table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
     columns = st.columns(len(formats) + 1)
-    for column, (_, name, label) in zip(columns, formats):
-        column.download_button(label, files[name], name)
+    for column, (output_format, name, label) in zip(columns, formats):
+        column.download_button(label, lambda f=output_format, n=name: dose_bytes(patient, dose, n, f), name)
     columns[-1].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
     if patient.clinic is not None:
         st.caption("NIfTI and RT Dose lie on the patient's own CT, in its frame of reference (same "
@@ -286,11 +359,11 @@ def main() -> None:
                f"{' x '.join(f'{s:g}' for s in patient.spacing)} mm, model {model_name()}"
                + ("; the clinic CT resampled onto the model's grid" if patient.clinic is not None else ""))
     show_roi_mapping(patient)
-    view = view_controls(overlay_names(patient, uncertainty))
-    show_slices(key, patient, dose, overlay(key, view.overlay, patient, dose, uncertainty), view)
+    view, layout = view_controls(overlay_names(patient, uncertainty), patient.dose is not None)
+    show_views(key, patient, dose, overlay(key, view.overlay, patient, dose, uncertainty), view, layout)
     rows = show_dvh_and_metrics(patient, dose)
     show_review(key, patient, dose)
-    show_downloads(key, patient, dose, rows)
+    show_downloads(patient, dose, rows)
 
 
 main()

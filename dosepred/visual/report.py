@@ -57,14 +57,20 @@ def write_report(patient: Patient, dose: np.ndarray, path: str | Path, *, model:
 
 
 def _slices(patient: Patient, dose: np.ndarray) -> str:
-    """Axial, coronal and sagittal slices through the centre of the highest target; the reference below."""
+    """Axial, coronal and sagittal slices through the centre of the highest target; the reference and the
+    difference below."""
     target = next((patient.structures[t] for t in reversed(TARGETS) if t in patient.structures), patient.possible_dose_mask)
     centre = np.argwhere(target).mean(0).round().astype(int) if target.any() else np.asarray(patient.shape) // 2
     index = {"axial": centre[2], "coronal": centre[0], "sagittal": centre[1]}
-    rows = [("predicted", dose)] + ([("reference", patient.dose)] if patient.dose is not None else [])
+    rows = [("predicted", dose, "dose", {})]
+    if patient.dose is not None:
+        difference = np.where(patient.possible_dose_mask, dose - patient.dose, np.nan)
+        rows += [("reference", patient.dose, "dose", {}),
+                 ("predicted − reference", dose, "difference", {"difference": difference})]
     return "".join(f"<h3>{name}</h3><div class='row'>"
-                   + "".join(_image(slice_figure(patient, values, SliceView(plane=plane, index=int(index[plane]))))
-                             for plane in PLANES) + "</div>" for name, values in rows)
+                   + "".join(_image(slice_figure(patient, values, SliceView(plane=plane, index=int(index[plane]),
+                                                                            overlay=overlay), overlays))
+                             for plane in PLANES) + "</div>" for name, values, overlay, overlays in rows)
 
 
 def _objective_row(row: dict[str, object]) -> dict[str, str]:

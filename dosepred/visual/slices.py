@@ -47,6 +47,34 @@ class SliceView:
     overlay: str = "dose"  # "dose", or a key of ``OVERLAYS`` given to ``slice_figure``
 
 
+@dataclass(frozen=True)
+class WashScale:
+    """How a colourwash is coloured: a colour map between ``low`` and ``high``, hidden below ``hide_below``."""
+
+    colours: str
+    low: float
+    high: float
+    label: str
+    hide_below: float | None = None
+    opacity: float = 0.45
+
+
+def wash_scale(view: SliceView, dose_max: float | None, overlays: dict[str, np.ndarray]) -> WashScale | None:
+    """The colourwash of ``view``: its overlay, else a dose from 0 to ``dose_max`` (None: no dose)."""
+    if view.overlay in overlays:
+        values = overlays[view.overlay]
+        colours, label, symmetric = OVERLAYS[view.overlay]
+        finite = np.abs(values[np.isfinite(values)])
+        # the 99.5th percentile: a few extreme voxels would wash every ordinary difference out
+        top = max(float(np.percentile(finite, 99.5)) if finite.size else 0.0, 1e-6)
+        low, high = (-top, top) if symmetric else (0.0, 2.0 if view.overlay == "gamma" else top)
+        return WashScale(colours, low, high, label, 1e-3 if view.overlay == "uncertainty" else None,
+                         max(view.dose_opacity, 0.6))
+    if dose_max is not None:
+        return WashScale("jet", 0.0, max(dose_max, 1e-6), "dose (Gy)", view.dose_threshold_gy, view.dose_opacity)
+    return None
+
+
 def plane_axis(plane: str) -> int:
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
@@ -79,23 +107,15 @@ def slice_figure(patient: Patient, dose: np.ndarray | None, view: SliceView,
     extent_aspect = pixel_aspect(patient.spacing, view.plane)
     axes.imshow(take_slice(patient.ct, view.plane, index), cmap="gray", vmin=level - width / 2,
                 vmax=level + width / 2, aspect=extent_aspect, interpolation="nearest")
-    if view.overlay in (overlays or {}):
-        values = overlays[view.overlay]  # type: ignore[index]
-        colours, label, symmetric = OVERLAYS[view.overlay]
-        top = max(float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0, 1e-6)
-        low, high = (-top, top) if symmetric else (0.0, 2.0 if view.overlay == "gamma" else top)
-        wash = take_slice(values, view.plane, index)
-        shown = np.ma.masked_invalid(np.where(np.isinf(wash), high, wash))
-        if view.overlay == "uncertainty":
-            shown = np.ma.masked_less(shown, 1e-3)
-        image = axes.imshow(shown, cmap=colours, alpha=max(view.dose_opacity, 0.6), vmin=low, vmax=high,
+    scale = wash_scale(view, float(dose.max()) if dose is not None else None, overlays or {})
+    if scale is not None:
+        values = take_slice(overlays[view.overlay] if view.overlay in (overlays or {}) else dose, view.plane, index)
+        shown = np.ma.masked_invalid(np.where(np.isinf(values), scale.high, values))
+        if scale.hide_below is not None:
+            shown = np.ma.masked_less(shown, scale.hide_below)
+        image = axes.imshow(shown, cmap=scale.colours, alpha=scale.opacity, vmin=scale.low, vmax=scale.high,
                             aspect=extent_aspect, interpolation="nearest")
-        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label=label)
-    elif dose is not None:
-        shown = np.ma.masked_less(take_slice(dose, view.plane, index), view.dose_threshold_gy)
-        image = axes.imshow(shown, cmap="jet", alpha=view.dose_opacity, vmin=0, vmax=max(float(dose.max()), 1e-6),
-                            aspect=extent_aspect, interpolation="nearest")
-        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="dose (Gy)")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label=scale.label)
     if dose is not None and view.isodose_gy:
         levels = sorted(level for level in view.isodose_gy if 0 < level < float(dose.max()))
         if levels:  # dashed white isodoses: apart from every structure's solid colour

@@ -26,6 +26,13 @@ def run(monkeypatch, root: Path | None = None) -> AppTest:  # noqa: D103
     return AppTest.from_file(APP, default_timeout=180).run()
 
 
+def panels(at: AppTest) -> list[dict]:
+    """The slice panels the linked-views component was given (one row)."""
+    (views,) = at.get("bidi_component")
+    (row,) = json.loads(views.proto.json)["rows"]
+    return row
+
+
 def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
     at = run(monkeypatch)
     assert not at.exception
@@ -33,12 +40,32 @@ def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
     assert [m.label for m in at.metric] == ["OpenKBP dose score", "OpenKBP DVH score",
                                             "Gamma pass rate (3 %/2 mm, global, 10 % threshold)"]
     assert len(at.get("vega_lite_chart")) == 1 and "DVH" in at.get("vega_lite_chart")[0].proto.spec
-    assert len(at.get("image")) == 3  # axial, coronal, sagittal
-    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 4  # NIfTI, CSV, DVH table, RT Dose
+    assert [panel["title"] for panel in panels(at)] == [
+        "Predicted · axial 65/128", "Predicted · coronal 65/128", "Predicted · sagittal 65/128"]
+    assert [r["label"] for r in panels(at)[0]["readouts"]] == ["CT", "predicted", "reference", "difference"]
+    # NIfTI, CSV, RT Dose, DVH table and the report: each written only when it is clicked
+    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 5
     assert at.dataframe[0].value.iloc[0]["structure"] == "PTV56"  # targets first, readable headers
     assert "SpinalCord D0.1cc < 45 Gy" in set(at.dataframe[1].value["objective"])
-    at.button[0].click().run()  # the report is built on demand
-    assert not at.exception and len(at.get("download_button")) == 5
+
+
+def test_a_slice_slider_moves_the_crosshair_in_every_view(monkeypatch) -> None:
+    at = run(monkeypatch)
+    next(slider for slider in at.slider if slider.label == "coronal slice").set_value(30).run()
+    axial, coronal, sagittal = panels(at)
+    assert coronal["title"] == "Predicted · coronal 30/128" and axial["title"] == "Predicted · axial 65/128"
+    assert axial["voxel"] == [29, 64, 64] and axial["crosshair"] == [29, 64]  # axial rows run anterior-posterior
+    assert sagittal["crosshair"] == [64, 29]  # sagittal columns too
+
+
+def test_side_by_side_shows_prediction_reference_and_difference(monkeypatch) -> None:
+    at = run(monkeypatch)
+    next(radio for radio in at.sidebar.radio if radio.label == "Layout").set_value("Side by side").run()
+    assert not at.exception
+    assert [panel["title"] for panel in panels(at)] == [
+        "Predicted · axial 65/128", "Reference · axial 65/128", "Difference · axial 65/128"]
+    next(radio for radio in at.sidebar.radio if radio.label == "Plane").set_value("sagittal").run()
+    assert [panel["plane"] for panel in panels(at)] == ["sagittal"] * 3
 
 
 def test_display_controls_redraw_without_error(monkeypatch) -> None:
@@ -47,7 +74,7 @@ def test_display_controls_redraw_without_error(monkeypatch) -> None:
     next(radio for radio in at.sidebar.radio if radio.label == "Isodose lines").set_value("% of 70 Gy")
     at.slider[0].set_value(20)
     at.run()
-    assert not at.exception and len(at.get("image")) == 3
+    assert not at.exception and len(panels(at)) == 3
 
 
 def test_patients_under_the_data_root_and_a_broken_one(monkeypatch, tmp_path: Path) -> None:
@@ -97,7 +124,7 @@ def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_
     colourwash = [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
     assert colourwash and colourwash[0].options == ["dose", "uncertainty", "difference", "gamma"]
     colourwash[0].set_value("uncertainty").run()
-    assert not at.exception and len(at.get("image")) == 3
+    assert not at.exception and "uncertainty" in [r["label"] for r in panels(at)[0]["readouts"]]
 
 
 def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
@@ -107,4 +134,4 @@ def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
     assert colourwash[0].options == ["dose", "difference", "gamma"]  # against the phantom's reference dose
     for overlay in ("difference", "gamma"):
         colourwash[0].set_value(overlay).run()
-        assert not at.exception and len(at.get("image")) == 3
+        assert not at.exception and len(panels(at)) == 3

@@ -68,7 +68,7 @@ def test_browser_shows_the_phantom_prediction_and_survives_a_bad_upload(viewer_u
         assert page.get_by_text("Research use only").first.is_visible()
         assert page.get_by_text("Metrics").first.is_visible()
         assert page.get_by_text("Deploy").count() == 0
-        assert page.locator('[data-testid="stImage"]').count() >= 3
+        assert page.locator("canvas.dp-canvas").count() == 3
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
         (ARTIFACTS / "viewer_timing.txt").write_text(f"page load to displayed phantom prediction: {elapsed:.1f} s\n")
@@ -110,4 +110,55 @@ def test_browser_predicts_a_clinic_dicom_zip_on_its_ct(viewer_url: str, tmp_path
         assert page.get_by_text("lie on the patient's own CT").first.is_visible()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "viewer_dicom.png"), full_page=True)
+        browser.close()
+
+
+def test_browser_review_click_links_the_views_and_the_report_downloads(viewer_url: str, tmp_path: Path) -> None:
+    """Click a view: the crosshair moves in the others; hover reads values out; the wheel zooms; side by side
+    shows the difference map against the phantom's reference; the report downloads."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1900})
+        page.goto(viewer_url)
+        page.get_by_text("OpenKBP dose score").wait_for(timeout=240_000)
+        axial = page.locator("figure.dp-panel[data-plane='axial'] canvas")
+        axial.wait_for(timeout=60_000)
+        assert page.locator("figcaption", has_text="coronal 65/128").count() == 1
+        box = axial.bounding_box()
+        # the phantom is 128 voxels a side, the axial view's rows run anterior-posterior (axis 0), its columns
+        # right-left (axis 1): the click's row is the coronal slice, its column the sagittal slice
+        x, y = 0.3 * box["width"] + 1, 0.6 * box["height"] + 1
+        row, column = int(y / box["height"] * 128), int(x / box["width"] * 128)
+        page.mouse.click(box["x"] + x, box["y"] + y)
+        page.locator("figcaption", has_text=f"coronal {row + 1}/128").wait_for(timeout=60_000)
+        page.locator("figcaption", has_text=f"sagittal {column + 1}/128").wait_for(timeout=60_000)
+        assert page.locator("figcaption", has_text="axial 65/128").count() == 1  # its own slice stays
+        readout = page.locator("figure.dp-panel[data-plane='coronal'] .dp-readout")
+        assert readout.inner_text().startswith(f"voxel ({row}, {column}, 64) · CT")  # the crosshair's values
+        centre = page.locator("figure.dp-panel[data-plane='axial'] canvas").bounding_box()
+        page.mouse.move(centre["x"] + centre["width"] / 2 + 1, centre["y"] + centre["height"] / 2 + 1)
+        hovered = page.locator("figure.dp-panel[data-plane='axial'] .dp-readout").inner_text()
+        assert hovered.startswith("voxel (64, 64, 64)") and "predicted" in hovered and "reference" in hovered
+        page.mouse.wheel(0, -300)  # zoom in about the centre: the voxel under the cursor stays put
+        page.wait_for_timeout(300)
+        page.mouse.move(centre["x"] + centre["width"] / 2 + 1, centre["y"] + centre["height"] / 2 + 1)
+        assert page.locator("figure.dp-panel[data-plane='axial'] .dp-readout").inner_text().startswith("voxel (64, 64, 64)")
+        page.mouse.move(centre["x"] + centre["width"] / 2 + 41, centre["y"] + centre["height"] / 2 + 1)
+        zoomed = page.locator("figure.dp-panel[data-plane='axial'] .dp-readout").inner_text()
+        unzoomed_column = 64 + int(40 / (centre["width"] / 128))
+        assert zoomed.startswith("voxel (64, ") and int(zoomed.split(", ")[1]) < unzoomed_column  # magnified
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer_linked_views.png"), full_page=True)
+
+        page.get_by_text("Side by side").click()
+        page.locator("figcaption", has_text="Difference · axial 65/128").wait_for(timeout=120_000)
+        assert page.locator("figcaption", has_text="Reference · axial 65/128").count() == 1
+        assert page.get_by_text("predicted - reference (Gy)").count() >= 1  # the difference map's colour bar
+        page.screenshot(path=str(ARTIFACTS / "viewer_side_by_side.png"), full_page=True)
+
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_text("Download the review report (HTML)").click()
+        report = download.value.path().read_text(encoding="utf-8")
+        assert download.value.suggested_filename == "phantom_review.html"
+        assert "Plan objectives" in report and "data:image/png;base64," in report
         browser.close()
