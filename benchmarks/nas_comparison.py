@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.nas_ranking import SharedDataTrainer, kendall_tau_b
+from benchmarks.nas_ranking import tau_b
+from benchmarks.nas_standalone import SharedDataTrainer
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
 from dosepred.devices import resolve_device
 from dosepred.nas.cost import architecture_cost
@@ -150,7 +151,7 @@ def main() -> None:
     print(header)
     for name, r in results.items():
         best = standalone[architecture_id(r["best"])]
-        r["kendall_tau_b"] = kendall_tau_b(r["sample_estimates"], truth)
+        r["kendall_tau_b"] = tau_b(r["sample_estimates"], truth)
         r["best"] |= {"standalone_dose_score": best["standalone_dose_score"], "standalone_dvh_score": best["standalone_dvh_score"]}
         print(f"{name:<12} {r['search_seconds'] / 60:>10.1f} {r['training_forward_passes']:>10} "
               f"{r['sampled_architectures']:>8} {r['evaluated_architectures']:>9} {r['kendall_tau_b']:>6.2f} "

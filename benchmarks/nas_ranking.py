@@ -1,110 +1,145 @@
-"""Ranking quality of a search: Kendall tau between the supernet's estimates and stand-alone training.
+"""Ranking quality: Kendall tau-b between cheap estimates and stand-alone validation dose scores.
 
-Takes a search run folder, picks architectures spread evenly over its ranking (plus its selected
-teachers), trains each stand-alone with the same short budget (same data, resolution and steps; the
-training samples are cached once and shared), and scores each on the whole validation split with the
-OpenKBP dose score on the full 128^3 grid. Prints the table, Kendall tau-b, and the teachers' diversity.
+Ground truth: the JSON of ``benchmarks/nas_standalone.py`` (a fixed sample of architectures, each trained
+stand-alone with several seeds); an architecture's score is its mean over seeds. Estimators, each scored
+against it:
+- zero-cost proxies at initialisation (``dosepred.nas.proxies``), the mean over ``--proxy-seeds``
+  initialisations on the same two training patients;
+- the weight-sharing supernet of LE-NAS (one uniformly sampled path per step) trained for
+  ``--supernet-steps`` at ``--resolution``, each architecture run with its weights on the first
+  ``--validation-patients`` validation patients: the search's own estimate (``dosepred.nas.evaluator``).
+Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
+has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
+goes to a JSON file, so each tau can be recomputed.
 
-Usage: python benchmarks/nas_ranking.py RUN_DIR [--architectures 8] [--steps 300] [--threads 1] [--json FILE]
+Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_standalone.json]
+           [--supernet-steps 1000] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
+import torch
+from scipy.stats import kendalltau
 
-from dosepred.data.dataset import PatientSamples
-from dosepred.engine.config import load_config
-from dosepred.engine.trainer import Trainer
-
-
-def kendall_tau_b(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties counted as neither concordant nor discordant)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            ties_x += 1
-        elif dy == 0:
-            ties_y += 1
-        elif dx == dy:
-            concordant += 1
-        else:
-            discordant += 1
-    denominator = np.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return float((concordant - discordant) / denominator) if denominator else float("nan")
+from dosepred.devices import resolve_device
+from dosepred.nas.evaluator import Evaluator, SearchData
+from dosepred.nas.proxies import PROXIES
+from dosepred.nas.space import SearchSpace
+from dosepred.nas.strategies.base import Budget
+from dosepred.nas.strategies.lenas import uniform_supernet
+from dosepred.nas.supernet import SupernetPath
+from dosepred.networks.searched import build_network
 
 
-class SharedDataTrainer(Trainer):
-    """A trainer that reuses training samples cached once for every architecture."""
+def tau_b(estimates: list[float], truth: list[float]) -> float:
+    return float(kendalltau(estimates, truth).statistic)
 
-    shared: PatientSamples | None = None
 
-    def build_data(self):  # noqa: ANN201
-        if SharedDataTrainer.shared is None:
-            SharedDataTrainer.shared, validation = super().build_data()
-            return SharedDataTrainer.shared, validation
-        from dosepred.io import sources
+def bootstrap_interval(estimates: list[float], truth: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of tau-b over architectures drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(estimates), np.asarray(truth)
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(len(x), size=len(x))
+        if len(set(pick)) > 2:
+            value = kendalltau(x[pick], y[pick]).statistic
+            if np.isfinite(value):
+                values.append(value)
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
-        data = self.config["data"]
-        return SharedDataTrainer.shared, sources.find_patients(Path(data["validation"]))[: data["max_validation_patients"]]
+
+def proxy_estimates(genotypes: list[dict], channels: tuple[int, ...], batch: dict[str, torch.Tensor],
+                    seeds: int) -> dict[str, list[float]]:
+    """Each proxy's mean over ``seeds`` initialisations, negated: lower estimates promise better architectures."""
+    estimates: dict[str, list[float]] = {name: [] for name in PROXIES}
+    for genotype in genotypes:
+        values: dict[str, list[float]] = {name: [] for name in PROXIES}
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            network = build_network(genotype=genotype, channels=channels, in_channels=batch["image"].shape[1])
+            for name, proxy in PROXIES.items():
+                values[name].append(proxy(network, batch))
+        for name in PROXIES:
+            estimates[name].append(-statistics.mean(values[name]))
+    return estimates
+
+
+def supernet_estimates(genotypes: list[dict], space: SearchSpace, data: SearchData, steps: int, run_dir: Path,
+                       device: torch.device) -> list[float]:
+    budget = Budget(supernet_steps=steps, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
+                    resume=(run_dir / "supernet" / "checkpoints" / "last.pt").is_file())
+    report = lambda phase, done, total: print(f"\r{phase} {done}/{total}", end="", flush=True)  # noqa: E731
+    supernet, _, _ = uniform_supernet(space, data, budget, report)
+    print()
+    evaluator = Evaluator(data, device=device)
+    return [evaluator.evaluate(SupernetPath(supernet, genotype)) for genotype in genotypes]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--architectures", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--standalone", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--supernet-steps", type=int, default=1000, help="0: no supernet estimate")
+    parser.add_argument("--validation-patients", type=int, default=12)
+    parser.add_argument("--proxy-seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_ranking.json"))
     args = parser.parse_args()
-    search = yaml.safe_load((args.run / "config.yaml").read_text())  # the search run's resolved config
-    ranked = json.loads((args.run / "ranked.json").read_text())
-    teachers = [json.loads(p.read_text()) for p in sorted((args.run / "teachers").glob("teacher_*.json"))]
-    positions = sorted({int(round(p)) for p in np.linspace(0, len(ranked) - 1, args.architectures)}
-                       | {t["rank"] - 1 for t in teachers})
-    base = load_config(None, [f"threads={args.threads}", "device=cpu", f"seed={search['seed']}",
-                              f"optim.steps={args.steps}", f"validate_every={args.steps}",
-                              f"checkpoint_every={args.steps}", "optim.warmup_steps=20"])
-    base["data"] = copy.deepcopy(search["data"])
-    rows = []
-    for position in positions:
-        entry = ranked[position]
-        config = copy.deepcopy(base)
-        config["network"] = {"name": "searched", "genotype": entry["genotype"], "channels": search["search"]["channels"]}
+    torch.set_num_threads(args.threads)
+    truth_file = json.loads(args.standalone.read_text())
+    architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
+    if len(architectures) < 3:
+        parser.error(f"{args.standalone}: fewer than 3 architectures with two seeds")
+    genotypes = [a["genotype"] for a in architectures]
+    seeds = sorted({run["seed"] for run in architectures[0]["runs"]})
+    per_seed = {seed: [next(r["dose_score"] for r in a["runs"] if r["seed"] == seed) for a in architectures] for seed in seeds}
+    truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
+
+    channels = (8, 16, 32, 64)
+    space = SearchSpace(channels)
+    data_config = {"train": "data/pack/train", "validation": "data/pack/validation", "resolution": args.resolution,
+                   "augment": True}
+    data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
+    estimates: dict[str, list[float]] = {}
+    started = time.perf_counter()
+    estimates |= proxy_estimates(genotypes, channels, data.train.batch([0, 1], None), args.proxy_seeds)
+    print(f"zero-cost proxies: {time.perf_counter() - started:.0f} s", flush=True)
+    if args.supernet_steps:
         started = time.perf_counter()
-        trainer = SharedDataTrainer(config, Path("runs") / "nas_ranking" / f"rank_{position + 1}")
-        history = trainer.fit()
-        rows.append({"rank": position + 1, "estimated_dose_score": entry["estimated_dose_score"],
-                     "standalone_dose_score": history[-1]["val_dose_score"],
-                     "standalone_dvh_score": history[-1]["val_dvh_score"],
-                     "teacher": any(t["rank"] == position + 1 for t in teachers),
-                     "parameters": sum(p.numel() for p in trainer.network.parameters()),
-                     "seconds": round(time.perf_counter() - started, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    tau = kendall_tau_b([r["estimated_dose_score"] for r in rows], [r["standalone_dose_score"] for r in rows])
-    diversity = json.loads((args.run / "diversity.json").read_text())
-    print(f"\narchitectures: {len(rows)} (ranks {[r['rank'] for r in rows]}), {args.steps} steps each at "
-          f"{search['data']['resolution']}^3, scored on the full validation split (128^3)")
-    print(f"{'rank':>6} {'estimated':>10} {'stand-alone dose':>17} {'DVH':>7} {'params':>9}  teacher")
-    for r in rows:
-        print(f"{r['rank']:>6} {r['estimated_dose_score']:>10.3f} {r['standalone_dose_score']:>17.3f} "
-              f"{r['standalone_dvh_score']:>7.3f} {r['parameters']:>9}  {'yes' if r['teacher'] else ''}")
-    print(f"Kendall tau-b (estimated vs stand-alone dose score): {tau:.3f}")
-    print(f"teachers ranks {diversity['selected']['ranks']}: mean pairwise distance "
-          f"{diversity['selected']['mean_pairwise_distance_gy']:.3f} Gy; plain top-{diversity['k']}: "
-          f"{diversity['top_k']['mean_pairwise_distance_gy']:.3f} Gy")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "kendall_tau_b": tau, "diversity": diversity}, indent=2) + "\n")
+        estimates["supernet_uniform"] = supernet_estimates(genotypes, space, data, args.supernet_steps,
+                                                           Path("runs") / "nas_ranking", resolve_device("cpu"))
+        print(f"supernet ({args.supernet_steps} steps at {args.resolution}^3): {time.perf_counter() - started:.0f} s")
+
+    print(f"\n{len(architectures)} architectures; ground truth: {truth_file['recipe']}; seeds {seeds}")
+    rows = {"seed vs seed": [tau_b(per_seed[a], per_seed[b]) for a, b in itertools.combinations(seeds, 2)]}
+    print(f"{'estimator':<18} {'tau-b':>6} {'95% interval':>16}   per seed")
+    first, second = seeds[0], seeds[1]
+    low, high = bootstrap_interval(per_seed[first], per_seed[second])
+    print(f"{'seed vs seed':<18} {rows['seed vs seed'][0]:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+    summary = {"seed vs seed": {"tau_b": rows["seed vs seed"][0], "interval": [low, high]}}
+    for name, values in estimates.items():
+        tau = tau_b(values, truth)
+        low, high = bootstrap_interval(values, truth)
+        by_seed = [tau_b(values, per_seed[seed]) for seed in seeds]
+        summary[name] = {"tau_b": tau, "interval": [low, high], "per_seed": by_seed}
+        print(f"{name:<18} {tau:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}   " + " ".join(f"{t:.2f}" for t in by_seed))
+    pairs = [{"architecture": number, "genotype": genotype, "standalone": {str(s): per_seed[s][number] for s in seeds},
+              "standalone_mean": truth[number], "estimates": {name: values[number] for name, values in estimates.items()}}
+             for number, genotype in enumerate(genotypes)]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"ground_truth": truth_file["recipe"], "resolution": args.resolution,
+                                     "supernet_steps": args.supernet_steps, "validation_patients": args.validation_patients,
+                                     "proxy_seeds": args.proxy_seeds, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class Trainer(TrainingLoop):
         self.train_data = PatientSamples.from_source(data["train"], resolution=data["resolution"],
                                                      augmentation=augmentation, beam_angles=data["beam_angles"],
                                                      device=self.device, workers=data["workers"])
+        self.build_validation_paths()
+
+    def build_validation_paths(self) -> None:
+        data = self.config["data"]
         self.validation_paths = sources.find_patients(Path(data["validation"]))[: data["max_validation_patients"]]
 
     def batch_indices(self, step: int) -> list[tuple[int, int]]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dosepred.devices import fast_path
 from dosepred.engine.losses import masked_l1
 from dosepred.engine.loop import TrainingLoop, sample_seed
 from dosepred.nas.evaluator import SearchData
@@ -61,6 +62,20 @@ class SupernetTrainer(TrainingLoop):
                  resume: bool = False) -> None:
         self.space, self.data = space, data
         super().__init__(config, run_dir, resume=resume, overwrite=not resume)
+        if self.amp:  # the parameters stay the optimiser's: only their memory layout changes
+            self.network.to(memory_format=torch.channels_last_3d)
+
+    @property
+    def amp(self) -> bool:
+        """bf16 autocast and channels-last where the device computes bf16 natively (dosepred.devices)."""
+        return fast_path(self.device)
+
+    def path_loss(self, run: Callable[[torch.Tensor], torch.Tensor], samples: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The masked L1 of ``run(image)``, on the fast path where there is one; every strategy's step uses it."""
+        image = samples["image"].contiguous(memory_format=torch.channels_last_3d) if self.amp else samples["image"]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            prediction = run(image)
+        return masked_l1(prediction.float(), samples["dose"], samples["possible_dose_mask"])
 
     def build_network(self) -> nn.Module:
         return make_supernet(self.space).to(self.device)
@@ -85,7 +100,7 @@ class SupernetTrainer(TrainingLoop):
     def train_step(self, batch: tuple[dict[str, torch.Tensor], Genotype]) -> float:
         samples, genotype = batch
         self.network.train()
-        loss = masked_l1(self.network(samples["image"], genotype), samples["dose"], samples["possible_dose_mask"])
+        loss = self.path_loss(lambda image: self.network(image, genotype), samples)
         self.optimize(loss)
         return float(loss.detach())
 

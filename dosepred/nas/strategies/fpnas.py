@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from dosepred.engine.loop import lr_factor
-from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
@@ -229,7 +228,7 @@ class FPNASTrainer(SupernetTrainer):
             genotype, log_prob = distribution.sample(rng)
             if (key := genotype_key(genotype)) not in self.distinct:
                 self.distinct.append(key)
-            losses.append(masked_l1(self.network(samples["image"], genotype), samples["dose"], samples["possible_dose_mask"]))
+            losses.append(self.path_loss(lambda image, genotype=genotype: self.network(image, genotype), samples))
             penalty = 0.0
             if s["cost_weight"]:
                 relative = architecture_cost(genotype, self.space.channels, self.resolution)["macs"] / self.reference_macs

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dosepred.engine.losses import masked_l1
 from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
@@ -233,7 +232,7 @@ class GoldTrainer(SupernetTrainer):
         gold.train()
         if step == self.warmup:
             self.mu = s["mu_start"]
-        task = masked_l1(gold(samples["image"]), samples["dose"], samples["possible_dose_mask"])
+        task = self.path_loss(gold, samples)
         cost = sum((torch.sigmoid(gold.logits[key]) * self.macs[key] * self.alive[key]).sum()
                    for key in self.macs) / self.total_macs
         gold.zero_grad(set_to_none=True)

@@ -28,7 +28,6 @@ from torch import nn
 from torch.func import functional_call
 
 from dosepred.engine.loop import warmup_cosine
-from dosepred.engine.losses import masked_l1
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace
@@ -210,7 +209,7 @@ class KShotTrainer(SupernetTrainer):
         else:
             lambdas = kshot.lambdas(genotype, width)
             lambdas = lambdas if simplex_step else lambdas.detach()
-        loss = masked_l1(kshot(samples["image"], genotype, width, lambdas), samples["dose"], samples["possible_dose_mask"])
+        loss = self.path_loss(lambda image: kshot(image, genotype, width, lambdas), samples)
         kshot.zero_grad(set_to_none=True)
         loss.backward()
         if simplex_step:

@@ -1,0 +1,145 @@
+"""Stand-alone ground truth for the search: a fixed sample of architectures, each trained with several seeds.
+
+The sample is the plain U-Net of the search space plus architectures drawn uniformly from it (a fixed
+generator seed), so every search strategy and zero-cost proxy is ranked against the same architectures
+(``benchmarks/nas_ranking.py``). Each (architecture, seed) is trained with the same recipe (same data,
+resolution, steps, learning rate) and scored once, at its last step, on the validation split with the
+OpenKBP dose and DVH scores on the full 128^3 grid. The seed sets the initial weights, the batch order and
+the augmentation. Results go to a JSON file after every run, and a rerun skips the runs it already holds,
+so the table can be built over several sessions.
+
+Usage: python benchmarks/nas_standalone.py [--architectures 12] [--seeds 0 1] [--steps 500] [--resolution 64]
+       [--json benchmarks/results/nas_standalone.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dosepred.data.dataset import PatientSamples
+from dosepred.engine.config import load_config
+from dosepred.engine.trainer import Trainer
+from dosepred.nas.space import SearchSpace, genotype_key
+
+CHANNELS = (8, 16, 32, 64)  # the search's widths (configs/search_*.yaml)
+
+
+class SharedDataTrainer(Trainer):
+    """A trainer that reads the training patients once and shares them with every later run."""
+
+    shared: dict[str, PatientSamples] = {}
+
+    def build_data(self) -> None:
+        key = json.dumps(self.config["data"], sort_keys=True)
+        if key in SharedDataTrainer.shared:
+            super().build_validation_paths()
+            self.train_data = SharedDataTrainer.shared[key]
+        else:
+            super().build_data()
+            SharedDataTrainer.shared[key] = self.train_data
+
+
+def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> list[dict[str, Any]]:
+    """The plain U-Net, then distinct uniformly drawn architectures: ``count`` genotypes in all."""
+    rng = np.random.default_rng(seed)
+    sample = [space.reference()]
+    while len(sample) < count:
+        genotype = space.sample(rng)
+        if genotype_key(genotype) not in {genotype_key(g) for g in sample}:
+            sample.append(genotype)
+    return sample
+
+
+def recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return load_config(None, [f"seed={seed}", f"threads={args.threads}", "device=cpu",
+                              f"data.resolution={args.resolution}", f"optim.steps={args.steps}",
+                              f"optim.lr={args.lr}", "optim.warmup_steps=20", "optim.batch_size=2",
+                              f"validate_every={args.steps}", f"checkpoint_every={args.steps}"])
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {"architectures": []}
+
+
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Write through a temporary file, so an interrupted run never leaves a half-written table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(results, indent=1) + "\n")
+    partial.replace(path)
+
+
+def seed_spread(runs: list[dict[str, Any]]) -> float:
+    """Seed-to-seed spread of the dose score: the sample standard deviation (Gy)."""
+    scores = [run["dose_score"] for run in runs]
+    return statistics.stdev(scores) if len(scores) > 1 else float("nan")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n{results['recipe']}")
+    print(f"{'arch':>4} {'params':>8} {'dose per seed (Gy)':>30} {'mean':>7} {'spread':>7} {'DVH mean':>9}")
+    for number, architecture in enumerate(results["architectures"]):
+        runs = architecture["runs"]
+        doses = " ".join(f"{run['dose_score']:.3f}" for run in runs)
+        print(f"{number:>4} {architecture['parameters']:>8} {doses:>30} "
+              f"{statistics.mean(r['dose_score'] for r in runs):>7.3f} {seed_spread(runs):>7.3f} "
+              f"{statistics.mean(r['dvh_score'] for r in runs):>9.3f}")
+    spreads = [seed_spread(a["runs"]) for a in results["architectures"] if len(a["runs"]) > 1]
+    means = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in results["architectures"]]
+    if spreads and len(means) > 1:
+        print(f"median seed spread {statistics.median(spreads):.3f} Gy; spread of the architectures' means "
+              f"{statistics.stdev(means):.3f} Gy (range {min(means):.3f}-{max(means):.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architectures", type=int, default=12)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
+    args = parser.parse_args()
+
+    space = SearchSpace(CHANNELS)
+    description = (f"{args.steps} steps, batch 2, AdamW lr {args.lr} (warm-up 20, cosine), masked L1, augmentation, "
+                   f"{args.resolution}^3, channels {list(CHANNELS)}; scored on every validation patient at 128^3")
+    results = load_results(args.json)
+    if results["architectures"] and results.get("recipe") != description:
+        parser.error(f"{args.json} holds runs of another recipe ({results.get('recipe')}): choose another --json")
+    results["recipe"] = description
+    for number, genotype in enumerate(architecture_sample(args.architectures, space)):
+        if number == len(results["architectures"]):
+            results["architectures"].append({"genotype": genotype, "runs": []})
+        architecture = results["architectures"][number]
+        if genotype_key(architecture["genotype"]) != genotype_key(genotype):
+            parser.error(f"{args.json}: architecture {number} differs from the sample: choose another --json")
+        for seed in args.seeds:
+            if any(run["seed"] == seed for run in architecture["runs"]):
+                continue
+            config = recipe(args, seed)
+            config["network"] = {"name": "searched", "genotype": genotype, "channels": list(CHANNELS)}
+            started = time.perf_counter()
+            trainer = SharedDataTrainer(config, Path("runs") / "nas_standalone" / f"arch{number}_seed{seed}",
+                                        overwrite=True)
+            last = trainer.fit()[-1]
+            architecture["parameters"] = sum(p.numel() for p in trainer.network.parameters())
+            architecture["runs"].append({"seed": seed, "dose_score": last["val_dose_score"],
+                                         "dvh_score": last["val_dvh_score"],
+                                         "seconds": round(time.perf_counter() - started, 1)})
+            save_results(args.json, results)
+            print(json.dumps({"architecture": number, **architecture["runs"][-1]}), flush=True)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
