@@ -14,6 +14,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
+import pandas as pd  # a dependency of streamlit
 import streamlit as st
 import torch
 
@@ -34,7 +35,7 @@ from dosepred.metrics.gamma import gamma_index
 from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
 from dosepred.visual.report import write_report
 from dosepred.visual.panels import DISPLAY_AXES, Readout, crosshair_of, legend, slice_panel, voxel_of
-from dosepred.visual.slices import PLANES, WINDOW_PRESETS, SliceView, plane_axis, wash_scale
+from dosepred.visual.slices import PLANES, ROI_COLOURS, WINDOW_PRESETS, SliceView, plane_axis, wash_scale
 
 NOTICE = "Research use only — not for clinical decisions."
 HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (Gy)", "reference_gy": "reference (Gy)",
@@ -271,8 +272,17 @@ def show_dvh_and_metrics(patient: Patient, dose: np.ndarray) -> list[dict[str, o
     st.subheader("Metrics")
     readable = [{HEADERS.get(column, column): value for column, value in row.items()}
                 for row in sorted(rows, key=lambda row: row["roi"] not in TARGETS)]
-    st.dataframe(readable, width="stretch", hide_index=True)
+    st.dataframe(coloured(readable, "structure"), width="stretch", hide_index=True)
     return rows
+
+
+def coloured(rows: list[dict[str, object]], column: str) -> pd.io.formats.style.Styler:
+    """A table whose ``column`` cells carry their structure's colour (the one of the views and the DVH)."""
+    def colour(value: object) -> str:
+        roi = str(value).split(" ", 1)[0]
+        return f"background-color: {ROI_COLOURS[roi]}40" if roi in ROI_COLOURS else ""
+
+    return pd.DataFrame(rows).style.map(colour, subset=[column])
 
 
 def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
@@ -282,8 +292,9 @@ def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
         result = cached_gamma(key, patient, dose, max_gamma=1.0)
         st.metric("Gamma pass rate (3 %/2 mm, global, 10 % threshold)", f"{result.pass_rate:.1f} %")
     rows = check_objectives(patient, dose, shipped_objectives())
-    st.dataframe([{column: ("✓ met" if value else "✗ missed") if column.endswith(" met") else value
-                   for column, value in row.items()} for row in rows], width="stretch", hide_index=True)
+    st.dataframe(coloured([{column: ("✓ met" if value else "✗ missed") if column.endswith(" met") else value
+                            for column, value in row.items()} for row in rows], "objective"),
+                 width="stretch", hide_index=True)
     st.download_button("Download the review report (HTML)", lambda: report_bytes(patient, dose),
                        f"{patient.id}_review.html", mime="text/html")
 
