@@ -6,7 +6,7 @@ against it:
 - zero-cost proxies at initialisation (``dosepred.nas.proxies``), the mean over ``--proxy-seeds``
   initialisations on the same two training patients;
 - the weight-sharing supernet of LE-NAS (one uniformly sampled path per step) trained for
-  ``--supernet-steps`` at ``--resolution``, each architecture run with its weights on the first
+  ``--supernet-steps`` at ``--resolution`` on the same data as the ground truth (not augmented), each architecture run with its weights on the first
   ``--validation-patients`` validation patients: the search's own estimate (``dosepred.nas.evaluator``).
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
+from dosepred.data.dataset import ExpandedSamples
 from dosepred.devices import resolve_device
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.proxies import PROXIES
@@ -108,8 +109,9 @@ def main() -> None:
     channels = (8, 16, 32, 64)
     space = SearchSpace(channels)
     data_config = {"train": "data/pack/train", "validation": "data/pack/validation", "resolution": args.resolution,
-                   "augment": True}
+                   "augment": False}  # as the stand-alone ground truth (benchmarks/nas_standalone.py)
     data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
+    data.train = ExpandedSamples(data.train)
     estimates: dict[str, list[float]] = {}
     started = time.perf_counter()
     estimates |= proxy_estimates(genotypes, channels, data.train.batch([0, 1], None), args.proxy_seeds)

@@ -4,11 +4,11 @@ The sample is the plain U-Net of the search space plus architectures drawn unifo
 generator seed), so every search strategy and zero-cost proxy is ranked against the same architectures
 (``benchmarks/nas_ranking.py``). Each (architecture, seed) is trained with the same recipe (same data,
 resolution, steps, learning rate) and scored once, at its last step, on the validation split with the
-OpenKBP dose and DVH scores on the full 128^3 grid. The seed sets the initial weights, the batch order and
-the augmentation. Results go to a JSON file after every run, and a rerun skips the runs it already holds,
+OpenKBP dose and DVH scores on the full 128^3 grid. The seed sets the initial weights and the batch order
+(and the augmentation, with ``--augment``). Results go to a JSON file after every run, and a rerun skips the runs it already holds,
 so the table can be built over several sessions.
 
-Usage: python benchmarks/nas_standalone.py [--architectures 12] [--seeds 0 1] [--steps 500] [--resolution 64]
+Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
        [--json benchmarks/results/nas_standalone.json]
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dosepred.data.dataset import PatientSamples
+from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.engine.config import load_config
 from dosepred.engine.trainer import Trainer
 from dosepred.nas.space import SearchSpace, genotype_key
@@ -33,18 +33,20 @@ CHANNELS = (8, 16, 32, 64)  # the search's widths (configs/search_*.yaml)
 
 
 class SharedDataTrainer(Trainer):
-    """A trainer that reads the training patients once and shares them with every later run."""
+    """A trainer that reads the training patients once and shares them with every later run; without
+    augmentation they are expanded once at the working resolution (``ExpandedSamples``)."""
 
-    shared: dict[str, PatientSamples] = {}
+    shared: dict[str, PatientSamples | ExpandedSamples] = {}
 
     def build_data(self) -> None:
         key = json.dumps(self.config["data"], sort_keys=True)
         if key in SharedDataTrainer.shared:
             super().build_validation_paths()
-            self.train_data = SharedDataTrainer.shared[key]
         else:
             super().build_data()
-            SharedDataTrainer.shared[key] = self.train_data
+            augmented = self.config["data"]["augment"]
+            SharedDataTrainer.shared[key] = self.train_data if augmented else ExpandedSamples(self.train_data)
+        self.train_data = SharedDataTrainer.shared[key]
 
 
 def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> list[dict[str, Any]]:
@@ -60,7 +62,8 @@ def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> lis
 
 def recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return load_config(None, [f"seed={seed}", f"threads={args.threads}", "device=cpu",
-                              f"data.resolution={args.resolution}", f"optim.steps={args.steps}",
+                              f"data.resolution={args.resolution}", f"data.augment={args.augment}",
+                              f"optim.steps={args.steps}",
                               f"optim.lr={args.lr}", "optim.warmup_steps=20", "optim.batch_size=2",
                               f"validate_every={args.steps}", f"checkpoint_every={args.steps}"])
 
@@ -101,17 +104,20 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architectures", type=int, default=12)
+    parser.add_argument("--architectures", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                        help="augment every batch (expands the full-grid samples each step: slow on a CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
     args = parser.parse_args()
 
     space = SearchSpace(CHANNELS)
-    description = (f"{args.steps} steps, batch 2, AdamW lr {args.lr} (warm-up 20, cosine), masked L1, augmentation, "
+    description = (f"{args.steps} steps, batch 2, AdamW lr {args.lr} (warm-up 20, cosine), masked L1, "
+                   f"{'augmentation' if args.augment else 'no augmentation'}, "
                    f"{args.resolution}^3, channels {list(CHANNELS)}; scored on every validation patient at 128^3")
     results = load_results(args.json)
     if results["architectures"] and results.get("recipe") != description:

@@ -5,7 +5,7 @@ import torch
 
 from dosepred.io.patient import ROIS, Patient
 from dosepred.data.augment import Augmentation
-from dosepred.data.dataset import PatientSamples
+from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.data.transforms import INPUT_CHANNELS, flip_left_right, input_channels, model_inputs, patient_to_sample
 
 
@@ -106,3 +106,13 @@ def test_attached_volumes_are_augmented_with_the_dose(tiny_packs) -> None:
         moved += not torch.equal(item["dose"], data.inputs(1)["dose"])
     assert moved > 0  # some seeds did augment
     assert data.batch([0], [0])["teacher_dose"].shape == (1, 2, 32, 32, 32)
+
+
+def test_expanded_samples_are_the_unaugmented_batches_computed_once(tiny_packs) -> None:
+    samples = PatientSamples.from_source(tiny_packs / "train", resolution=16, augmentation=Augmentation())
+    expanded = ExpandedSamples(samples)
+    assert len(expanded) == len(samples) and expanded.resolution == 16
+    once, each_time = expanded.batch([1, 0], seeds=[5, 6]), samples.batch([1, 0], None)  # seeds: ignored
+    assert once.keys() == each_time.keys()
+    assert all(torch.equal(once[key], each_time[key]) for key in once)
+    assert once["image"].shape[2:] == (16, 16, 16)
