@@ -24,7 +24,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

@@ -15,7 +15,6 @@ Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
