@@ -282,7 +282,7 @@ def coloured(rows: list[dict[str, object]], column: str) -> pd.io.formats.style.
         roi = str(value).split(" ", 1)[0]
         return f"background-color: {ROI_COLOURS[roi]}40" if roi in ROI_COLOURS else ""
 
-    return pd.DataFrame(rows).style.map(colour, subset=[column])
+    return pd.DataFrame(rows).style.map(colour, subset=[column]).format(precision=2)
 
 
 def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
