@@ -116,7 +116,8 @@ def test_report_writes_one_self_contained_html(tiny_model: Path, phantom_split: 
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r.html").read_text()
     assert "Research use only" in page and "Gamma pass rate (3 %/2 mm" in page and "SpinalCord D0.1cc &lt; 45 Gy" in page
-    assert page.count("data:image/png;base64,") == 7  # the DVH and three slices of each dose, nothing fetched
+    # the DVH and three slices each of the prediction, the reference and their difference; nothing fetched
+    assert page.count("data:image/png;base64,") == 10 and "predicted − reference" in page
     assert "src='http" not in page
     refused = CliRunner().invoke(app, ["report", "-i", str(phantom_split), "-o", str(tmp_path / "r2.html"),
                                        "-m", str(tiny_model)])
