@@ -9,7 +9,7 @@ resolution).
 Work is cached in OUT (search/<variant>.json, standalone/<architecture>.json), so the script can be rerun,
 split across processes (``--variants``, ``--shard i/n``) and stopped between steps.
 
-Usage: python benchmarks/nas_comparison.py OUT --config configs/search_compare_cpu.yaml
+Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
            [--variants lenas random ...] [--sample 8] [--steps 300] [--threads 1] [--search-only] [--shard 0/1]
 """
 

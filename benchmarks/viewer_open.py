@@ -11,6 +11,7 @@ Each run is a fresh server (a cold model load) unless --warm reuses one for the 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -25,14 +26,16 @@ APP = Path(__file__).resolve().parents[1] / "dosepred" / "app" / "main.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(data_root: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run` on a free port of 127.0.0.1, as `dosepred app [--data-root DIR]` starts it; (process, URL)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    environment = {**os.environ, **({"DOSEPRED_DATA_ROOT": str(data_root.resolve())} if data_root else {})}
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
                                "--server.port", str(port), "--server.headless", "true",
                                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:

@@ -11,39 +11,14 @@ review section as PNGs in docs/images/.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def start(root: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "dosepred" / "app" / "main.py"),
-                               "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-                               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
-                              env={**os.environ, "DOSEPRED_DATA_ROOT": str(root.resolve())},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return server, url
-        except OSError:
-            time.sleep(0.25)
-    server.terminate()
-    raise SystemExit("the Streamlit server did not start")
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the benchmark's server start is shared
+from benchmarks.viewer_open import CHROMIUM, start_server  # noqa: E402
 
 
 def centre(page: Page, plane: str) -> tuple[float, float]:
@@ -64,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    server, url = start(args.root)
+    server, url = start_server(args.root)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
