@@ -245,7 +245,7 @@ def show_views(key: str, patient: Patient, dose: np.ndarray, overlays: dict[str,
         row_axis, column_axis = DISPLAY_AXES[plane]
         panels.append({**cached, "role": role, "number": number, "voxel": list(voxel),
                        "row_axis": row_axis, "column_axis": column_axis, "crosshair": list(crosshair_of(voxel, plane))})
-    slice_views([panels], legend(view, scales, patient), key="views", on_click=clicked)
+    slice_views(panels, legend(view, scales, patient), key="views", on_click=clicked)
     st.caption("Click a view to move the crosshair in every view; wheel to zoom, drag to pan, double-click for the "
                "whole slice; the values under the cursor (or the crosshair) are read out below each view.")
 

@@ -175,11 +175,9 @@ export default function (component) {
   }
   root.replaceChildren(legendElement(data.legend));
   painters.clear();
-  for (const row of data.rows) {
-    const element = document.createElement("div");
-    element.className = "dp-row";
-    element.style.gridTemplateColumns = `repeat(${row.length}, minmax(0, 1fr))`;
-    row.forEach((panel) => element.appendChild(panelElement(panel, panel.number, setTriggerValue)));
-    root.appendChild(element);
-  }
+  const row = document.createElement("div");
+  row.className = "dp-row";
+  row.style.gridTemplateColumns = `repeat(${data.panels.length}, minmax(0, 1fr))`;
+  data.panels.forEach((panel) => row.appendChild(panelElement(panel, panel.number, setTriggerValue)));
+  root.appendChild(row);
 }

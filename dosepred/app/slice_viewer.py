@@ -25,7 +25,7 @@ _views = st.components.v2.component("dosepred.slice_views", css=CSS,
                                     js=(Path(__file__).with_name("slice_viewer.js")).read_text())
 
 
-def slice_views(rows: list[list[dict[str, Any]]], legend: dict[str, Any], *, key: str, on_click) -> Any:  # noqa: ANN001
-    """Draw rows of panels; ``on_click`` runs (before the rerun) when a panel is clicked, with the click in
+def slice_views(panels: list[dict[str, Any]], legend: dict[str, Any], *, key: str, on_click) -> Any:  # noqa: ANN001
+    """Draw a row of panels under their legend; ``on_click`` runs (before the rerun) when a panel is clicked, with the click in
     ``st.session_state[key].click``: {"panel": number, "plane": ..., "row": ..., "column": ...}."""
-    return _views(data={"rows": rows, "legend": legend}, key=key, on_click_change=on_click)
+    return _views(data={"panels": panels, "legend": legend}, key=key, on_click_change=on_click)

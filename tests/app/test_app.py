@@ -27,10 +27,9 @@ def run(monkeypatch, root: Path | None = None) -> AppTest:  # noqa: D103
 
 
 def panels(at: AppTest) -> list[dict]:
-    """The slice panels the linked-views component was given (one row)."""
+    """The slice panels the linked-views component was given."""
     (views,) = at.get("bidi_component")
-    (row,) = json.loads(views.proto.json)["rows"]
-    return row
+    return json.loads(views.proto.json)["panels"]
 
 
 def test_opens_on_the_phantom_with_its_prediction(monkeypatch) -> None:
