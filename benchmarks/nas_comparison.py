@@ -1,34 +1,37 @@
-"""One comparison of the search strategies on the same data and budget, with their ablations.
+"""One comparison of the search strategies on the same data and budget, with their ablations, against the
+seed-checked ground truth of ``benchmarks/nas_standalone.py``.
 
 Per variant (strategy + options): search wall time, training forward passes, sampled and evaluated
-architectures; Kendall tau-b between the strategy's weight-sharing estimates and stand-alone scores on one
-shared sample of architectures drawn uniformly from the space; the best found architecture's validation
-dose score after the same short stand-alone training; its parameters and MACs (one input at the working
-resolution).
+architectures; Kendall tau-b (with its 95 % bootstrap interval, and against each seed alone) between the
+strategy's weight-sharing estimates of the ground truth's architectures and their stand-alone scores (mean over
+seeds); the best found architecture trained stand-alone with the ground truth's own recipe and seeds (mean and
+seed spread), its parameters and MACs (one input at the working resolution). The searches see the ground
+truth's data: the same training patients at the same resolution, not augmented.
 
-Work is cached in OUT (search/<variant>.json, standalone/<architecture>.json), so the script can be rerun,
-split across processes (``--variants``, ``--shard i/n``) and stopped between steps.
+Work is cached in OUT (search/<variant>.json, standalone/<architecture>_seed<seed>.json), so the script can
+be rerun, split across processes (``--variants``, ``--shard i/n``) and stopped between steps.
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
-           [--variants lenas random ...] [--sample 8] [--steps 300] [--threads 1] [--search-only] [--shard 0/1]
+           --standalone benchmarks/results/nas_standalone_1000steps.json --steps 1000
+           [--variants lenas random ...] [--seeds 0 1] [--threads 2] [--search-only] [--shard 0/1]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from benchmarks.nas_ranking import tau_b
-from benchmarks.nas_standalone import SharedDataTrainer
+from benchmarks.nas_ranking import bootstrap_interval, tau_b
+from benchmarks.nas_standalone import CHANNELS, Recipe, add_recipe_arguments
+from dosepred.data.dataset import ExpandedSamples
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
 from dosepred.devices import resolve_device
 from dosepred.nas.cost import architecture_cost
@@ -39,6 +42,7 @@ from dosepred.nas.strategies import Budget, get_strategy
 #: name -> (strategy, options): the strategies and the ablations the comparison asks for.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "lenas": ("lenas", {}),
+    "lenas-fair": ("lenas", {"sampling": "fair"}),
     "random": ("random", {}),
     "kshot": ("kshot", {}),
     "kshot-k1": ("kshot", {"k": 1}),
@@ -49,13 +53,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def architecture_id(entry: dict[str, Any]) -> str:
-    return hashlib.sha1(genotype_key({"genotype": entry["genotype"], "channels": entry["channels"]}).encode()).hexdigest()[:12]
-
-
-def shared_sample(space: SearchSpace, count: int, seed: int) -> list[dict[str, Any]]:
-    rng = np.random.default_rng([seed, 7])
-    return [{"genotype": space.sample(rng), "channels": list(space.channels)} for _ in range(count)]
+def architecture_id(genotype: dict[str, Any]) -> str:
+    return hashlib.sha1(genotype_key(genotype).encode()).hexdigest()[:12]
 
 
 def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,24 +69,12 @@ def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: lis
     result = get_strategy(strategy, **options).search(space, data, budget)
     seconds = time.perf_counter() - started
     evaluator = Evaluator(data, device=device)
-    best = result.ranked[0]
-    best_entry = {"genotype": best["genotype"], "channels": best.get("channels", list(space.channels))}
+    # the best found at the full widths: the stand-alone recipe trains those (K-shot also ranks narrower ones)
+    best = next(entry for entry in result.ranked if entry.get("channels", list(space.channels)) == list(space.channels))
     return {"variant": name, "strategy": strategy, "options": options, "search_seconds": seconds, **result.counts,
-            "sample_estimates": [evaluator.evaluate(result.path(entry)) for entry in sample],
-            "best": {**best_entry, "estimated_dose_score": best["estimated_dose_score"],
-                     **architecture_cost(best_entry["genotype"], best_entry["channels"], config["data"]["resolution"])}}
-
-
-def train_standalone(entry: dict[str, Any], config: dict[str, Any], steps: int, threads: int, out: Path) -> dict[str, Any]:
-    base = load_config(None, [f"threads={threads}", "device=cpu", f"seed={config['seed']}", f"optim.steps={steps}",
-                              f"validate_every={steps}", f"checkpoint_every={steps}", "optim.warmup_steps=20"])
-    base["data"] = copy.deepcopy(config["data"])
-    base["data"]["max_validation_patients"] = None  # the whole validation split, at 128^3
-    base["network"] = {"name": "searched", "genotype": entry["genotype"], "channels": entry["channels"]}
-    started = time.perf_counter()
-    history = SharedDataTrainer(base, out).fit()
-    return {**entry, "standalone_dose_score": history[-1]["val_dose_score"],
-            "standalone_dvh_score": history[-1]["val_dvh_score"], "seconds": time.perf_counter() - started}
+            "sample_estimates": [evaluator.evaluate(result.path({"genotype": g})) for g in sample],
+            "best": {"genotype": best["genotype"], "estimated_dose_score": best["estimated_dose_score"],
+                     **architecture_cost(best["genotype"], list(space.channels), config["data"]["resolution"])}}
 
 
 def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
@@ -101,64 +88,90 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
     return value
 
 
+def mean_spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else float('nan'):.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", type=Path)
+    parser.add_argument("--standalone", type=Path, required=True, help="the ground truth (benchmarks/nas_standalone.py)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sample", type=int, default=8, help="architectures in the shared sample")
-    parser.add_argument("--steps", type=int, default=300, help="stand-alone training steps")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="stand-alone seeds of the best found")
+    add_recipe_arguments(parser)
     parser.add_argument("--search-only", action="store_true")
-    parser.add_argument("--shard", default="0/1", help="i/n: this process trains every n-th architecture from i")
+    parser.add_argument("--shard", default="0/1", help="i/n: this process trains every n-th stand-alone run from i")
     args = parser.parse_args()
-    config = load_config(args.config, [f"threads={args.threads}"], defaults=SEARCH_DEFAULTS)
+    recipe = Recipe.from_args(args)
+    truth_file = json.loads(args.standalone.read_text())
+    if truth_file["recipe"] != recipe.describe():
+        parser.error(f"{args.standalone} was trained with another recipe ({truth_file['recipe']}); "
+                     f"give its --steps/--lr/--resolution/--augment")
+    config = load_config(args.config, [f"threads={args.threads}", f"data.resolution={recipe.resolution}",
+                                       f"data.train={recipe.train}", f"data.validation={recipe.validation}",
+                                       "data.augment=false", f"search.channels={list(CHANNELS)}"],
+                         defaults=SEARCH_DEFAULTS)
     torch.set_num_threads(args.threads)
-    space = SearchSpace(tuple(config["search"]["channels"]))
-    sample = shared_sample(space, args.sample, config["seed"])
+    architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
+    sample = [a["genotype"] for a in architectures]
+    per_seed = {seed: [next((r["dose_score"] for r in a["runs"] if r["seed"] == seed), float("nan")) for a in architectures]
+                for seed in args.seeds}
+    truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
     data: SearchData | None = None
     results = {}
     for name in args.variants:
         def search(name: str = name) -> dict[str, Any]:
             nonlocal data
-            data = data or SearchData.from_config(config["data"], seed=config["seed"],
-                                                  validation_patients=config["search"]["validation_patients"])
+            if data is None:  # read once, expanded once: the ground truth's data
+                data = SearchData.from_config(config["data"], seed=config["seed"],
+                                              validation_patients=config["search"]["validation_patients"])
+                data.train = ExpandedSamples(data.train)
             print(f"searching: {name}", file=sys.stderr, flush=True)
             return run_variant(name, config, data, sample)
         results[name] = cached(args.out / "search" / f"{name}.json", search)
     if args.search_only:
         return
 
+    known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
     shard, shards = (int(part) for part in args.shard.split("/"))
-    to_train = {architecture_id(entry): entry for entry in sample}
-    to_train |= {architecture_id(r["best"]): {"genotype": r["best"]["genotype"], "channels": r["best"]["channels"]}
-                 for r in results.values()}
-    standalone = {}
-    for position, (key, entry) in enumerate(sorted(to_train.items())):
-        path = args.out / "standalone" / f"{key}.json"
-        if position % shards == shard or path.is_file():
-            standalone[key] = cached(path, lambda entry=entry, key=key: train_standalone(
-                entry, config, args.steps, args.threads, args.out / "runs" / key))
-    if len(standalone) < len(to_train):
-        print(f"{len(to_train) - len(standalone)} stand-alone runs are left to other shards", file=sys.stderr)
+    to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
+                       for r in results.values() for seed in args.seeds}.items())
+    runs: dict[str, list[dict[str, Any]]] = {}
+    left = 0
+    for position, ((key, seed), genotype) in enumerate(to_train):
+        run = next((r for r in known.get(key, []) if r["seed"] == seed), None)
+        path = args.out / "standalone" / f"{key}_seed{seed}.json"
+        if run is None and (position % shards == shard or path.is_file()):
+            run = cached(path, lambda genotype=genotype, seed=seed, key=key: recipe.run(
+                genotype, seed, args.out / "runs" / f"{key}_seed{seed}"))
+        if run is None:
+            left += 1
+        else:
+            runs.setdefault(key, []).append(run)
+    if left:
+        print(f"{left} stand-alone runs are left to other shards", file=sys.stderr)
         return
-    truth = [standalone[architecture_id(entry)]["standalone_dose_score"] for entry in sample]
-    print(f"shared sample: {len(sample)} architectures, {args.steps} stand-alone steps each at "
-          f"{config['data']['resolution']}^3, scored on the whole validation split (128^3); search budget "
-          f"{config['search']['supernet_steps']} forward passes, {config['search']['validation_patients']} validation patients")
-    header = (f"{'variant':<12} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
-              f"{'best est.':>9} {'best dose':>9} {'best DVH':>8} {'params':>8} {'GMACs':>6}")
-    print(header)
+    print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
+          f"search.supernet_steps {config['search']['supernet_steps']} at {recipe.resolution}^3, "
+          f"{config['search']['validation_patients']} validation patients for the estimates")
+    print(f"{'variant':<12} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
+          f"{'95% interval':>14} {'per seed':>11} {'best est.':>9} {'best dose (seeds)':>17} {'best DVH':>8} "
+          f"{'params':>8} {'GMACs':>6}")
     for name, r in results.items():
-        best = standalone[architecture_id(r["best"])]
-        r["kendall_tau_b"] = tau_b(r["sample_estimates"], truth)
-        r["best"] |= {"standalone_dose_score": best["standalone_dose_score"], "standalone_dvh_score": best["standalone_dvh_score"]}
+        best_runs = runs[architecture_id(r["best"]["genotype"])]
+        low, high = bootstrap_interval(r["sample_estimates"], truth)
+        r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
+                              "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
+        r["best"]["standalone"] = best_runs
         print(f"{name:<12} {r['search_seconds'] / 60:>10.1f} {r['training_forward_passes']:>10} "
-              f"{r['sampled_architectures']:>8} {r['evaluated_architectures']:>9} {r['kendall_tau_b']:>6.2f} "
-              f"{r['best']['estimated_dose_score']:>9.3f} {best['standalone_dose_score']:>9.3f} "
-              f"{best['standalone_dvh_score']:>8.3f} {r['best']['parameters']:>8} {r['best']['macs'] / 1e9:>6.2f}")
-    print("shared sample stand-alone dose scores (Gy): " + ", ".join(f"{score:.3f}" for score in truth))
-    (args.out / "comparison.json").write_text(json.dumps({"results": results, "sample_scores": truth}, indent=2) + "\n")
+              f"{r['sampled_architectures']:>8} {r['evaluated_architectures']:>9} {r['kendall_tau_b']['mean']:>6.2f} "
+              f"{f'[{low:.2f}, {high:.2f}]':>14} {' '.join(f'{t:.2f}' for t in r['kendall_tau_b']['per_seed']):>11} "
+              f"{r['best']['estimated_dose_score']:>9.3f} {mean_spread([b['dose_score'] for b in best_runs]):>17} "
+              f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} {r['best']['parameters']:>8} "
+              f"{r['best']['macs'] / 1e9:>6.2f}")
+    (args.out / "comparison.json").write_text(json.dumps({"ground_truth": truth_file["recipe"], "results": results,
+                                                          "truth_mean": truth, "truth_per_seed": per_seed}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ stand-alone with several seeds); an architecture's score is its mean over seeds.
 against it:
 - zero-cost proxies at initialisation (``dosepred.nas.proxies``), the mean over ``--proxy-seeds``
   initialisations on the same two training patients;
-- the weight-sharing supernet of LE-NAS (one uniformly sampled path per step) trained for
-  ``--supernet-steps`` at ``--resolution`` on the same data as the ground truth (not augmented), each architecture run with its weights on the first
-  ``--validation-patients`` validation patients: the search's own estimate (``dosepred.nas.evaluator``).
+- weight-sharing supernets, each trained by a search strategy (``--supernets``: e.g. ``lenas``, its uniform
+  path sampling; ``lenas:sampling=fair``, FairNAS's strict fairness; ``kshot``) for the same
+  ``--supernet-passes`` training forward passes at ``--resolution``, on the same data as the ground truth (not
+  augmented); each architecture run with its weights through the strategy's own ``path`` is scored twice: on
+  the first ``--validation-patients`` validation patients at the working resolution (the search's own
+  estimate, ``dosepred.nas.evaluator``), and on every validation patient at 128^3 with the ground truth's own
+  scorer ("full grid").
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
 goes to a JSON file, so each tau can be recomputed.
 
 Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_standalone.json]
-           [--supernet-steps 1000] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
+           [--supernet-passes 1000] [--supernets lenas lenas:sampling=fair kshot] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 import torch
 from scipy.stats import kendalltau
 
 from dosepred.data.dataset import ExpandedSamples
 from dosepred.devices import resolve_device
+from dosepred.engine.trainer import validation_scores
+from dosepred.inference.predictor import Predictor
+from dosepred.io import sources
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.proxies import PROXIES
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget
-from dosepred.nas.strategies.lenas import uniform_supernet
-from dosepred.nas.supernet import SupernetPath
+from dosepred.nas.strategies import get_strategy
 from dosepred.networks.searched import build_network
 
 
@@ -74,22 +82,58 @@ def proxy_estimates(genotypes: list[dict], channels: tuple[int, ...], batch: dic
     return estimates
 
 
-def supernet_estimates(genotypes: list[dict], space: SearchSpace, data: SearchData, steps: int, run_dir: Path,
-                       device: torch.device) -> list[float]:
-    budget = Budget(supernet_steps=steps, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
+def parse_searcher(text: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:option=value,...`` (values read as YAML) -> (strategy, options)."""
+    name, _, settings = text.partition(":")
+    options = {}
+    for setting in filter(None, settings.split(",")):
+        key, _, value = setting.partition("=")
+        options[key] = yaml.safe_load(value)
+    get_strategy(name, **options)  # an unknown strategy or option fails here, before any training
+    return name, options
+
+
+def parse_searcher_label(text: str) -> str:
+    """argparse's check of a ``--supernets`` entry: the label itself, once ``parse_searcher`` accepts it."""
+    try:
+        parse_searcher(text)
+    except (KeyError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def supernet_estimates(label: str, genotypes: list[dict], space: SearchSpace, data: SearchData, resolution: int,
+                       passes: int, validation: list[Path], device: torch.device) -> dict[str, list[float]]:
+    """The supernet of strategy ``label`` (``parse_searcher``) trained for ``passes`` training forward passes,
+    each architecture run with its weights through the strategy's own ``path``: scored at the working
+    resolution on the search's validation batch (the search's own estimate), and on ``validation`` at 128^3
+    with the ground truth's scorer (``validation_scores``)."""
+    name, options = parse_searcher(label)
+    run_dir = Path("runs") / "nas_ranking" / f"{label.replace(':', '_').replace(',', '_')}_{passes}"
+    budget = Budget(supernet_steps=passes, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
                     resume=(run_dir / "supernet" / "checkpoints" / "last.pt").is_file())
-    report = lambda phase, done, total: print(f"\r{phase} {done}/{total}", end="", flush=True)  # noqa: E731
-    supernet, _, _ = uniform_supernet(space, data, budget, report)
+    report = lambda phase, done, total: print(f"\r{label} {phase} {done}/{total}", end="", flush=True)  # noqa: E731
+    result = get_strategy(name, **options).search(space, data, budget, report)
     print()
     evaluator = Evaluator(data, device=device)
-    return [evaluator.evaluate(SupernetPath(supernet, genotype)) for genotype in genotypes]
+    paths = [result.path({"genotype": genotype}) for genotype in genotypes]
+    working = [evaluator.evaluate(path) for path in paths]
+    full_grid = [validation_scores(Predictor(path, resolution=resolution, device=device), validation)["val_dose_score"]
+                 for path in paths]
+    return {label: working, f"{label} full grid": full_grid}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standalone", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
+    parser.add_argument("--train", type=Path, default=Path("data/pack/train"), help="the ground truth's training patients")
+    parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--supernet-steps", type=int, default=1000, help="0: no supernet estimate")
+    parser.add_argument("--supernet-passes", type=int, default=1000,
+                        help="training forward passes of each strategy's supernet; 0: no supernet estimates")
+    parser.add_argument("--supernets", nargs="+", type=parse_searcher_label, default=["lenas"],
+                        help="strategies whose supernets estimate, each name[:option=value,...], "
+                             "e.g. lenas lenas:sampling=fair kshot")
     parser.add_argument("--validation-patients", type=int, default=12)
     parser.add_argument("--proxy-seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -107,7 +151,7 @@ def main() -> None:
 
     channels = (8, 16, 32, 64)
     space = SearchSpace(channels)
-    data_config = {"train": "data/pack/train", "validation": "data/pack/validation", "resolution": args.resolution,
+    data_config = {"train": str(args.train), "validation": str(args.validation), "resolution": args.resolution,
                    "augment": False}  # as the stand-alone ground truth (benchmarks/nas_standalone.py)
     data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
     data.train = ExpandedSamples(data.train)
@@ -115,31 +159,33 @@ def main() -> None:
     started = time.perf_counter()
     estimates |= proxy_estimates(genotypes, channels, data.train.batch([0, 1], None), args.proxy_seeds)
     print(f"zero-cost proxies: {time.perf_counter() - started:.0f} s", flush=True)
-    if args.supernet_steps:
+    validation = sources.find_patients(Path(data_config["validation"]))
+    for label in args.supernets if args.supernet_passes else []:
         started = time.perf_counter()
-        estimates["supernet_uniform"] = supernet_estimates(genotypes, space, data, args.supernet_steps,
-                                                           Path("runs") / "nas_ranking", resolve_device("cpu"))
-        print(f"supernet ({args.supernet_steps} steps at {args.resolution}^3): {time.perf_counter() - started:.0f} s")
+        estimates |= supernet_estimates(label, genotypes, space, data, args.resolution, args.supernet_passes,
+                                        validation, resolve_device("cpu"))
+        print(f"{label}: {args.supernet_passes} forward passes at {args.resolution}^3, "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
 
     print(f"\n{len(architectures)} architectures; ground truth: {truth_file['recipe']}; seeds {seeds}")
     rows = {"seed vs seed": [tau_b(per_seed[a], per_seed[b]) for a, b in itertools.combinations(seeds, 2)]}
-    print(f"{'estimator':<18} {'tau-b':>6} {'95% interval':>16}   per seed")
+    print(f"{'estimator':<32} {'tau-b':>6} {'95% interval':>16}   per seed")
     first, second = seeds[0], seeds[1]
     low, high = bootstrap_interval(per_seed[first], per_seed[second])
-    print(f"{'seed vs seed':<18} {rows['seed vs seed'][0]:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+    print(f"{'seed vs seed':<32} {rows['seed vs seed'][0]:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
     summary = {"seed vs seed": {"tau_b": rows["seed vs seed"][0], "interval": [low, high]}}
     for name, values in estimates.items():
         tau = tau_b(values, truth)
         low, high = bootstrap_interval(values, truth)
         by_seed = [tau_b(values, per_seed[seed]) for seed in seeds]
         summary[name] = {"tau_b": tau, "interval": [low, high], "per_seed": by_seed}
-        print(f"{name:<18} {tau:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}   " + " ".join(f"{t:.2f}" for t in by_seed))
+        print(f"{name:<32} {tau:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}   " + " ".join(f"{t:.2f}" for t in by_seed))
     pairs = [{"architecture": number, "genotype": genotype, "standalone": {str(s): per_seed[s][number] for s in seeds},
               "standalone_mean": truth[number], "estimates": {name: values[number] for name, values in estimates.items()}}
              for number, genotype in enumerate(genotypes)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"ground_truth": truth_file["recipe"], "resolution": args.resolution,
-                                     "supernet_steps": args.supernet_steps, "validation_patients": args.validation_patients,
+                                     "supernet_passes": args.supernet_passes, "supernets": args.supernets, "validation_patients": args.validation_patients,
                                      "proxy_seeds": args.proxy_seeds, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 
 

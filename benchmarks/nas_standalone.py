@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,60 @@ def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> lis
     return sample
 
 
-def recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    return load_config(None, [f"seed={seed}", f"threads={args.threads}", "device=cpu",
-                              f"data.resolution={args.resolution}", f"data.augment={args.augment}",
-                              f"optim.steps={args.steps}",
-                              f"optim.lr={args.lr}", "optim.warmup_steps=20", "optim.batch_size=2",
-                              f"validate_every={args.steps}", f"checkpoint_every={args.steps}"])
+@dataclass(frozen=True)
+class Recipe:
+    """How every stand-alone run trains and is scored; ``describe()`` names it in the results file."""
+
+    steps: int = 300
+    lr: float = 2e-3
+    resolution: int = 64
+    augment: bool = False
+    threads: int = 2
+    train: str = "data/pack/train"
+    validation: str = "data/pack/validation"
+    device: str = "cpu"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Recipe:
+        return cls(args.steps, args.lr, args.resolution, args.augment, args.threads, str(args.train),
+                   str(args.validation), args.device)
+
+    def describe(self) -> str:
+        return (f"{self.steps} steps, batch 2, AdamW lr {self.lr} (warm-up 20, cosine), masked L1, "
+                f"{'augmentation' if self.augment else 'no augmentation'}, "
+                f"{self.resolution}^3, channels {list(CHANNELS)}; scored on every validation patient at 128^3")
+
+    def config(self, seed: int) -> dict[str, Any]:
+        return load_config(None, [f"seed={seed}", f"threads={self.threads}", f"device={self.device}", f"data.train={self.train}",
+                                  f"data.validation={self.validation}",
+                                  f"data.resolution={self.resolution}", f"data.augment={self.augment}",
+                                  f"optim.steps={self.steps}", f"optim.lr={self.lr}", "optim.warmup_steps=20",
+                                  "optim.batch_size=2", f"validate_every={self.steps}",
+                                  f"checkpoint_every={self.steps}"])
+
+    def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, parameters."""
+        config = self.config(seed)
+        config["network"] = {"name": "searched", "genotype": genotype, "channels": list(CHANNELS)}
+        started = time.perf_counter()
+        trainer = SharedDataTrainer(config, run_dir, overwrite=True)
+        last = trainer.fit()[-1]
+        return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
+                "seconds": round(time.perf_counter() - started, 1),
+                "parameters": sum(p.numel() for p in trainer.network.parameters())}
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=300, help="stand-alone training steps")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                        help="augment every batch (expands the full-grid samples each step: slow on a CPU)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train", type=Path, default=Path("data/pack/train"))
+    parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or auto; the results file does not record it: keep one device per file")
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -105,19 +154,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
-                        help="augment every batch (expands the full-grid samples each step: slow on a CPU)")
-    parser.add_argument("--threads", type=int, default=2)
+    add_recipe_arguments(parser)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
     args = parser.parse_args()
 
     space = SearchSpace(CHANNELS)
-    description = (f"{args.steps} steps, batch 2, AdamW lr {args.lr} (warm-up 20, cosine), masked L1, "
-                   f"{'augmentation' if args.augment else 'no augmentation'}, "
-                   f"{args.resolution}^3, channels {list(CHANNELS)}; scored on every validation patient at 128^3")
+    recipe = Recipe.from_args(args)
+    description = recipe.describe()
     results = load_results(args.json)
     if results["architectures"] and results.get("recipe") != description:
         parser.error(f"{args.json} holds runs of another recipe ({results.get('recipe')}): choose another --json")
@@ -131,16 +174,9 @@ def main() -> None:
         for seed in args.seeds:
             if any(run["seed"] == seed for run in architecture["runs"]):
                 continue
-            config = recipe(args, seed)
-            config["network"] = {"name": "searched", "genotype": genotype, "channels": list(CHANNELS)}
-            started = time.perf_counter()
-            trainer = SharedDataTrainer(config, Path("runs") / "nas_standalone" / f"arch{number}_seed{seed}",
-                                        overwrite=True)
-            last = trainer.fit()[-1]
-            architecture["parameters"] = sum(p.numel() for p in trainer.network.parameters())
-            architecture["runs"].append({"seed": seed, "dose_score": last["val_dose_score"],
-                                         "dvh_score": last["val_dvh_score"],
-                                         "seconds": round(time.perf_counter() - started, 1)})
+            run = recipe.run(genotype, seed, Path("runs") / "nas_standalone" / f"arch{number}_seed{seed}")
+            architecture["parameters"] = run.pop("parameters")
+            architecture["runs"].append(run)
             save_results(args.json, results)
             print(json.dumps({"architecture": number, **architecture["runs"][-1]}), flush=True)
     print_table(results)

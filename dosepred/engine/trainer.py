@@ -113,13 +113,7 @@ class Trainer(TrainingLoop):
         """OpenKBP dose and DVH scores of the current network on the validation patients (full grid)."""
         predictor = Predictor(self.network, resolution=self.config["data"]["resolution"], device=self.device,
                               amp=self.amp, beam_angles=self.config["data"]["beam_angles"])
-        scorer = OpenKBPScorer()
-        for path in self.validation_paths:
-            patient = sources.read_patient(path)
-            scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False),
-                       structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
-                       voxel_volume_mm3=patient.voxel_volume_mm3)
-        return {"val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}
+        return validation_scores(predictor, self.validation_paths)
 
     @property
     def amp(self) -> bool:
@@ -170,3 +164,14 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def validation_scores(predictor: Predictor, paths: list[Path]) -> dict[str, float]:
+    """OpenKBP dose and DVH scores of ``predictor`` (no mirroring) on these patients, on their full grid."""
+    scorer = OpenKBPScorer()
+    for path in paths:
+        patient = sources.read_patient(path)
+        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False),
+                   structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
+                   voxel_volume_mm3=patient.voxel_volume_mm3)
+    return {"val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}

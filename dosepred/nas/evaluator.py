@@ -67,17 +67,34 @@ class Evaluator:
 
 
 class ScoreBook:
-    """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy."""
+    """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy. With reference predictions
+    (``add_reference``), an entry's record also holds its prediction distance to each (``distances_gy``, Gy)."""
 
     def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module]) -> None:
         self.evaluator, self.path = evaluator, path
         self.entries: dict[str, dict[str, Any]] = {}
+        self.references: list[torch.Tensor] = []
+
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry's record, predicting once more only when it lacks a distance to a newer reference."""
+        key = genotype_key(entry)
+        known = self.entries.get(key)
+        if known is not None and len(known.get("distances_gy", [])) == len(self.references):
+            return known
+        prediction = self.evaluator.predict(self.path(entry))
+        record = known or {**entry, "estimated_dose_score": self.evaluator.score(prediction)}
+        if self.references:
+            record["distances_gy"] = [distance_gy(prediction, reference, self.evaluator.mask)
+                                      for reference in self.references]
+        self.entries[key] = record
+        return record
 
     def __call__(self, entry: dict[str, Any]) -> float:
-        key = genotype_key(entry)
-        if key not in self.entries:
-            self.entries[key] = {**entry, "estimated_dose_score": self.evaluator.evaluate(self.path(entry))}
-        return self.entries[key]["estimated_dose_score"]
+        return self.record(entry)["estimated_dose_score"]
+
+    def add_reference(self, entry: dict[str, Any]) -> None:
+        """Measure every later record's distance to this entry's prediction too."""
+        self.references.append(self.evaluator.predict(self.path(entry)))
 
     def ranked(self) -> list[dict[str, Any]]:
         return sorted(self.entries.values(), key=lambda entry: entry["estimated_dose_score"])

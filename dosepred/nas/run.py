@@ -15,7 +15,7 @@ from dosepred.engine.config import save_config
 from dosepred.devices import resolve_device
 from dosepred.nas import selection
 from dosepred.nas.evaluator import Evaluator, SearchData
-from dosepred.nas.space import SearchSpace
+from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
 
 
@@ -47,7 +47,11 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
     search_seconds = time.perf_counter() - started
 
     evaluator = Evaluator(data, device=device)
-    pool = result.ranked[: settings["pool"]]
+    # the pool: the best by estimated score, and whatever the strategy itself picked (still best first)
+    picked = {genotype_key(entry["genotype"]) for entry in result.found}
+    ranks = [rank for rank, entry in enumerate(result.ranked, start=1)
+             if rank <= settings["pool"] or genotype_key(entry["genotype"]) in picked]
+    pool = [result.ranked[rank - 1] for rank in ranks]
     predictions = [evaluator.predict(result.path(entry)) for entry in pool]
     chosen = selection.select_teachers([entry["estimated_dose_score"] for entry in pool], predictions, evaluator.mask,
                                        k=settings["teachers"], diversity_weight=settings["diversity_weight"])
@@ -57,13 +61,13 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
     for number, index in enumerate(chosen.chosen, start=1):
         _write_json(output / "teachers" / f"teacher_{number}.json",
                     {"genotype": pool[index]["genotype"], "channels": pool[index].get("channels", list(space.channels)),
-                     "rank": index + 1,
+                     "rank": ranks[index],
                      "estimated_dose_score": pool[index]["estimated_dose_score"], "strategy": strategy})
     report = {
         "rule": selection.__doc__.split("\n\n")[1].replace("\n", " "),
         "k": settings["teachers"], "diversity_weight": settings["diversity_weight"], "pool": len(pool),
-        "selected": {"ranks": [i + 1 for i in chosen.chosen], "mean_pairwise_distance_gy": chosen.diversity},
-        "top_k": {"ranks": [i + 1 for i in chosen.top_k], "mean_pairwise_distance_gy": chosen.top_k_diversity},
+        "selected": {"ranks": [ranks[i] for i in chosen.chosen], "mean_pairwise_distance_gy": chosen.diversity},
+        "top_k": {"ranks": [ranks[i] for i in chosen.top_k], "mean_pairwise_distance_gy": chosen.top_k_diversity},
     }
     _write_json(output / "diversity.json", report)
     _write_json(output / "log.json", {"strategy": strategy, "search_seconds": search_seconds,

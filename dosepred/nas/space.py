@@ -63,6 +63,24 @@ class SearchSpace:
             genotype[kind].append(copy.deepcopy(choices[rng.integers(len(choices))]))
         return genotype
 
+    def fair_paths(self, rng: np.random.Generator) -> list[Genotype]:
+        """FairNAS's strict fairness: ``len(SLOT_OPS)`` architectures that together use every slot operation of
+        every block exactly once (each slot a random permutation); the resampling ops and the residual setting
+        cycle through a random order of their fewer options, so each is used as evenly as the count allows."""
+        count = len(SLOT_OPS)
+
+        def cycled(options: list) -> list:
+            order = [options[i] for i in rng.permutation(len(options))]
+            return [order[i % len(order)] for i in range(count)]
+
+        paths: list[Genotype] = [{"encoder": [], "decoder": []} for _ in range(count)]
+        for kind, _ in self.blocks:
+            resample_key, table = resampling(kind)
+            choices = zip(cycled(list(table)), cycled(list(SLOT_OPS)), cycled(list(SLOT_OPS)), cycled([False, True]))
+            for path, (resample, a, b, residual) in zip(paths, choices):
+                path[kind].append({resample_key: resample, "ops": [a, b], "residual": residual})
+        return paths
+
     def neighbours(self, genotype: Genotype, block: BlockRef) -> Iterator[Genotype]:
         """Every genotype that differs from ``genotype`` at most in ``block``."""
         kind, index = block

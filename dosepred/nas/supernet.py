@@ -108,6 +108,39 @@ class SupernetTrainer(TrainingLoop):
         """Nothing: the search writes the supernet's weights with its results."""
 
 
+class FairSupernetTrainer(SupernetTrainer):
+    """Strict-fairness sampling (FairNAS, Chu et al. 2021): each step runs the batch through the paths of
+    ``SearchSpace.fair_paths``, which use every slot operation of every block once, and updates once with the
+    mean of their gradients, so no operation is trained more often than another. A step costs
+    ``len(SLOT_OPS)`` forward passes. A path whose gradient is not finite (oneDNN's occasional garbage bf16
+    backward pass, see ``clip_and_step``) is left out of the mean rather than costing the whole step."""
+
+    def draw(self, step: int) -> tuple[np.ndarray, list[Genotype]]:  # type: ignore[override]
+        rng = np.random.default_rng([self.config["seed"], 1, step])
+        size = min(self.config["optim"]["batch_size"], len(self.data.train))
+        return rng.choice(len(self.data.train), size=size, replace=False), self.space.fair_paths(rng)
+
+    def sampled_architectures(self) -> int:
+        return len({genotype_key(path) for step in range(self.step) for path in self.draw(step)[1]})
+
+    def train_step(self, batch: tuple[dict[str, torch.Tensor], list[Genotype]]) -> float:  # type: ignore[override]
+        samples, paths = batch
+        self.network.train()
+        parameters = list(self.network.parameters())
+        total: list[torch.Tensor | None] = [None] * len(parameters)
+        losses = []
+        for genotype in paths:
+            loss = self.path_loss(lambda image: self.network(image, genotype), samples)
+            gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+            if torch.isfinite(torch.nn.utils.get_total_norm([g for g in gradients if g is not None])):
+                total = [g if t is None else t if g is None else t + g for t, g in zip(total, gradients)]
+                losses.append(float(loss.detach()))
+        for parameter, gradient in zip(parameters, total):
+            parameter.grad = None if gradient is None else gradient / len(losses)
+        self.apply_gradients()
+        return sum(losses) / len(losses) if losses else float("nan")
+
+
 def fit_supernet(make_trainer: Callable[[dict[str, Any], Path, bool], SupernetTrainer], *, run_dir: Path | None,
                  resume: bool, seed: int, device: torch.device, steps: int, lr: float, batch_size: int,
                  on_step: Callable[[SupernetTrainer], None] | None = None) -> tuple[SupernetTrainer, list[float]]:

@@ -18,6 +18,7 @@ from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
 from dosepred.nas.strategies.kshot import KShotSupernet
+from dosepred.networks.ops import SLOT_OPS
 from dosepred.networks.searched import build_network
 
 runner = CliRunner()
@@ -214,3 +215,38 @@ def test_cost_counts_parameters_and_scales_macs_with_the_volume() -> None:
     small, large = architecture_cost(genotype, SPACE.channels, 8), architecture_cost(genotype, SPACE.channels, 16)
     assert large["macs"] == 8 * small["macs"] > 0
     assert small["parameters"] == sum(p.numel() for p in build_network(genotype=genotype, channels=SPACE.channels).parameters())
+
+
+def test_fair_paths_use_every_slot_op_of_every_block_exactly_once() -> None:
+    space = SearchSpace((2, 4, 8))
+    paths = space.fair_paths(np.random.default_rng(5))
+    assert len(paths) == len(SLOT_OPS)
+    for kind, index in space.blocks:
+        for slot in range(2):
+            assert sorted(path[kind][index]["ops"][slot] for path in paths) == sorted(SLOT_OPS)
+        residuals = [path[kind][index]["residual"] for path in paths]
+        assert abs(residuals.count(True) - residuals.count(False)) == 1  # as even as five allows
+    for path in paths:
+        build_network(genotype=path, channels=space.channels)  # each one a valid architecture
+
+
+def test_fair_sampling_spends_the_same_forward_passes_five_paths_a_step(data: SearchData) -> None:
+    budget = Budget(supernet_steps=10, batch_size=1, max_sweeps=1)
+    uniform = get_strategy("lenas").search(SPACE, data, budget)
+    fair = get_strategy("lenas", sampling="fair").search(SPACE, data, budget)
+    assert uniform.counts["training_forward_passes"] == fair.counts["training_forward_passes"] == 10
+    assert (uniform.log[0]["steps"], fair.log[0]["steps"]) == (10, 10 // len(SLOT_OPS))
+    assert fair.counts["sampled_architectures"] == 10  # five distinct paths a step
+    with pytest.raises(ValueError, match="unknown path sampling"):
+        get_strategy("lenas", sampling="sandwich").search(SPACE, data, budget)
+
+
+def test_the_diversity_hinge_pushes_the_next_architecture_away(data: SearchData) -> None:
+    strategy = get_strategy("lenas", architectures=2, diversity_margin=0.5, hinge_weight=10.0)
+    result = strategy.search(SPACE, data, BUDGET)
+    first, second = result.log[-1]["architectures"]
+    assert first["distances_gy"][0] == 0 and second["distances_gy"][1] == 0
+    apart = first["distances_gy"][1]
+    assert apart >= 0.5 * first["estimated_dose_score"]  # the hinge held: the second is at least the margin away
+    assert strategy.hinge({"distances_gy": [apart]}, [first]) == 0
+    assert strategy.hinge({"distances_gy": [0.0]}, [first]) == pytest.approx(10.0 * 0.5 * first["estimated_dose_score"])

@@ -49,6 +49,8 @@ class SearchResult:
     #: (distinct architectures trained on), evaluated_architectures (scored on the validation batch)
     counts: dict[str, int] = field(default_factory=dict)
     weights: nn.Module | None = None  # saved as supernet.safetensors when there are any
+    #: architectures the strategy itself picked (LE-NAS's diversity-hinge searches): they join the teacher pool
+    found: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Strategy(ABC):

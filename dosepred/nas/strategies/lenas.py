@@ -1,4 +1,5 @@
-"""LE-NAS: train a supernet with uniform path sampling, then search it block by block exhaustively."""
+"""LE-NAS: train a supernet (one uniformly sampled path per step, or strict-fairness sampling), then search it
+block by block exhaustively."""
 
 from __future__ import annotations
 
@@ -9,34 +10,75 @@ from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.supernet import SupernetTrainer, fit_supernet, paths_of
-from dosepred.networks.searched import UNetSpaceNet
+from dosepred.nas.supernet import FairSupernetTrainer, SupernetTrainer, fit_supernet, paths_of
+from dosepred.networks.ops import SLOT_OPS
+from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 
-def uniform_supernet(space: SearchSpace, data: SearchData, budget: Budget,
-                     report: Progress) -> tuple[UNetSpaceNet, dict[str, Any], dict[str, int]]:
-    """A supernet trained with one uniformly sampled path per step, its log entry and its counts."""
+#: Path sampling while the supernet trains -> its trainer and the forward passes of one step.
+SAMPLING: dict[str, tuple[type[SupernetTrainer], int]] = {"uniform": (SupernetTrainer, 1),
+                                                          "fair": (FairSupernetTrainer, len(SLOT_OPS))}
+
+
+def train_supernet(space: SearchSpace, data: SearchData, budget: Budget, report: Progress,
+                   sampling: str = "uniform") -> tuple[UNetSpaceNet, dict[str, Any], dict[str, int]]:
+    """A supernet trained with ``sampling`` (see ``SAMPLING``), its log entry and its counts."""
+    if sampling not in SAMPLING:
+        raise ValueError(f"unknown path sampling {sampling!r}; choose from {', '.join(SAMPLING)}")
+    trainer_class, passes = SAMPLING[sampling]
+    steps = max(1, budget.supernet_steps // passes)  # the budget counts training forward passes
     trainer, losses = fit_supernet(
-        lambda config, run, resume: SupernetTrainer(config, run, space=space, data=data, resume=resume),
+        lambda config, run, resume: trainer_class(config, run, space=space, data=data, resume=resume),
         run_dir=budget.run_dir / "supernet" if budget.run_dir else None, resume=budget.resume, seed=data.seed,
-        device=budget.device, steps=budget.supernet_steps, lr=budget.lr, batch_size=budget.batch_size,
-        on_step=lambda trainer: report("supernet", trainer.step, budget.supernet_steps))
-    log = {"phase": "supernet", "steps": budget.supernet_steps, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
-    return trainer.network, log, {"training_forward_passes": budget.supernet_steps,
+        device=budget.device, steps=steps, lr=budget.lr, batch_size=budget.batch_size,
+        on_step=lambda trainer: report("supernet", trainer.step, steps))
+    log = {"phase": "supernet", "sampling": sampling, "steps": steps,
+           "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+    return trainer.network, log, {"training_forward_passes": steps * passes,
                                   "sampled_architectures": trainer.sampled_architectures()}
 
 
 @register_strategy
 class LENAS(Strategy):
+    """Options: ``sampling`` of the supernet's paths (``SAMPLING``); ``architectures``, how many block-wise
+    searches run one after another: search j >= 2 minimises the estimated score plus LE-NAS's diversity hinge,
+    ``hinge_weight * sum_i max(0, diversity_margin * score_i - d_i)`` over the architectures i found before it
+    (d_i: mean |prediction difference| to architecture i over the possible-dose voxels, Gy), which pushes the
+    new architecture's prediction at least ``diversity_margin`` of architecture i's own estimated error away
+    from it. The found architectures join the pool the teachers are selected from (``SearchResult.found``)."""
+
     name = "lenas"
+    options = {"sampling": "uniform", "architectures": 1, "diversity_margin": 0.2, "hinge_weight": 1.0}
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        supernet, trained, counts = uniform_supernet(space, data, budget, report)
+        supernet, trained, counts = train_supernet(space, data, budget, report, self.settings["sampling"])
 
         path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
-        _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
-                                     max_sweeps=budget.max_sweeps, report=report)
+        found: list[dict[str, Any]] = []
+        log = [trained]
+        for number in range(self.settings["architectures"]):
+            def objective(genotype: Genotype) -> float:
+                record = book.record({"genotype": genotype})
+                return record["estimated_dose_score"] + self.hinge(record, found)
+
+            label = f"architecture {number + 1}, " if self.settings["architectures"] > 1 else ""
+            best, sweeps = blockwise_search(space, objective, max_sweeps=budget.max_sweeps,
+                                            report=lambda phase, done, total: report(label + phase, done, total))
+            found.append(book.record({"genotype": best}))
+            log += [{**sweep, "architecture": number + 1} for sweep in sweeps]
+            if self.settings["architectures"] > 1:
+                book.add_reference({"genotype": best})
+        if len(found) > 1:  # each found architecture's score and its prediction distance to every one found
+            log.append({"phase": "found", "architectures": [
+                {"estimated_dose_score": entry["estimated_dose_score"],
+                 "distances_gy": book.record({"genotype": entry["genotype"]})["distances_gy"]} for entry in found]})
         counts["evaluated_architectures"] = len(book.entries)
-        return SearchResult(book.ranked(), path, [trained, *sweeps], counts, supernet)
+        return SearchResult(book.ranked(), path, log, counts, supernet, found=[{"genotype": e["genotype"]} for e in found])
+
+    def hinge(self, record: dict[str, Any], found: list[dict[str, Any]]) -> float:
+        """The diversity hinge of a record against the architectures found so far (0 for the first search)."""
+        margin, weight = self.settings["diversity_margin"], self.settings["hinge_weight"]
+        return weight * sum(max(0.0, margin * reference["estimated_dose_score"] - distance)
+                            for reference, distance in zip(found, record.get("distances_gy", [])))

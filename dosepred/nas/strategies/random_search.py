@@ -12,7 +12,7 @@ import numpy as np
 from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
-from dosepred.nas.strategies.lenas import uniform_supernet
+from dosepred.nas.strategies.lenas import train_supernet
 from dosepred.nas.supernet import paths_of
 
 
@@ -23,7 +23,7 @@ class RandomSearch(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        supernet, trained, counts = uniform_supernet(space, data, budget, report)
+        supernet, trained, counts = train_supernet(space, data, budget, report)
 
         path = paths_of(supernet)
         book = ScoreBook(Evaluator(data, device=budget.device), path)
