@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--validation-patients", type=int, default=12)
     parser.add_argument("--proxy-seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the supernets train")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_ranking.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +164,7 @@ def main() -> None:
     for label in args.supernets if args.supernet_passes else []:
         started = time.perf_counter()
         estimates |= supernet_estimates(label, genotypes, space, data, args.resolution, args.supernet_passes,
-                                        validation, resolve_device("cpu"))
+                                        validation, resolve_device(args.device))
         print(f"{label}: {args.supernet_passes} forward passes at {args.resolution}^3, "
               f"{time.perf_counter() - started:.0f} s", flush=True)
 
@@ -184,9 +185,10 @@ def main() -> None:
               "standalone_mean": truth[number], "estimates": {name: values[number] for name, values in estimates.items()}}
              for number, genotype in enumerate(genotypes)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"ground_truth": truth_file["recipe"], "resolution": args.resolution,
-                                     "supernet_passes": args.supernet_passes, "supernets": args.supernets, "validation_patients": args.validation_patients,
-                                     "proxy_seeds": args.proxy_seeds, "summary": summary, "pairs": pairs}, indent=1) + "\n")
+    settings = {"ground_truth": truth_file["recipe"], "resolution": args.resolution, "device": args.device,
+                "supernet_passes": args.supernet_passes, "supernets": args.supernets,
+                "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds}
+    args.json.write_text(json.dumps({**settings, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
