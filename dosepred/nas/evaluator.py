@@ -68,7 +68,8 @@ class Evaluator:
 
 class ScoreBook:
     """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy. With reference predictions
-    (``add_reference``), an entry's record also holds its prediction distance to each (``distances_gy``, Gy)."""
+    (``add_reference``), an entry's record also holds its relative distance to each (``relative_distances``,
+    ``relative_distance``)."""
 
     def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module]) -> None:
         self.evaluator, self.path = evaluator, path
@@ -79,13 +80,13 @@ class ScoreBook:
         """The entry's record, predicting once more only when it lacks a distance to a newer reference."""
         key = genotype_key(entry)
         known = self.entries.get(key)
-        if known is not None and len(known.get("distances_gy", [])) == len(self.references):
+        if known is not None and len(known.get("relative_distances", [])) == len(self.references):
             return known
         prediction = self.evaluator.predict(self.path(entry))
         record = known or {**entry, "estimated_dose_score": self.evaluator.score(prediction)}
         if self.references:
-            record["distances_gy"] = [distance_gy(prediction, reference, self.evaluator.mask)
-                                      for reference in self.references]
+            record["relative_distances"] = [relative_distance(prediction, reference, self.evaluator.mask)
+                                            for reference in self.references]
         self.entries[key] = record
         return record
 
@@ -103,3 +104,9 @@ class ScoreBook:
 def distance_gy(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean |a - b| (Gy) over the possible-dose voxels: how differently two networks predict."""
     return float((a - b).abs().sum() / mask.sum())
+
+
+def relative_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Sum |a - b| over the sum of their mean, (a + b) / 2, over the possible-dose voxels: how far apart two
+    predictions are relative to their dose (0.2: a fifth of it), the distance of LE-NAS's diversity hinge."""
+    return float(((a - b).abs() * mask).sum() / ((a + b) / 2 * mask).sum().clamp(min=1e-6))

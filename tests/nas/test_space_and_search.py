@@ -155,12 +155,12 @@ def test_the_hinge_searches_finds_join_the_teacher_pool(tiny_packs, tmp_path: Pa
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
                                  "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=2",
                                  "search.max_sweeps=1", "search.teachers=2", "search.pool=1",
-                                 "search.options.architectures=2", "search.options.diversity_margin=0.5",
-                                 "search.options.hinge_weight=10"])
+                                 "search.options.architectures=2", "search.options.diversity_margin=0.05",
+                                 "search.options.hinge_weight=100"])
     assert result.exit_code == 0, result.output
     log = json.loads((run / "log.json").read_text())["log"]
     found = log[-1]["architectures"]
-    assert log[-1]["phase"] == "found" and len(found) == 2 and found[0]["distances_gy"][1] > 0
+    assert log[-1]["phase"] == "found" and len(found) == 2 and found[0]["relative_distances"][1] >= 0.05
     ranked = json.loads((run / "ranked.json").read_text())
     teachers = [json.loads((run / "teachers" / f"teacher_{n}.json").read_text()) for n in (1, 2)]
     assert teachers[0]["rank"] == 1  # the pool of one best, plus the hinge search's find

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dosepred.cli import app
 from dosepred.engine.config import DEFAULTS
 from dosepred.nas.cost import architecture_cost
-from dosepred.nas.evaluator import SearchData
+from dosepred.nas.evaluator import SearchData, relative_distance
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
@@ -242,11 +242,20 @@ def test_fair_sampling_spends_the_same_forward_passes_five_paths_a_step(data: Se
 
 
 def test_the_diversity_hinge_pushes_the_next_architecture_away(data: SearchData) -> None:
-    strategy = get_strategy("lenas", architectures=2, diversity_margin=0.5, hinge_weight=10.0)
+    strategy = get_strategy("lenas", architectures=2, diversity_margin=0.05, hinge_weight=100.0)
     result = strategy.search(SPACE, data, BUDGET)
     first, second = result.log[-1]["architectures"]
-    assert first["distances_gy"][0] == 0 and second["distances_gy"][1] == 0
-    apart = first["distances_gy"][1]
-    assert apart >= 0.5 * first["estimated_dose_score"]  # the hinge held: the second is at least the margin away
-    assert strategy.hinge({"distances_gy": [apart]}, [first]) == 0
-    assert strategy.hinge({"distances_gy": [0.0]}, [first]) == pytest.approx(10.0 * 0.5 * first["estimated_dose_score"])
+    assert first["relative_distances"][0] == 0 and second["relative_distances"][1] == 0
+    apart = first["relative_distances"][1]
+    assert apart >= 0.05  # the hinge held: the second prediction is at least the margin away from the first
+    assert strategy.hinge({"relative_distances": [apart]}) == 0
+    assert strategy.hinge({"relative_distances": [0.01, 0.0]}) == pytest.approx(100.0 * (0.04 + 0.05))
+    plain = get_strategy("lenas", architectures=2, hinge_weight=0.0).search(SPACE, data, BUDGET)
+    assert plain.log[-1]["architectures"][0]["relative_distances"][1] == 0  # without it: the same one twice
+
+
+def test_relative_distance_is_the_difference_over_the_mean_dose() -> None:
+    mask = torch.ones(1, 1, 2, 2, 2)
+    a, b = torch.full((1, 1, 2, 2, 2), 9.0), torch.full((1, 1, 2, 2, 2), 11.0)
+    assert relative_distance(a, b, mask) == pytest.approx(0.2)
+    assert relative_distance(a, a, mask) == 0

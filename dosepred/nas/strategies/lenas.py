@@ -41,14 +41,17 @@ def train_supernet(space: SearchSpace, data: SearchData, budget: Budget, report:
 @register_strategy
 class LENAS(Strategy):
     """Options: ``sampling`` of the supernet's paths (``SAMPLING``); ``architectures``, how many block-wise
-    searches run one after another: search j >= 2 minimises the estimated score plus LE-NAS's diversity hinge,
-    ``hinge_weight * sum_i max(0, diversity_margin * score_i - d_i)`` over the architectures i found before it
-    (d_i: mean |prediction difference| to architecture i over the possible-dose voxels, Gy), which pushes the
-    new architecture's prediction at least ``diversity_margin`` of architecture i's own estimated error away
-    from it. The found architectures join the pool the teachers are selected from (``SearchResult.found``)."""
+    searches run one after another: search j >= 2 minimises the estimated score (Gy) plus LE-NAS's diversity
+    hinge, ``hinge_weight * sum_i max(0, diversity_margin - r_i)`` over the architectures i found before it, where
+    r_i is the relative distance of the two predictions (``relative_distance``: mean |difference| over their mean
+    dose, on the validation batch): it pushes the new prediction at least ``diversity_margin`` (a fifth) of the
+    dose away from each earlier one. Margin, weight and distance follow the authors' code (hust-linyi/LENAS,
+    ``U-NAS/loss.py``), where the hinge also enters the supernet's training loss against a trained reference
+    network; here it shapes the search objective only. The found architectures join the pool the teachers are
+    selected from (``SearchResult.found``)."""
 
     name = "lenas"
-    options = {"sampling": "uniform", "architectures": 1, "diversity_margin": 0.2, "hinge_weight": 1.0}
+    options = {"sampling": "uniform", "architectures": 1, "diversity_margin": 0.2, "hinge_weight": 10.0}
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
@@ -61,7 +64,7 @@ class LENAS(Strategy):
         for number in range(self.settings["architectures"]):
             def objective(genotype: Genotype) -> float:
                 record = book.record({"genotype": genotype})
-                return record["estimated_dose_score"] + self.hinge(record, found)
+                return record["estimated_dose_score"] + self.hinge(record)
 
             label = f"architecture {number + 1}, " if self.settings["architectures"] > 1 else ""
             best, sweeps = blockwise_search(space, objective, max_sweeps=budget.max_sweeps,
@@ -70,15 +73,15 @@ class LENAS(Strategy):
             log += [{**sweep, "architecture": number + 1} for sweep in sweeps]
             if self.settings["architectures"] > 1:
                 book.add_reference({"genotype": best})
-        if len(found) > 1:  # each found architecture's score and its prediction distance to every one found
+        if len(found) > 1:  # each found architecture's score and its relative distance to every one found
             log.append({"phase": "found", "architectures": [
                 {"estimated_dose_score": entry["estimated_dose_score"],
-                 "distances_gy": book.record({"genotype": entry["genotype"]})["distances_gy"]} for entry in found]})
+                 "relative_distances": book.record({"genotype": entry["genotype"]})["relative_distances"]}
+                for entry in found]})
         counts["evaluated_architectures"] = len(book.entries)
         return SearchResult(book.ranked(), path, log, counts, supernet, found=[{"genotype": e["genotype"]} for e in found])
 
-    def hinge(self, record: dict[str, Any], found: list[dict[str, Any]]) -> float:
-        """The diversity hinge of a record against the architectures found so far (0 for the first search)."""
+    def hinge(self, record: dict[str, Any]) -> float:
+        """The diversity hinge of a record against the architectures found before it (0 for the first search)."""
         margin, weight = self.settings["diversity_margin"], self.settings["hinge_weight"]
-        return weight * sum(max(0.0, margin * reference["estimated_dose_score"] - distance)
-                            for reference, distance in zip(found, record.get("distances_gy", [])))
+        return weight * sum(max(0.0, margin - distance) for distance in record.get("relative_distances", []))
