@@ -4,7 +4,7 @@ Ground truth: the JSON of ``benchmarks/nas_standalone.py`` (a fixed sample of ar
 stand-alone with several seeds); an architecture's score is its mean over seeds. Estimators, each scored
 against it:
 - zero-cost proxies at initialisation (``dosepred.nas.proxies``), the mean over ``--proxy-seeds``
-  initialisations on the same two training patients;
+  initialisations on the first two training patients;
 - weight-sharing supernets, each trained by a search strategy (``--supernets``: e.g. ``lenas``, its uniform
   path sampling; ``lenas:sampling=fair``, FairNAS's strict fairness; ``kshot``) for the same
   ``--supernet-passes`` training forward passes at ``--resolution``, on the same data as the ground truth (not
@@ -35,7 +35,7 @@ import yaml
 import torch
 from scipy.stats import kendalltau
 
-from dosepred.data.dataset import ExpandedSamples
+from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.devices import resolve_device
 from dosepred.engine.trainer import validation_scores
 from dosepred.inference.predictor import Predictor
@@ -154,14 +154,17 @@ def main() -> None:
     space = SearchSpace(channels)
     data_config = {"train": str(args.train), "validation": str(args.validation), "resolution": args.resolution,
                    "augment": False}  # as the stand-alone ground truth (benchmarks/nas_standalone.py)
-    data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
-    data.train = ExpandedSamples(data.train)
     estimates: dict[str, list[float]] = {}
     started = time.perf_counter()
-    estimates |= proxy_estimates(genotypes, channels, data.train.batch([0, 1], None), args.proxy_seeds)
+    two = PatientSamples(sources.find_patients(args.train)[:2], resolution=args.resolution).batch([0, 1], None)
+    estimates |= proxy_estimates(genotypes, channels, two, args.proxy_seeds)
     print(f"zero-cost proxies: {time.perf_counter() - started:.0f} s", flush=True)
-    validation = sources.find_patients(Path(data_config["validation"]))
-    for label in args.supernets if args.supernet_passes else []:
+    validation = sources.find_patients(args.validation)
+    supernets = args.supernets if args.supernet_passes else []
+    if supernets:
+        data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
+        data.train = ExpandedSamples(data.train)
+    for label in supernets:
         started = time.perf_counter()
         estimates |= supernet_estimates(label, genotypes, space, data, args.resolution, args.supernet_passes,
                                         validation, resolve_device(args.device))
