@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.nas_ranking import bootstrap_interval, tau_b
+from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
 from benchmarks.nas_standalone import CHANNELS, Recipe, add_recipe_arguments
 from dosepred.data.dataset import ExpandedSamples
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
@@ -39,18 +39,9 @@ from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
 
-#: name -> (strategy, options): the strategies and the ablations the comparison asks for.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lenas": ("lenas", {}),
-    "lenas-fair": ("lenas", {"sampling": "fair"}),
-    "random": ("random", {}),
-    "kshot": ("kshot", {}),
-    "kshot-k1": ("kshot", {"k": 1}),
-    "gold": ("gold", {}),
-    "gold-hard": ("gold", {"pruning": "hard"}),
-    "fpnas": ("fpnas", {}),
-    "fpnas-fixed": ("fpnas", {"adaptive": False}),
-}
+#: The strategies and the ablations the comparison asks for, each ``name[:option=value,...]`` (``parse_searcher``).
+VARIANTS = ["lenas", "lenas:sampling=fair", "random", "kshot", "kshot:k=1", "gold", "gold:pruning=hard", "fpnas",
+            "fpnas:adaptive=false"]
 
 
 def architecture_id(genotype: dict[str, Any]) -> str:
@@ -58,7 +49,7 @@ def architecture_id(genotype: dict[str, Any]) -> str:
 
 
 def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]]) -> dict[str, Any]:
-    strategy, options = VARIANTS[name]
+    strategy, options = parse_searcher(name)
     settings = config["search"]
     space = SearchSpace(tuple(settings["channels"]))
     device = resolve_device(config["device"])
@@ -97,7 +88,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", type=Path)
     parser.add_argument("--standalone", type=Path, required=True, help="the ground truth (benchmarks/nas_standalone.py)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", type=parse_searcher_label, default=VARIANTS,
+                        help="strategies, each name[:option=value,...]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="stand-alone seeds of the best found")
     add_recipe_arguments(parser)
     parser.add_argument("--search-only", action="store_true")
@@ -129,7 +121,7 @@ def main() -> None:
                 data.train = ExpandedSamples(data.train)
             print(f"searching: {name}", file=sys.stderr, flush=True)
             return run_variant(name, config, data, sample)
-        results[name] = cached(args.out / "search" / f"{name}.json", search)
+        results[name] = cached(args.out / "search" / f"{file_name(name)}.json", search)
     if args.search_only:
         return
 
@@ -155,7 +147,7 @@ def main() -> None:
     print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
           f"search.supernet_steps {config['search']['supernet_steps']} at {recipe.resolution}^3, "
           f"{config['search']['validation_patients']} validation patients for the estimates")
-    print(f"{'variant':<12} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
+    print(f"{'variant':<22} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
           f"{'95% interval':>14} {'per seed':>11} {'best est.':>9} {'best dose (seeds)':>17} {'best DVH':>8} "
           f"{'params':>8} {'GMACs':>6}")
     for name, r in results.items():
@@ -164,7 +156,7 @@ def main() -> None:
         r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
                               "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
         r["best"]["standalone"] = best_runs
-        print(f"{name:<12} {r['search_seconds'] / 60:>10.1f} {r['training_forward_passes']:>10} "
+        print(f"{name:<22} {r['search_seconds'] / 60:>10.1f} {r['training_forward_passes']:>10} "
               f"{r['sampled_architectures']:>8} {r['evaluated_architectures']:>9} {r['kendall_tau_b']['mean']:>6.2f} "
               f"{f'[{low:.2f}, {high:.2f}]':>14} {' '.join(f'{t:.2f}' for t in r['kendall_tau_b']['per_seed']):>11} "
               f"{r['best']['estimated_dose_score']:>9.3f} {mean_spread([b['dose_score'] for b in best_runs]):>17} "

@@ -93,6 +93,11 @@ def parse_searcher(text: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def file_name(label: str) -> str:
+    """A ``parse_searcher`` label as a file or folder name."""
+    return label.replace(":", "_").replace(",", "_")
+
+
 def parse_searcher_label(text: str) -> str:
     """argparse's check of a ``--supernets`` entry: the label itself, once ``parse_searcher`` accepts it."""
     try:
@@ -109,7 +114,7 @@ def supernet_estimates(label: str, genotypes: list[dict], space: SearchSpace, da
     resolution on the search's validation batch (the search's own estimate), and on ``validation`` at 128^3
     with the ground truth's scorer (``validation_scores``)."""
     name, options = parse_searcher(label)
-    run_dir = Path("runs") / "nas_ranking" / f"{label.replace(':', '_').replace(',', '_')}_{passes}"
+    run_dir = Path("runs") / "nas_ranking" / f"{file_name(label)}_{passes}"
     budget = Budget(supernet_steps=passes, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
                     resume=(run_dir / "supernet" / "checkpoints" / "last.pt").is_file())
     report = lambda phase, done, total: print(f"\r{label} {phase} {done}/{total}", end="", flush=True)  # noqa: E731
