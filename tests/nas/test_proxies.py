@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dosepred.nas.proxies import PROXIES, grad_norm, parameters, snip
+from dosepred.nas.proxies import PROXIES, grad_norm, parameters, snip, synflow
 from dosepred.nas.space import SearchSpace
 from dosepred.networks.searched import build_network
 
@@ -38,3 +38,17 @@ def test_a_network_without_convolutions_in_its_slots_has_fewer_parameters() -> N
     full = build_network(genotype=space.reference(), channels=space.channels, in_channels=10)
     empty = build_network(genotype=bare, channels=space.channels, in_channels=10)
     assert parameters(empty, data) < parameters(full, data)
+
+
+def test_synflow_is_data_free_leaves_the_network_alone_and_grows_with_width() -> None:
+    space = SearchSpace((4, 8, 16, 32))
+    torch.manual_seed(0)
+    network = build_network(genotype=space.reference(), channels=space.channels, in_channels=10)
+    weights = [p.clone() for p in network.parameters()]
+    value = synflow(network, batch())
+    assert all(torch.equal(a, b) for a, b in zip(weights, network.parameters()))
+    assert all(p.grad is None for p in network.parameters())
+    noisier = {**batch(), "image": batch()["image"] * 5 + 1}
+    assert synflow(network, noisier) == value  # only the input's shape matters
+    wider = build_network(genotype=space.reference(), channels=(8, 16, 32, 64), in_channels=10)
+    assert synflow(wider, batch()) > value
