@@ -1,15 +1,16 @@
 """Stand-alone ground truth for the search: a fixed sample of architectures, each trained with several seeds.
 
 The sample is the plain U-Net of the search space plus architectures drawn uniformly from it (a fixed
-generator seed), so every search strategy and zero-cost proxy is ranked against the same architectures
-(``benchmarks/nas_ranking.py``). Each (architecture, seed) is trained with the same recipe (same data,
+generator seed), or, with ``--ranked``, architectures at evenly spaced ranks of a search's ``ranked.json`` (the
+first, the last and those between: a sample spread over the search's own ranking), so every search strategy
+and zero-cost proxy is ranked against the same architectures (``benchmarks/nas_ranking.py``). Each (architecture, seed) is trained with the same recipe (same data,
 resolution, steps, learning rate) and scored once, at its last step, on the validation split with the
 OpenKBP dose and DVH scores on the full 128^3 grid. The seed sets the initial weights and the batch order
 (and the augmentation, with ``--augment``). Results go to a JSON file after every run, and a rerun skips the runs it already holds,
 so the table can be built over several sessions.
 
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
-       [--json benchmarks/results/nas_standalone.json]
+       [--ranked runs/search/ranked.json] [--json benchmarks/results/nas_standalone.json]
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> lis
         if genotype_key(genotype) not in {genotype_key(g) for g in sample}:
             sample.append(genotype)
     return sample
+
+
+def ranked_sample(count: int, ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``count`` genotypes at evenly spaced ranks of a search's ranked list, its first and last included."""
+    if count < 2 or len(ranked) < count:
+        raise ValueError(f"cannot spread {count} architectures over a ranking of {len(ranked)}")
+    ranks = np.linspace(0, len(ranked) - 1, count).round().astype(int)
+    return [ranked[rank]["genotype"] for rank in ranks]
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--ranked", type=Path, help="a search's ranked.json: spread the sample over its ranks "
+                                                     "instead of drawing it uniformly")
     add_recipe_arguments(parser)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
     args = parser.parse_args()
@@ -165,7 +176,14 @@ def main() -> None:
     if results["architectures"] and results.get("recipe") != description:
         parser.error(f"{args.json} holds runs of another recipe ({results.get('recipe')}): choose another --json")
     results["recipe"] = description
-    for number, genotype in enumerate(architecture_sample(args.architectures, space)):
+    if args.ranked:
+        try:
+            sample = ranked_sample(args.architectures, json.loads(args.ranked.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"{args.ranked}: {error}")
+    else:
+        sample = architecture_sample(args.architectures, space)
+    for number, genotype in enumerate(sample):
         if number == len(results["architectures"]):
             results["architectures"].append({"genotype": genotype, "runs": []})
         architecture = results["architectures"][number]
@@ -174,7 +192,7 @@ def main() -> None:
         for seed in args.seeds:
             if any(run["seed"] == seed for run in architecture["runs"]):
                 continue
-            run = recipe.run(genotype, seed, Path("runs") / "nas_standalone" / f"arch{number}_seed{seed}")
+            run = recipe.run(genotype, seed, Path("runs") / "nas_standalone" / args.json.stem / f"arch{number}_seed{seed}")
             architecture["parameters"] = run.pop("parameters")
             architecture["runs"].append(run)
             save_results(args.json, results)
