@@ -44,7 +44,7 @@ def synflow(network: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     """The logarithm of synflow's score (it spans many orders of magnitude; the order is what counts)."""
     probe = copy.deepcopy(network).double().train()
     for name, module in list(probe.named_modules()):
-        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        if isinstance(module, nn.InstanceNorm3d):
             probe.set_submodule(name, nn.Identity())
     with torch.no_grad():
         for parameter in probe.parameters():
