@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 if TYPE_CHECKING:
     from dosepred.engine.loop import TrainingLoop
@@ -52,9 +54,40 @@ def stop(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class LoggedProgress(Progress):
+    """Rich's bars on a terminal. Elsewhere (a log file under nohup, a pipe) rich draws the bars only once, at the
+    end, so each task also gets a plain line when it starts, at most every ``interval`` seconds, and when it
+    completes."""
+
+    def __init__(self, *columns: Any, interval: float = 60.0, **settings: Any) -> None:
+        super().__init__(*columns, **settings)
+        self.interval = interval
+        self.logged: dict[TaskID, float] = {}  # when each task's last line was printed
+
+    def update(self, task_id: TaskID, **changes: Any) -> None:
+        super().update(task_id, **changes)
+        self.report(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self.report(task_id)
+
+    def report(self, task_id: TaskID) -> None:
+        if self.console.is_terminal or task_id not in self._tasks:
+            return
+        task, now = self._tasks[task_id], time.monotonic()
+        last = self.logged.get(task_id)
+        if last == float("inf") or (last is not None and now - last < self.interval and not task.finished):
+            return
+        total = "" if task.total is None else f"/{task.total:g}"
+        self.console.print(f"{task.description}: {task.completed:g}{total} ({task.elapsed or 0:.0f} s)",
+                           markup=False, highlight=False)
+        self.logged[task_id] = float("inf") if task.finished else now
+
+
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), console=console)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
