@@ -3,11 +3,12 @@
 The sample is the plain U-Net of the search space plus architectures drawn uniformly from it (a fixed
 generator seed), or, with ``--ranked``, architectures at evenly spaced ranks of a search's ``ranked.json`` (the
 first, the last and those between: a sample spread over the search's own ranking), so every search strategy
-and zero-cost proxy is ranked against the same architectures (``benchmarks/nas_ranking.py``). Each (architecture, seed) is trained with the same recipe (same data,
-resolution, steps, learning rate) and scored once, at its last step, on the validation split with the
-OpenKBP dose and DVH scores on the full 128^3 grid. The seed sets the initial weights and the batch order
-(and the augmentation, with ``--augment``). Results go to a JSON file after every run, and a rerun skips the runs it already holds,
-so the table can be built over several sessions.
+and zero-cost proxy is ranked against the same architectures (``benchmarks/nas_ranking.py``). Each
+(architecture, seed) is trained with the same recipe (same data, resolution, steps, learning rate) and scored
+once, at its last step, on the validation split with the OpenKBP dose and DVH scores on the full 128^3 grid.
+The seed sets the initial weights and the batch order (and the augmentation, with ``--augment``). Results go
+to a JSON file after every run, and a rerun skips the runs it already holds, so the table can be built over
+several sessions.
 
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
        [--ranked runs/search/ranked.json] [--json benchmarks/results/nas_standalone.json]
