@@ -7,6 +7,8 @@ outside the mask. It ranks architectures; stand-alone training then gives the re
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,36 +71,88 @@ class Evaluator:
 class ScoreBook:
     """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy. With reference predictions
     (``add_reference``), an entry's record also holds its relative distance to each (``relative_distances``,
-    ``relative_distance``)."""
+    ``relative_distance``).
 
-    def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module]) -> None:
+    With a ``store`` (a JSON-lines file), every prediction's score and distances are appended to it as they are
+    measured, and a later book over the same weights and validation batch (``fingerprint``) starts from them: a
+    search interrupted while it scores, or resumed after it, does not score an architecture twice. A store of
+    other weights or data is started afresh.
+    """
+
+    def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module], *,
+                 store: Path | None = None, weights: nn.Module | None = None) -> None:
         self.evaluator, self.path = evaluator, path
         self.entries: dict[str, dict[str, Any]] = {}
-        self.references: list[torch.Tensor] = []
+        self.distances: dict[str, dict[str, float]] = {}  # entry key -> reference key -> relative distance
+        self.references: list[tuple[str, torch.Tensor]] = []
+        self.store = store
+        if store is not None:
+            self.open_store(store, fingerprint(weights, evaluator))
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         """The entry's record, predicting once more only when it lacks a distance to a newer reference."""
         key = genotype_key(entry)
         known = self.entries.get(key)
-        if known is not None and len(known.get("relative_distances", [])) == len(self.references):
-            return known
-        prediction = self.evaluator.predict(self.path(entry))
-        record = known or {**entry, "estimated_dose_score": self.evaluator.score(prediction)}
+        distances = self.distances.setdefault(key, {})
+        missing = [(name, reference) for name, reference in self.references if name not in distances]
+        if known is None or missing:
+            prediction = self.evaluator.predict(self.path(entry))
+            known = known or {**entry, "estimated_dose_score": self.evaluator.score(prediction)}
+            for name, reference in missing:
+                distances[name] = relative_distance(prediction, reference, self.evaluator.mask)
+            self.entries[key] = known
+            self.append(key)
         if self.references:
-            record["relative_distances"] = [relative_distance(prediction, reference, self.evaluator.mask)
-                                            for reference in self.references]
-        self.entries[key] = record
-        return record
+            known["relative_distances"] = [distances[name] for name, _ in self.references]
+        return known
 
     def __call__(self, entry: dict[str, Any]) -> float:
         return self.record(entry)["estimated_dose_score"]
 
     def add_reference(self, entry: dict[str, Any]) -> None:
         """Measure every later record's distance to this entry's prediction too."""
-        self.references.append(self.evaluator.predict(self.path(entry)))
+        self.references.append((genotype_key(entry), self.evaluator.predict(self.path(entry))))
 
     def ranked(self) -> list[dict[str, Any]]:
         return sorted(self.entries.values(), key=lambda entry: entry["estimated_dose_score"])
+
+    def open_store(self, store: Path, expected: str) -> None:
+        """Read the records of a store of the same fingerprint; start any other store afresh."""
+        lines = store.read_text().splitlines() if store.is_file() else []
+        if lines and _json_line(lines[0]) == {"fingerprint": expected}:
+            for line in lines[1:]:
+                saved = _json_line(line)  # None for a line cut short by an interruption
+                if saved is not None:
+                    self.entries[saved["key"]] = saved["record"]
+                    self.distances[saved["key"]] = saved["distances"]
+        else:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps({"fingerprint": expected}) + "\n")
+
+    def append(self, key: str) -> None:
+        if self.store is not None:
+            record = {name: value for name, value in self.entries[key].items() if name != "relative_distances"}
+            with self.store.open("a") as file:
+                file.write(json.dumps({"key": key, "record": record, "distances": self.distances[key]}) + "\n")
+
+
+def fingerprint(weights: nn.Module | None, evaluator: Evaluator) -> str:
+    """A digest of what every estimate depends on: the weights the paths run with and the validation batch."""
+    digest = hashlib.sha256()
+    tensors = dict(weights.state_dict()) if weights is not None else {}
+    tensors |= {f"validation.{name}": value for name, value in evaluator.batch.items()}
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}{value.dtype}{tuple(tensors[name].shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def distance_gy(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:

@@ -166,3 +166,9 @@ def test_the_hinge_searches_finds_join_the_teacher_pool(tiny_packs, tmp_path: Pa
     assert teachers[0]["rank"] == 1  # the pool of one best, plus the hinge search's find
     assert teachers[1]["rank"] > 1 and ranked[teachers[1]["rank"] - 1]["genotype"] == teachers[1]["genotype"]
     assert teachers[1]["estimated_dose_score"] == pytest.approx(found[1]["estimated_dose_score"])
+    # resumed, the search reads every estimate and distance from its store: none is predicted again
+    store = (run / "scores.jsonl").read_text()
+    resumed = runner.invoke(app, ["search", "-o", str(run), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (run / "scores.jsonl").read_text() == store
+    assert json.loads((run / "log.json").read_text())["log"][1:] == log[1:]  # the same sweeps and finds

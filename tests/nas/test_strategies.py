@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dosepred.cli import app
 from dosepred.engine.config import DEFAULTS
 from dosepred.nas.cost import architecture_cost
-from dosepred.nas.evaluator import SearchData, relative_distance
+from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData, relative_distance
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
@@ -252,6 +252,38 @@ def test_the_diversity_hinge_pushes_the_next_architecture_away(data: SearchData)
     assert strategy.hinge({"relative_distances": [0.01, 0.0]}) == pytest.approx(100.0 * (0.04 + 0.05))
     plain = get_strategy("lenas", architectures=2, hinge_weight=0.0).search(SPACE, data, BUDGET)
     assert plain.log[-1]["architectures"][0]["relative_distances"][1] == 0  # without it: the same one twice
+
+
+def test_a_stored_score_book_never_predicts_an_architecture_twice(data: SearchData, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = build_network(genotype=SPACE.reference(), channels=SPACE.channels, in_channels=data.validation["image"].shape[1])
+    predicted: list[str] = []
+
+    def path(entry: dict) -> torch.nn.Module:
+        predicted.append(json.dumps(entry, sort_keys=True))
+        return weights
+
+    def book() -> ScoreBook:
+        return ScoreBook(Evaluator(data, device=torch.device("cpu")), path, store=tmp_path / "scores.jsonl",
+                         weights=weights)
+
+    a, b = {"genotype": SPACE.reference()}, {"genotype": SPACE.sample(np.random.default_rng(1))}
+    first = book()
+    scores = first(a), first(b)
+    first.add_reference(a)
+    distance = first.record(b)["relative_distances"]
+    assert len(predicted) == 4  # a, b, the reference a, b again for its distance
+    second = book()
+    assert (second(a), second(b)) == scores and len(predicted) == 4
+    second.add_reference(a)
+    assert second.record(b)["relative_distances"] == distance and len(predicted) == 5  # only the reference
+    with (tmp_path / "scores.jsonl").open("a") as file:
+        file.write('{"key": "cut sh')  # an interruption mid-line loses that line only
+    assert book()(b) == scores[1] and len(predicted) == 5
+    with torch.no_grad():
+        next(weights.parameters()).add_(1.0)
+    assert book()(a) != scores[0] and len(predicted) == 6  # other weights: the store starts afresh
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 2
 
 
 def test_relative_distance_is_the_difference_over_the_mean_dose() -> None:

@@ -31,6 +31,11 @@ class Budget:
     run_dir: Path | None = None
     resume: bool = False  # continue the supernet run in run_dir from its last checkpoint
 
+    @property
+    def score_store(self) -> Path | None:
+        """Where a strategy's ``ScoreBook`` keeps its estimates as it measures them (None without a run_dir)."""
+        return self.run_dir / "scores.jsonl" if self.run_dir else None
+
 
 @dataclass
 class SearchResult:

@@ -170,7 +170,7 @@ class FPNAS(Strategy):
         counts = {"training_forward_passes": trainer.passes, "sampled_architectures": len(trainer.distinct)}
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
         rng = np.random.default_rng([data.seed, 2])
         with torch.no_grad():
             candidates = [distribution.mode()] + [distribution.sample(rng)[0] for _ in range(self.settings["final_samples"])]

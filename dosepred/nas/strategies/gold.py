@@ -183,7 +183,7 @@ class GOLDNAS(Strategy):
         def path(entry: dict[str, Any]) -> GatedPath:
             return GatedPath(gold, entry["genotype"])
 
-        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=gold)
         points = [{"genotype": genotype, "estimated_dose_score": book({"genotype": genotype}),
                    **architecture_cost(genotype, space.channels, resolution)} for genotype in stable]
         front = pareto_front(points)

@@ -149,7 +149,7 @@ class KShotNAS(Strategy):
                 raise ValueError(f"channels {list(channels)} are not one of the searched widths")
             return KShotPath(kshot, entry["genotype"], by_channels[channels])
 
-        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=kshot)
         _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
                                      max_sweeps=budget.max_sweeps, report=report)
         for entry in book.ranked()[: self.settings["rescored"]]:

@@ -33,7 +33,7 @@ def train_supernet(space: SearchSpace, data: SearchData, budget: Budget, report:
         device=budget.device, steps=steps, lr=budget.lr, batch_size=budget.batch_size,
         on_step=lambda trainer: report("supernet", trainer.step, steps))
     log = {"phase": "supernet", "sampling": sampling, "steps": steps,
-           "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+           "final_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None}  # None: no step ran here
     return trainer.network, log, {"training_forward_passes": steps * passes,
                                   "sampled_architectures": trainer.sampled_architectures()}
 
@@ -58,7 +58,7 @@ class LENAS(Strategy):
         supernet, trained, counts = train_supernet(space, data, budget, report, self.settings["sampling"])
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
         found: list[dict[str, Any]] = []
         log = [trained]
         for number in range(self.settings["architectures"]):

@@ -26,7 +26,7 @@ class RandomSearch(Strategy):
         supernet, trained, counts = train_supernet(space, data, budget, report)
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path)
+        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
         count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
                                                                            for kind, _ in space.blocks)
         rng = np.random.default_rng([data.seed, 2])
