@@ -102,12 +102,18 @@ class Recipe:
                                   f"checkpoint_every={self.steps}"])
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
-        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, parameters."""
+        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, parameters. It
+        prints a progress line at every tenth of its steps."""
         config = self.config(seed)
         config["network"] = {"name": "searched", "genotype": genotype, "channels": list(CHANNELS)}
         started = time.perf_counter()
+
+        def report(step: int, _: dict[str, float]) -> None:
+            if step % max(1, self.steps // 10) == 0:
+                print(f"{run_dir.name}: step {step}/{self.steps} ({time.perf_counter() - started:.0f} s)", flush=True)
+
         trainer = SharedDataTrainer(config, run_dir, overwrite=True)
-        last = trainer.fit()[-1]
+        last = trainer.fit(report)[-1]
         return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
                 "seconds": round(time.perf_counter() - started, 1),
                 "parameters": sum(p.numel() for p in trainer.network.parameters())}
