@@ -10,8 +10,12 @@ The seed sets the initial weights and the batch order (and the augmentation, wit
 to a JSON file after every run, and a rerun skips the runs it already holds, so the table can be built over
 several sessions.
 
+On two cores, two processes (``--seeds 0 --threads 1 --json A``, ``--seeds 1 --threads 1 --json B``) and
+``--merge A B --json TABLE`` build the table in about half the time of one process on two threads.
+
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
        [--ranked runs/search/ranked.json] [--json benchmarks/results/nas_standalone.json]
+       python benchmarks/nas_standalone.py --merge PART [PART ...] --json TABLE
 """
 
 from __future__ import annotations
@@ -144,6 +148,25 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+def merge_results(results: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add the runs of ``part`` (a results file of the same recipe and sample, e.g. another process's seeds)
+    that ``results`` lacks; each architecture's runs stay ordered by seed."""
+    if results["architectures"] and part["recipe"] != results["recipe"]:
+        raise ValueError(f"another recipe: {part['recipe']}")
+    results["recipe"] = part["recipe"]
+    for number, architecture in enumerate(part["architectures"]):
+        if number == len(results["architectures"]):
+            results["architectures"].append({"genotype": architecture["genotype"], "runs": []})
+        mine = results["architectures"][number]
+        if genotype_key(mine["genotype"]) != genotype_key(architecture["genotype"]):
+            raise ValueError(f"architecture {number} differs")
+        if "parameters" in architecture:
+            mine["parameters"] = architecture["parameters"]
+        seeds = {run["seed"] for run in mine["runs"]}
+        mine["runs"] = sorted(mine["runs"] + [run for run in architecture["runs"] if run["seed"] not in seeds],
+                              key=lambda run: run["seed"])
+
+
 def seed_spread(runs: list[dict[str, Any]]) -> float:
     """Seed-to-seed spread of the dose score: the sample standard deviation (Gy)."""
     scores = [run["dose_score"] for run in runs]
@@ -174,8 +197,20 @@ def main() -> None:
                                                      "instead of drawing it uniformly")
     add_recipe_arguments(parser)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_standalone.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="PART",
+                        help="only merge these results files (e.g. one process per seed) into --json, then print it")
     args = parser.parse_args()
 
+    if args.merge:
+        results = load_results(args.json)
+        for part in args.merge:
+            try:
+                merge_results(results, json.loads(part.read_text()))
+            except (OSError, ValueError, KeyError) as error:
+                parser.error(f"{part}: {error}")
+        save_results(args.json, results)
+        print_table(results)
+        return
     space = SearchSpace(CHANNELS)
     recipe = Recipe.from_args(args)
     description = recipe.describe()

@@ -1,10 +1,11 @@
-"""The ground truth's sample spread over a search's ranking (benchmarks/nas_standalone.py --ranked)."""
+"""The stand-alone ground truth's sample spread over a search's ranking (benchmarks/nas_standalone.py --ranked)
+and the merge of its per-seed results files."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.nas_standalone import ranked_sample
+from benchmarks.nas_standalone import merge_results, ranked_sample
 
 
 def test_the_sample_takes_first_last_and_evenly_spaced_ranks() -> None:
@@ -16,3 +17,18 @@ def test_the_sample_takes_first_last_and_evenly_spaced_ranks() -> None:
 def test_a_sample_the_ranking_cannot_hold_is_refused(count: int, length: int) -> None:
     with pytest.raises(ValueError, match="cannot spread"):
         ranked_sample(count, [{"genotype": {}}] * length)
+
+
+def test_per_seed_files_merge_into_one_table_ordered_by_seed() -> None:
+    def part(seed: int, architectures: int) -> dict:
+        return {"recipe": "r", "architectures": [{"genotype": {"n": n}, "parameters": n, "runs": [{"seed": seed}]}
+                                                 for n in range(architectures)]}
+
+    table = {"architectures": []}
+    for piece in (part(1, 2), part(0, 3), part(1, 2)):  # merging a file twice adds nothing
+        merge_results(table, piece)
+    assert [[run["seed"] for run in a["runs"]] for a in table["architectures"]] == [[0, 1], [0, 1], [0]]
+    with pytest.raises(ValueError, match="another recipe"):
+        merge_results(table, {**part(2, 1), "recipe": "other"})
+    with pytest.raises(ValueError, match="architecture 0 differs"):
+        merge_results(table, {"recipe": "r", "architectures": [{"genotype": {"n": 9}, "runs": []}]})
