@@ -106,6 +106,22 @@ def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
     assert json.loads((best / "config.json").read_text())["data"]["beam_angles"] == config["data"]["beam_angles"]
 
 
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, tmp_path: Path) -> None:
+    """The rehearsal of the GPU teachers' command (README): configs/gpu_full.yaml with a committed teacher's
+    genotype and widths, tiny data, one step; the model folder comes back through $OUT."""
+    teacher = REPOSITORY / "benchmarks" / "results" / "lenas_search_1000passes_teachers" / f"teacher_{number}.json"
+    result = runner.invoke(app, ["train", "-c", str(REPOSITORY / "configs" / "gpu_full.yaml"), "--genotype", str(teacher),
+                                 "-o", str(tmp_path / "run"), f"data.train={tiny_packs / 'train'}",
+                                 f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
+                                 "data.workers=2", "device=cpu", "optim.steps=1"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert config["network"]["genotype"] == json.loads(teacher.read_text())["genotype"]
+    assert config["network"]["channels"] == [16, 32, 64, 128] and len(config["data"]["beam_angles"]) == 9
+    assert load_config(tmp_path / "run" / "config.yaml")["loss"]["dvh_weight"] > 0  # the DVH-aware loss
+
+
 def test_the_gpu_run_needs_neither_nibabel_nor_simpleitk(tiny_packs, tmp_path: Path) -> None:
     """What travels to the GPU carries no nibabel wheel and the GPU image has neither: training from packs
     must not import them (they are imported where NIfTI or other images are read)."""
