@@ -68,30 +68,57 @@ class Evaluator:
         return self.score(self.predict(network))
 
 
+class ScoreStore:
+    """A JSON-lines file of measured estimates (a score and hinge distances per entry), valid for one
+    ``fingerprint``: opened with another, it is started afresh. A line cut short by an interruption is dropped
+    when the file is opened, so the records appended after it stay readable."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = path
+        self.saved: dict[str, dict[str, Any]] = {}  # key -> {"record": ..., "distances": ...}
+        header = json.dumps({"fingerprint": fingerprint})
+        text = path.read_text() if path.is_file() else ""
+        lines = text.splitlines()
+        if lines and lines[0] == header:
+            kept = [line for line in lines[1:] if _json_line(line) is not None]
+            for saved in map(json.loads, kept):
+                self.saved[saved.pop("key")] = saved
+            if len(kept) < len(lines) - 1 or not text.endswith("\n"):
+                self._rewrite([header, *kept])
+        else:
+            self._rewrite([header])
+
+    def save(self, key: str, record: dict[str, Any], distances: dict[str, float]) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps({"key": key, "record": record, "distances": distances}) + "\n")
+
+    def _rewrite(self, lines: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text("".join(line + "\n" for line in lines))
+        partial.replace(self.path)
+
+
 class ScoreBook:
     """Estimated scores of architectures, each computed once: ``book(entry)`` -> Gy. With reference predictions
     (``add_reference``), an entry's record also holds its relative distance to each (``relative_distances``,
-    ``relative_distance``).
-
-    With a ``store`` (a JSON-lines file), every prediction's score and distances are appended to it as they are
-    measured, and a later book over the same weights and validation batch (``fingerprint``) starts from them: a
-    search interrupted while it scores, or resumed after it, does not score an architecture twice. A store of
-    other weights or data is started afresh.
-    """
+    ``relative_distance``). With a ``store``, every prediction's score and distances are saved as they are
+    measured and an entry the store holds is not predicted again (a resumed search scores nothing twice); only
+    the entries asked for enter ``entries`` and ``ranked()``."""
 
     def __init__(self, evaluator: Evaluator, path: Callable[[dict[str, Any]], nn.Module], *,
-                 store: Path | None = None, weights: nn.Module | None = None) -> None:
-        self.evaluator, self.path = evaluator, path
+                 store: ScoreStore | None = None) -> None:
+        self.evaluator, self.path, self.store = evaluator, path, store
         self.entries: dict[str, dict[str, Any]] = {}
         self.distances: dict[str, dict[str, float]] = {}  # entry key -> reference key -> relative distance
         self.references: list[tuple[str, torch.Tensor]] = []
-        self.store = store
-        if store is not None:
-            self.open_store(store, fingerprint(weights, evaluator))
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         """The entry's record, predicting once more only when it lacks a distance to a newer reference."""
         key = genotype_key(entry)
+        if key not in self.entries and self.store is not None and key in self.store.saved:
+            saved = self.store.saved[key]
+            self.entries[key], self.distances[key] = dict(saved["record"]), dict(saved["distances"])
         known = self.entries.get(key)
         distances = self.distances.setdefault(key, {})
         missing = [(name, reference) for name, reference in self.references if name not in distances]
@@ -101,7 +128,8 @@ class ScoreBook:
             for name, reference in missing:
                 distances[name] = relative_distance(prediction, reference, self.evaluator.mask)
             self.entries[key] = known
-            self.append(key)
+            if self.store is not None:
+                self.store.save(key, {k: v for k, v in known.items() if k != "relative_distances"}, distances)
         if self.references:
             known["relative_distances"] = [distances[name] for name, _ in self.references]
         return known
@@ -116,31 +144,16 @@ class ScoreBook:
     def ranked(self) -> list[dict[str, Any]]:
         return sorted(self.entries.values(), key=lambda entry: entry["estimated_dose_score"])
 
-    def open_store(self, store: Path, expected: str) -> None:
-        """Read the records of a store of the same fingerprint; start any other store afresh."""
-        lines = store.read_text().splitlines() if store.is_file() else []
-        if lines and _json_line(lines[0]) == {"fingerprint": expected}:
-            for line in lines[1:]:
-                saved = _json_line(line)  # None for a line cut short by an interruption
-                if saved is not None:
-                    self.entries[saved["key"]] = saved["record"]
-                    self.distances[saved["key"]] = saved["distances"]
-        else:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps({"fingerprint": expected}) + "\n")
 
-    def append(self, key: str) -> None:
-        if self.store is not None:
-            record = {name: value for name, value in self.entries[key].items() if name != "relative_distances"}
-            with self.store.open("a") as file:
-                file.write(json.dumps({"key": key, "record": record, "distances": self.distances[key]}) + "\n")
+#: Raise when what an estimate means or how it is computed changes: older stores are then started afresh.
+STORE_VERSION = 1
 
 
-def fingerprint(weights: nn.Module | None, evaluator: Evaluator) -> str:
-    """A digest of what every estimate depends on: the weights the paths run with and the validation batch."""
-    digest = hashlib.sha256()
-    tensors = dict(weights.state_dict()) if weights is not None else {}
-    tensors |= {f"validation.{name}": value for name, value in evaluator.batch.items()}
+def fingerprint(weights: nn.Module, evaluator: Evaluator, context: str) -> str:
+    """A digest of what every estimate depends on: the weights the paths run with, the validation batch, and
+    ``context`` (the strategy and its settings, which may choose how a path runs)."""
+    digest = hashlib.sha256(f"{STORE_VERSION} {context}".encode())
+    tensors = dict(weights.state_dict()) | {f"validation.{name}": value for name, value in evaluator.batch.items()}
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}{value.dtype}{tuple(tensors[name].shape)}".encode())

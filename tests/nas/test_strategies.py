@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dosepred.cli import app
 from dosepred.engine.config import DEFAULTS
 from dosepred.nas.cost import architecture_cost
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData, relative_distance
+from dosepred.nas.evaluator import Evaluator, ScoreBook, ScoreStore, SearchData, fingerprint, relative_distance
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
@@ -257,33 +257,59 @@ def test_the_diversity_hinge_pushes_the_next_architecture_away(data: SearchData)
 def test_a_stored_score_book_never_predicts_an_architecture_twice(data: SearchData, tmp_path: Path) -> None:
     torch.manual_seed(0)
     weights = build_network(genotype=SPACE.reference(), channels=SPACE.channels, in_channels=data.validation["image"].shape[1])
-    predicted: list[str] = []
+    entries = [{"genotype": SPACE.reference()}, *({"genotype": SPACE.sample(np.random.default_rng(seed))} for seed in (1, 2))]
+    predicted: list[int] = []
 
-    def path(entry: dict) -> torch.nn.Module:
-        predicted.append(json.dumps(entry, sort_keys=True))
-        return weights
+    def path(entry: dict) -> torch.nn.Module:  # each entry its own prediction: the weights' output, scaled
+        number = entries.index(entry)
+        predicted.append(number)
+        return torch.nn.Sequential(weights, ScaledBy(1.0 + number))
 
-    def book() -> ScoreBook:
-        return ScoreBook(Evaluator(data, device=torch.device("cpu")), path, store=tmp_path / "scores.jsonl",
-                         weights=weights)
+    def book(print_: str = "same weights and data") -> ScoreBook:
+        return ScoreBook(Evaluator(data, device=torch.device("cpu")), path,
+                         store=ScoreStore(tmp_path / "scores.jsonl", print_))
 
-    a, b = {"genotype": SPACE.reference()}, {"genotype": SPACE.sample(np.random.default_rng(1))}
+    a, b, c = entries
     first = book()
     scores = first(a), first(b)
     first.add_reference(a)
     distance = first.record(b)["relative_distances"]
-    assert len(predicted) == 4  # a, b, the reference a, b again for its distance
+    assert predicted == [0, 1, 0, 1] and scores[0] != scores[1] and distance[0] > 0
     second = book()
-    assert (second(a), second(b)) == scores and len(predicted) == 4
+    assert second(a) == scores[0] and [e["genotype"] for e in second.ranked()] == [a["genotype"]]  # only what it asked
     second.add_reference(a)
-    assert second.record(b)["relative_distances"] == distance and len(predicted) == 5  # only the reference
+    assert second.record(b)["relative_distances"] == distance and second(b) == scores[1]
+    assert predicted == [0, 1, 0, 1, 0]  # only the reference's prediction, which is not stored
     with (tmp_path / "scores.jsonl").open("a") as file:
-        file.write('{"key": "cut sh')  # an interruption mid-line loses that line only
-    assert book()(b) == scores[1] and len(predicted) == 5
+        file.write('{"key": "cut sh')  # an interruption mid-line
+    book()(c)
+    assert book()(c) == book()(c) and predicted[5:] == [2]  # the record after the cut line reads back
+    assert book("other weights or data")(a) == scores[0] and predicted[6:] == [0]  # a fresh store
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 2
+
+
+class ScaledBy(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_the_fingerprint_tells_weights_data_and_strategy_settings_apart(data: SearchData) -> None:
+    torch.manual_seed(0)
+    weights = build_network(genotype=SPACE.reference(), channels=SPACE.channels, in_channels=data.validation["image"].shape[1])
+    evaluator = Evaluator(data, device=torch.device("cpu"))
+    same = fingerprint(weights, evaluator, "lenas {}")
+    assert fingerprint(weights, evaluator, "lenas {}") == same
+    assert fingerprint(weights, evaluator, "kshot {}") != same
+    other = Evaluator(data, device=torch.device("cpu"))
+    other.batch = {**other.batch, "dose": other.batch["dose"] + 1}
+    assert fingerprint(weights, other, "lenas {}") != same
     with torch.no_grad():
         next(weights.parameters()).add_(1.0)
-    assert book()(a) != scores[0] and len(predicted) == 6  # other weights: the store starts afresh
-    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 2
+    assert fingerprint(weights, evaluator, "lenas {}") != same
 
 
 def test_relative_distance_is_the_difference_over_the_mean_dose() -> None:

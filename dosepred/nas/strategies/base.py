@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dosepred.nas.evaluator import SearchData
+from dosepred.nas.evaluator import Evaluator, ScoreBook, ScoreStore, SearchData, fingerprint
 from dosepred.nas.space import SearchSpace
 
 #: ``progress(phase, done, total)``: how a strategy reports long work.
@@ -30,11 +31,6 @@ class Budget:
     #: Where supernet training keeps its run (checkpoints, metrics.csv); None: a temporary folder.
     run_dir: Path | None = None
     resume: bool = False  # continue the supernet run in run_dir from its last checkpoint
-
-    @property
-    def score_store(self) -> Path | None:
-        """Where a strategy's ``ScoreBook`` keeps its estimates as it measures them (None without a run_dir)."""
-        return self.run_dir / "scores.jsonl" if self.run_dir else None
 
 
 @dataclass
@@ -73,6 +69,17 @@ class Strategy(ABC):
             raise ValueError(f"strategy {self.name!r} has no option {', '.join(unknown)}; "
                              f"its options: {', '.join(sorted(self.options)) or 'none'}")
         self.settings = {**self.options, **options}
+
+    def score_book(self, data: SearchData, budget: Budget, path: Callable[[dict[str, Any]], nn.Module],
+                   weights: nn.Module) -> ScoreBook:
+        """The book that scores ``path``s run with ``weights``; with a run folder its estimates are kept in
+        ``scores.jsonl`` there as they are measured (``ScoreStore``), so a resumed search scores nothing twice."""
+        evaluator = Evaluator(data, device=budget.device)
+        if budget.run_dir is None:
+            return ScoreBook(evaluator, path)
+        context = f"{self.name} {json.dumps(self.settings, sort_keys=True, default=str)}"
+        store = ScoreStore(budget.run_dir / "scores.jsonl", fingerprint(weights, evaluator, context))
+        return ScoreBook(evaluator, path, store=store)
 
     @abstractmethod
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:

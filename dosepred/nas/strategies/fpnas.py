@@ -30,7 +30,7 @@ from torch import nn
 
 from dosepred.engine.loop import lr_factor
 from dosepred.nas.cost import architecture_cost
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, paths_of
@@ -170,7 +170,7 @@ class FPNAS(Strategy):
         counts = {"training_forward_passes": trainer.passes, "sampled_architectures": len(trainer.distinct)}
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
+        book = self.score_book(data, budget, path, supernet)
         rng = np.random.default_rng([data.seed, 2])
         with torch.no_grad():
             candidates = [distribution.mode()] + [distribution.sample(rng)[0] for _ in range(self.settings["final_samples"])]

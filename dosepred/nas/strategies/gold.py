@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dosepred.nas.cost import architecture_cost, macs_by_module
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet
@@ -183,7 +183,7 @@ class GOLDNAS(Strategy):
         def path(entry: dict[str, Any]) -> GatedPath:
             return GatedPath(gold, entry["genotype"])
 
-        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=gold)
+        book = self.score_book(data, budget, path, gold)
         points = [{"genotype": genotype, "estimated_dose_score": book({"genotype": genotype}),
                    **architecture_cost(genotype, space.channels, resolution)} for genotype in stable]
         front = pareto_front(points)

@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from dosepred.engine.loop import warmup_cosine
 from dosepred.nas.blockwise import blockwise_search
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, training_batch
@@ -149,7 +149,7 @@ class KShotNAS(Strategy):
                 raise ValueError(f"channels {list(channels)} are not one of the searched widths")
             return KShotPath(kshot, entry["genotype"], by_channels[channels])
 
-        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=kshot)
+        book = self.score_book(data, budget, path, kshot)
         _, sweeps = blockwise_search(space, lambda genotype: book({"genotype": genotype}),
                                      max_sweeps=budget.max_sweeps, report=report)
         for entry in book.ranked()[: self.settings["rescored"]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 
 from dosepred.nas.blockwise import blockwise_search
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.supernet import FairSupernetTrainer, SupernetTrainer, fit_supernet, paths_of
@@ -58,7 +58,7 @@ class LENAS(Strategy):
         supernet, trained, counts = train_supernet(space, data, budget, report, self.settings["sampling"])
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
+        book = self.score_book(data, budget, path, supernet)
         found: list[dict[str, Any]] = []
         log = [trained]
         for number in range(self.settings["architectures"]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dosepred.nas.evaluator import Evaluator, ScoreBook, SearchData
+from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
 from dosepred.nas.strategies.lenas import train_supernet
@@ -26,7 +26,7 @@ class RandomSearch(Strategy):
         supernet, trained, counts = train_supernet(space, data, budget, report)
 
         path = paths_of(supernet)
-        book = ScoreBook(Evaluator(data, device=budget.device), path, store=budget.score_store, weights=supernet)
+        book = self.score_book(data, budget, path, supernet)
         count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
                                                                            for kind, _ in space.blocks)
         rng = np.random.default_rng([data.seed, 2])
