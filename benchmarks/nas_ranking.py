@@ -12,12 +12,14 @@ against it:
   the first ``--validation-patients`` validation patients at the working resolution (the search's own
   estimate, ``dosepred.nas.evaluator``), and on every validation patient at 128^3 with the ground truth's own
   scorer ("full grid").
+- a search's own estimates (``--search-ranked RUN/ranked.json``), read from its ranked list: no computation.
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
 goes to a JSON file, so each tau can be recomputed.
 
 Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_standalone.json]
-           [--supernet-passes 1000] [--supernets lenas lenas:sampling=fair kshot] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
+           [--supernet-passes 1000] [--supernets lenas lenas:sampling=fair kshot] [--search-ranked RUN/ranked.json]
+           [--resolution 64] [--json benchmarks/results/nas_ranking.json]
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dosepred.inference.predictor import Predictor
 from dosepred.io import sources
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.proxies import PROXIES
-from dosepred.nas.space import SearchSpace
+from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies.base import Budget
 from dosepred.nas.strategies import get_strategy
 from dosepred.networks.searched import build_network
@@ -80,6 +82,15 @@ def proxy_estimates(genotypes: list[dict], channels: tuple[int, ...], batch: dic
         for name in PROXIES:
             estimates[name].append(-statistics.mean(values[name]))
     return estimates
+
+
+def ranked_estimates(ranked: list[dict[str, Any]], genotypes: list[dict]) -> list[float]:
+    """The estimated dose score that a search's ranked list gives each genotype (each must be in it)."""
+    by_key = {genotype_key(entry["genotype"]): entry["estimated_dose_score"] for entry in ranked}
+    missing = [number for number, genotype in enumerate(genotypes) if genotype_key(genotype) not in by_key]
+    if missing:
+        raise ValueError(f"architectures {missing} of the ground truth are not in the ranked list")
+    return [by_key[genotype_key(genotype)] for genotype in genotypes]
 
 
 def parse_searcher(text: str) -> tuple[str, dict[str, Any]]:
@@ -139,6 +150,8 @@ def main() -> None:
     parser.add_argument("--supernets", nargs="+", type=parse_searcher_label, default=["lenas"],
                         help="strategies whose supernets estimate, each name[:option=value,...], "
                              "e.g. lenas lenas:sampling=fair kshot")
+    parser.add_argument("--search-ranked", type=Path, nargs="*", default=[], metavar="RANKED",
+                        help="ranked.json files of searches whose own estimates are ranked too")
     parser.add_argument("--validation-patients", type=int, default=12)
     parser.add_argument("--proxy-seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -160,6 +173,11 @@ def main() -> None:
     data_config = {"train": str(args.train), "validation": str(args.validation), "resolution": args.resolution,
                    "augment": False}  # as the stand-alone ground truth (benchmarks/nas_standalone.py)
     estimates: dict[str, list[float]] = {}
+    for ranked in args.search_ranked:
+        try:
+            estimates[f"search {ranked.stem}"] = ranked_estimates(json.loads(ranked.read_text()), genotypes)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"{ranked}: {error}")
     started = time.perf_counter()
     two = PatientSamples(sources.find_patients(args.train)[:2], resolution=args.resolution).batch([0, 1], None)
     estimates |= proxy_estimates(genotypes, channels, two, args.proxy_seeds)
@@ -178,24 +196,25 @@ def main() -> None:
 
     print(f"\n{len(architectures)} architectures; ground truth: {truth_file['recipe']}; seeds {seeds}")
     rows = {"seed vs seed": [tau_b(per_seed[a], per_seed[b]) for a, b in itertools.combinations(seeds, 2)]}
-    print(f"{'estimator':<32} {'tau-b':>6} {'95% interval':>16}   per seed")
+    print(f"{'estimator':<44} {'tau-b':>6} {'95% interval':>16}   per seed")
     first, second = seeds[0], seeds[1]
     low, high = bootstrap_interval(per_seed[first], per_seed[second])
-    print(f"{'seed vs seed':<32} {rows['seed vs seed'][0]:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+    print(f"{'seed vs seed':<44} {rows['seed vs seed'][0]:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
     summary = {"seed vs seed": {"tau_b": rows["seed vs seed"][0], "interval": [low, high]}}
     for name, values in estimates.items():
         tau = tau_b(values, truth)
         low, high = bootstrap_interval(values, truth)
         by_seed = [tau_b(values, per_seed[seed]) for seed in seeds]
         summary[name] = {"tau_b": tau, "interval": [low, high], "per_seed": by_seed}
-        print(f"{name:<32} {tau:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}   " + " ".join(f"{t:.2f}" for t in by_seed))
+        print(f"{name:<44} {tau:>6.2f} {f'[{low:.2f}, {high:.2f}]':>16}   " + " ".join(f"{t:.2f}" for t in by_seed))
     pairs = [{"architecture": number, "genotype": genotype, "standalone": {str(s): per_seed[s][number] for s in seeds},
               "standalone_mean": truth[number], "estimates": {name: values[number] for name, values in estimates.items()}}
              for number, genotype in enumerate(genotypes)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     settings = {"ground_truth": truth_file["recipe"], "resolution": args.resolution, "device": args.device,
                 "supernet_passes": args.supernet_passes, "supernets": args.supernets,
-                "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds}
+                "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds,
+                "search_ranked": [str(path) for path in args.search_ranked]}
     args.json.write_text(json.dumps({**settings, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 
 

@@ -1,5 +1,5 @@
 """The stand-alone ground truth's sample spread over a search's ranking (benchmarks/nas_standalone.py --ranked)
-and the merge of its per-seed results files."""
+and the merge of its per-seed results files; a search's own estimates read from its ranked list."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def test_per_seed_files_merge_into_one_table_ordered_by_seed() -> None:
         merge_results(table, {**part(2, 1), "recipe": "other"})
     with pytest.raises(ValueError, match="architecture 0 differs"):
         merge_results(table, {"recipe": "r", "architectures": [{"genotype": {"n": 9}, "runs": []}]})
+
+
+def test_a_searchs_own_estimates_are_read_by_genotype() -> None:
+    from benchmarks.nas_ranking import ranked_estimates
+
+    ranked = [{"genotype": {"n": n}, "estimated_dose_score": 10.0 + n} for n in range(5)]
+    assert ranked_estimates(ranked, [{"n": 3}, {"n": 0}]) == [13.0, 10.0]
+    with pytest.raises(ValueError, match=r"architectures \[1\] .* not in the ranked list"):
+        ranked_estimates(ranked, [{"n": 0}, {"n": 7}])
