@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import f_oneway
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.engine.config import load_config
@@ -187,6 +188,10 @@ def print_table(results: dict[str, Any]) -> None:
     if spreads and len(means) > 1:
         print(f"median seed spread {statistics.median(spreads):.3f} Gy; spread of the architectures' means "
               f"{statistics.stdev(means):.3f} Gy (range {min(means):.3f}-{max(means):.3f})")
+        groups = [[run["dose_score"] for run in a["runs"]] for a in results["architectures"] if len(a["runs"]) > 1]
+        if len(groups) > 1:  # do the architectures differ beyond seed noise? F near 1: no order to rank
+            anova = f_oneway(*groups)
+            print(f"one-way ANOVA over the architectures: F = {anova.statistic:.2f}, p = {anova.pvalue:.3f}")
 
 
 def main() -> None:
