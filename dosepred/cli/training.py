@@ -21,7 +21,7 @@ def train(
     resume: Resume = False,
     overwrite: Overwrite = False,
     genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
-                                                  "with 'genotype' (and optionally 'channels').")] = None,
+                                                  "with 'genotype' (and optionally 'channels', 'stem_stride').")] = None,
     init: Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
                                              "fresh schedule; its lineage carries into the new model card.")] = None,
     threads: Threads = None,
@@ -67,7 +67,8 @@ def train(
 
 
 def _searched_network(path: Path, network: dict) -> dict:
-    """The network section for a genotype file: {"genotype": {...}, "channels": [...]} (channels optional)."""
+    """The network section for a genotype file: {"genotype": {...}, "channels": [...], "stem_stride": 2} (channels
+    and stem_stride optional)."""
     from dosepred.engine.config import ConfigError
 
     try:
@@ -76,7 +77,8 @@ def _searched_network(path: Path, network: dict) -> dict:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {error})") from None
     channels = content.get("channels") or network.get("channels")
-    return {"name": "searched", "genotype": genotype, **({"channels": channels} if channels else {})}
+    return {"name": "searched", "genotype": genotype, **({"channels": channels} if channels else {}),
+            **({"stem_stride": content["stem_stride"]} if "stem_stride" in content else {})}
 
 
 @app.command()

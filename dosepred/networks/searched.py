@@ -7,7 +7,9 @@ A genotype lists, per block, its own choices::
 
 Encoder block l downsamples channels[l-1] -> channels[l] (block 0 follows a stem at full size); decoder
 block l upsamples back to channels[l], concatenates the skip and fuses it (1^3 conv), then both kinds
-apply their two slot operations, with an optional residual connection around them. A slot (or the
+apply their two slot operations, with an optional residual connection around them. With ``stem_stride`` 2
+the stem halves the grid and the head doubles it again (as MONAI's U-Net does): the searched blocks then
+see a 128^3 patient at the 64^3 scale they were searched at, for a seventh of the compute. A slot (or the
 resampling) may also hold a list of operations whose outputs are summed: GOLD-NAS's enlarged space.
 
 ``UNetSpaceNet`` holds, in every slot, a set of candidate operations: one each for a stand-alone network
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from dosepred.data.transforms import INPUT_CHANNELS
-from dosepred.networks.ops import SLOT_OPS, conv_norm_act, resampling
+from dosepred.networks.ops import SLOT_OPS, UP_OPS, conv_norm_act, resampling
 from dosepred.networks.registry import register_network
 
 Genotype = dict[str, list[dict[str, Any]]]
@@ -73,18 +75,21 @@ class UNetSpaceNet(nn.Module):
     """A U-Net over the search space; ``forward(x, genotype)`` runs one path (stand-alone nets know theirs)."""
 
     def __init__(self, candidates: Candidates, *, channels: Sequence[int], in_channels: int = len(INPUT_CHANNELS),
-                 out_channels: int = 1, genotype: Genotype | None = None) -> None:
+                 out_channels: int = 1, genotype: Genotype | None = None, stem_stride: int = 1) -> None:
         super().__init__()
         depth = len(channels) - 1
         if len(candidates["encoder"]) != depth or len(candidates["decoder"]) != depth:
             raise ValueError(f"{depth} down levels need {depth} encoder and {depth} decoder blocks")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
         self.genotype = genotype
-        self.stem = conv_norm_act(in_channels, channels[0])
+        self.stem = conv_norm_act(in_channels, channels[0], stride=stem_stride)
         self.encoder = nn.ModuleList(SearchBlock("encoder", channels[i], channels[i + 1], candidates["encoder"][i])
                                      for i in range(depth))
         self.decoder = nn.ModuleList(SearchBlock("decoder", channels[i + 1], channels[i], candidates["decoder"][i])
                                      for i in range(depth))
-        self.head = nn.Conv3d(channels[0], out_channels, 1)
+        head = nn.Conv3d(channels[0], out_channels, 1)
+        self.head = head if stem_stride == 1 else nn.Sequential(UP_OPS["transposed_conv"](channels[0], channels[0]), head)
 
     def forward(self, x: torch.Tensor, genotype: Genotype | None = None,
                 gates: Callable[[str, int], Gate] | None = None) -> torch.Tensor:
@@ -146,9 +151,10 @@ def plain_genotype(depth: int) -> Genotype:
 
 @register_network("searched")
 def build_network(*, genotype: Genotype | None = None, channels: Sequence[int] = (16, 32, 64, 128),
-                  in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1) -> nn.Module:
-    """THE builder: a stand-alone network from a genotype (default: ``plain_genotype``)."""
+                  in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1, stem_stride: int = 1) -> nn.Module:
+    """THE builder: a stand-alone network from a genotype (default: ``plain_genotype``); ``stem_stride`` 2 runs
+    the blocks at half the input's grid."""
     genotype = genotype or plain_genotype(len(channels) - 1)
     validate_genotype(genotype, len(channels) - 1)
     return UNetSpaceNet(genotype_candidates(genotype), channels=channels, in_channels=in_channels,
-                        out_channels=out_channels, genotype=genotype)
+                        out_channels=out_channels, genotype=genotype, stem_stride=stem_stride)

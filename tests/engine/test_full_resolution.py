@@ -119,6 +119,7 @@ def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, t
     config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
     assert config["network"]["genotype"] == json.loads(teacher.read_text())["genotype"]
     assert config["network"]["channels"] == [16, 32, 64, 128] and len(config["data"]["beam_angles"]) == 9
+    assert config["network"]["stem_stride"] == 2  # the blocks at the 64^3 scale they were searched at
     assert load_config(tmp_path / "run" / "config.yaml")["loss"]["dvh_weight"] > 0  # the DVH-aware loss
 
 

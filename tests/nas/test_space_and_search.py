@@ -46,6 +46,17 @@ def test_every_resampling_op_and_residual_setting_runs(down: str, up: str, resid
     assert build_network(genotype=genotype, channels=SPACE.channels)(torch.randn(2, 10, 8, 8, 8)).shape == (2, 1, 8, 8, 8)
 
 
+def test_a_stride_two_stem_runs_the_blocks_at_half_the_grid_and_returns_the_full_grid() -> None:
+    genotype = SPACE.sample(np.random.default_rng(5))
+    network = build_network(genotype=genotype, channels=SPACE.channels, stem_stride=2)
+    sizes: list[tuple[int, ...]] = []
+    network.encoder[0].register_forward_hook(lambda module, inputs, output: sizes.append(tuple(inputs[0].shape[2:])))
+    assert network(torch.randn(1, 10, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+    assert sizes == [(8, 8, 8)]  # the searched blocks see the grid they were searched at, halved
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_network(genotype=genotype, channels=SPACE.channels, stem_stride=4)
+
+
 def test_genotype_json_round_trip_builds_the_same_network() -> None:
     genotype = SPACE.sample(np.random.default_rng(3))
     text = json.dumps({"genotype": genotype})
