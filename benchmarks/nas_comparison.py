@@ -31,7 +31,6 @@ import torch
 
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
 from benchmarks.nas_standalone import CHANNELS, Recipe, add_recipe_arguments
-from dosepred.data.dataset import ExpandedSamples
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
 from dosepred.devices import resolve_device
 from dosepred.nas.cost import architecture_cost
@@ -118,7 +117,6 @@ def main() -> None:
             if data is None:  # read once, expanded once: the ground truth's data
                 data = SearchData.from_config(config["data"], seed=config["seed"],
                                               validation_patients=config["search"]["validation_patients"])
-                data.train = ExpandedSamples(data.train)
             print(f"searching: {name}", file=sys.stderr, flush=True)
             return run_variant(name, config, data, sample)
         results[name] = cached(args.out / "search" / f"{file_name(name)}.json", search)

@@ -37,7 +37,7 @@ import yaml
 import torch
 from scipy.stats import kendalltau
 
-from dosepred.data.dataset import ExpandedSamples, PatientSamples
+from dosepred.data.dataset import PatientSamples
 from dosepred.devices import resolve_device
 from dosepred.engine.trainer import validation_scores
 from dosepred.inference.predictor import Predictor
@@ -186,7 +186,6 @@ def main() -> None:
     supernets = args.supernets if args.supernet_passes else []
     if supernets:
         data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
-        data.train = ExpandedSamples(data.train)
     for label in supernets:
         started = time.perf_counter()
         estimates |= supernet_estimates(label, genotypes, space, data, args.resolution, args.supernet_passes,

@@ -11,9 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from dosepred.cli import app
+from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.engine.config import DEFAULTS
+from dosepred.nas import evaluator
 from dosepred.nas.cost import architecture_cost
-from dosepred.nas.evaluator import Evaluator, ScoreBook, ScoreStore, SearchData, fingerprint, relative_distance
+from dosepred.nas.evaluator import (Evaluator, ScoreBook, ScoreStore, SearchData, expanded_bytes, fingerprint,
+                                    relative_distance)
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
@@ -31,6 +34,19 @@ def data(tiny_packs) -> SearchData:
     config = {**DEFAULTS["data"], "train": str(tiny_packs / "train"), "validation": str(tiny_packs / "validation"),
               "resolution": 16}
     return SearchData.from_config(config, seed=0)
+
+
+def test_a_split_never_augmented_is_expanded_once_when_it_fits(tiny_packs, monkeypatch) -> None:
+    config = {**DEFAULTS["data"], "train": str(tiny_packs / "train"), "validation": str(tiny_packs / "validation"),
+              "resolution": 16, "augment": False}
+    expanded = SearchData.from_config(config).train
+    assert isinstance(expanded, ExpandedSamples)
+    plain = PatientSamples.from_source(config["train"], resolution=16)
+    batch, reference = expanded.batch([1, 0], [5, 6]), plain.batch([1, 0], None)
+    assert batch.keys() == reference.keys() and all(torch.equal(batch[key], reference[key]) for key in batch)
+    assert isinstance(SearchData.from_config({**config, "augment": True}).train, PatientSamples)
+    monkeypatch.setattr(evaluator, "EXPAND_LIMIT_BYTES", expanded_bytes(plain) - 1)
+    assert isinstance(SearchData.from_config(config).train, PatientSamples)  # too large: expanded per batch
 
 
 @pytest.mark.parametrize("strategy", ["lenas", "random", "kshot", "gold", "fpnas"])
