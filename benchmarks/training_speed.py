@@ -5,11 +5,13 @@ Runs the project's own Trainer and Predictor on synthetic phantom patients (no d
 the data pipeline included (expansion and augmentation on the device): what a user's run will see.
 
     python benchmarks/training_speed.py [--steps 10] [--resolutions 64 128] [--network-channels 16 32 64 128]
+    python benchmarks/training_speed.py --genotype TEACHER.json --stem-stride 1   # a searched network instead
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,16 +26,21 @@ from dosepred.engine.trainer import Trainer
 
 
 def measure(root: Path, *, device: str, resolution: int, amp: bool, steps: int, channels: list[int],
-            beams: bool, batch_size: int) -> tuple[float, float]:
-    """(training steps/s, prediction s/patient without TTA)."""
+            beams: bool, batch_size: int, threads: int | None, searched: dict | None = None) -> tuple[float, float]:
+    """(training steps/s, prediction s/patient without TTA); ``searched``: the network section of a searched
+    network to train instead of a U-Net of ``channels``."""
     overrides = [f"data.train={root}", f"data.validation={root}", f"data.resolution={resolution}",
                  f"device={device}", f"amp={str(amp).lower()}", f"optim.steps={steps + 2}", "validate_every=100000",
                  "checkpoint_every=100000", f"optim.batch_size={batch_size}", f"network.channels={channels}",
-                 f"network.strides={[2] * (len(channels) - 1)}", "loss.dvh_weight=0.5"]
+                 f"network.strides={[2] * (len(channels) - 1)}", "loss.dvh_weight=0.5",
+                 f"threads={threads or 'null'}"]  # the trainer sets the threads it is told
     if beams:
         overrides.append("data.beam_angles=[0, 40, 80, 120, 160, 200, 240, 280, 320]")
+    config = load_config(None, overrides)
+    if searched is not None:
+        config["network"] = searched
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(load_config(None, overrides), run)
+        trainer = Trainer(config, run)
         for step in range(2):  # warm-up
             trainer.train_step(trainer.make_batch(step))
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
@@ -65,7 +72,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--no-beams", action="store_true", help="Without the two beam-geometry channels.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--genotype", type=Path, help="Time this searched network (a genotype file with its "
+                        "channels and stem_stride) instead of a U-Net of --network-channels.")
+    parser.add_argument("--stem-stride", type=int, choices=(1, 2), help="Override the genotype file's stem_stride.")
     args = parser.parse_args()
+    searched = None
+    if args.genotype is not None:
+        spec = json.loads(args.genotype.read_text())
+        searched = {"name": "searched", "genotype": spec["genotype"], "channels": spec["channels"],
+                    "stem_stride": args.stem_stride or spec.get("stem_stride", 1)}
     set_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as root:
@@ -73,7 +88,9 @@ def main() -> None:
             patient = make_phantom(seed=seed)
             patient.id = f"pt_{seed}"
             pack.write_patient(patient, Path(root) / f"{patient.id}.dpk")
-        print(f"network channels {args.network_channels}, batch {args.batch_size}, beam channels {not args.no_beams}")
+        network = (f"{args.genotype} (stem stride {searched['stem_stride']})" if searched
+                   else f"U-Net {args.network_channels}")
+        print(f"network {network}, batch {args.batch_size}, beam channels {not args.no_beams}")
         print("| device | grid | precision | train steps/s | predict s/patient (no TTA) |")
         print("|---|---|---|---|---|")
         for device in devices:
@@ -84,7 +101,8 @@ def main() -> None:
                         continue
                     rate, latency = measure(Path(root), device=device, resolution=resolution, amp=amp,
                                             steps=args.steps, channels=args.network_channels,
-                                            beams=not args.no_beams, batch_size=args.batch_size)
+                                            beams=not args.no_beams, batch_size=args.batch_size, threads=args.threads,
+                                            searched=searched)
                     print(f"| {hardware(resolve_device(device))} | {resolution}³ | {'bf16 + channels-last' if amp else 'fp32'} "
                           f"| {rate:.2f} | {latency:.2f} |", flush=True)
 
