@@ -9,12 +9,14 @@ augmentations (mirroring, 5 degree rotations, 3% shifts) they were themselves tr
 Each step: the critic (a conditional patch discriminator on [inputs, dose]) is updated first with its own
 optimiser and a least-squares objective (teacher mean = real, student = fake); then the student minimises
 
-    truth_weight * L1(dose, ground truth) + soft_weight * L1(dose, teacher mean)
+    truth_weight * (L1(dose, ground truth) + loss.dvh_weight * sorted-dose L1) + soft_weight * L1(dose, teacher mean)
     + uncertainty_weight * L1(second channel, teacher std) + adversarial_weight * (critic(student) - 1)^2
     [+ feature_matching * L1 between the critic's features of student and teacher doses]
 
-with every L1 taken inside the possible-dose mask. Setting weights to 0 gives the ablations (ground truth
-only; + distillation; + adversarial critic).
+with every L1 taken inside the possible-dose mask; the ground-truth term is the trainer's own loss, so the
+student learns with the recipe its teachers learnt with. Setting weights to 0 gives the ablations (ground
+truth only; + distillation; + adversarial critic); with neither an adversarial term nor feature matching the
+critic is not run at all.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class DistillationTrainer(Trainer):
         return teachers
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
-        image, truth, mask = batch["image"], batch["dose"], batch["possible_dose_mask"]
+        image, mask = batch["image"], batch["possible_dose_mask"]
         soft, spread = batch["teacher_dose"][:, :1], batch["teacher_dose"][:, 1:2]
 
         self.model.train()
@@ -78,23 +80,24 @@ class DistillationTrainer(Trainer):
             output = self.model(image).float()
         dose, uncertainty = output[:, :1], output[:, 1:2]
 
-        critic_loss = self.critic_step(image, soft, dose.detach())
-        student_features = self.critic(torch.cat([image, dose], dim=1))
-        adversarial = ((student_features[-1] - 1) ** 2).mean()
-        losses = {
-            "truth_loss": masked_l1(dose, truth, mask), "soft_loss": masked_l1(dose, soft, mask),
-            "uncertainty_loss": masked_l1(uncertainty, spread, mask), "adversarial_loss": adversarial,
-        }
         d = self.distill
+        losses = {"truth_loss": self.loss(dose, batch), "soft_loss": masked_l1(dose, soft, mask),
+                  "uncertainty_loss": masked_l1(uncertainty, spread, mask)}
         loss = (d["truth_weight"] * losses["truth_loss"] + d["soft_weight"] * losses["soft_loss"]
-                + d["uncertainty_weight"] * losses["uncertainty_loss"] + d["adversarial_weight"] * adversarial)
-        if d["feature_matching"]:
-            with torch.no_grad():
-                teacher_features = self.critic(torch.cat([image, soft], dim=1))
-            loss = loss + d["feature_matching"] * sum(
-                torch.nn.functional.l1_loss(s, t) for s, t in zip(student_features[:-1], teacher_features[:-1]))
+                + d["uncertainty_weight"] * losses["uncertainty_loss"])
+        logged: dict[str, float] = {}
+        if d["adversarial_weight"] or d["feature_matching"]:
+            logged["critic_loss"] = self.critic_step(image, soft, dose.detach())
+            student_features = self.critic(torch.cat([image, dose], dim=1))
+            losses["adversarial_loss"] = ((student_features[-1] - 1) ** 2).mean()
+            loss = loss + d["adversarial_weight"] * losses["adversarial_loss"]
+            if d["feature_matching"]:
+                with torch.no_grad():
+                    teacher_features = self.critic(torch.cat([image, soft], dim=1))
+                loss = loss + d["feature_matching"] * sum(
+                    torch.nn.functional.l1_loss(s, t) for s, t in zip(student_features[:-1], teacher_features[:-1]))
         self.optimize(loss)
-        self.step_log = {key: float(value.detach()) for key, value in losses.items()} | {"critic_loss": critic_loss}
+        self.step_log = {key: float(value.detach()) for key, value in losses.items()} | logged
         return float(loss.detach())
 
     def critic_step(self, image: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> float:

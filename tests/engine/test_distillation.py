@@ -70,6 +70,28 @@ def test_critic_is_really_trained_and_the_student_predicts_uncertainty(tiny_pack
     assert "critic" in state and "critic_optimizer" in state
 
 
+def test_without_an_adversarial_term_the_critic_is_not_run(tiny_packs, teachers, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=2", "validate_every=2")
+    config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.0,
+                         "critic": {"name": "patch_critic", "channels": 4, "num_layers_d": 2}}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    before = [p.detach().clone() for p in trainer.critic.parameters()]
+    history = trainer.fit()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.critic.parameters()))
+    assert "critic_loss" not in history[-1] and history[-1]["soft_loss"] > 0
+
+
+def test_the_ground_truth_term_is_the_trainers_loss_with_its_dvh_term(tiny_packs, teachers, tmp_path: Path) -> None:
+    truth_losses = []
+    for dvh_weight in (0.0, 1.0):
+        config = tiny_config(tiny_packs, "optim.steps=1", f"loss.dvh_weight={dvh_weight}")
+        config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.0}
+        trainer = DistillationTrainer(config, tmp_path / f"run{dvh_weight}")
+        trainer.train_step(trainer.make_batch(0))
+        truth_losses.append(trainer.step_log["truth_loss"])
+    assert truth_losses[1] > truth_losses[0]  # the same student, batch and dose, plus the sorted-dose (DVH) L1
+
+
 def test_distill_cli_and_ensemble_predict_writes_uncertainty(tiny_packs, teachers, phantom_split, tmp_path: Path) -> None:
     result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--teachers", str(teachers[0]),
                                  "--teachers", str(teachers[1]), "--student", "unet",
