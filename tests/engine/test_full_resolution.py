@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dosepred.cli import app
-from dosepred.engine.config import load_config
+from dosepred.engine.config import DISTILL_DEFAULTS, load_config
 from dosepred.engine.losses import sorted_dose_l1
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.loader import load_predictor
@@ -121,6 +121,27 @@ def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, t
     assert config["network"]["channels"] == [16, 32, 64, 128] and len(config["data"]["beam_angles"]) == 9
     assert config["network"]["stem_stride"] == 2  # the blocks at the 64^3 scale they were searched at
     assert load_config(tmp_path / "run" / "config.yaml")["loss"]["dvh_weight"] > 0  # the DVH-aware loss
+
+
+def test_the_gpu_student_command_distils_the_teachers_of_the_gpu_command(tiny_packs, tmp_path: Path) -> None:
+    """The rehearsal of the README's GPU LE-NAS commands: two committed teachers with configs/gpu_full.yaml, then the
+    committed student with configs/distill_gpu128.yaml, as on the device (tiny data, one step each, on the CPU)."""
+    folder = REPOSITORY / "benchmarks" / "results" / "lenas_search_1000passes_teachers"
+    tiny = [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
+            "data.workers=2", "device=cpu", "optim.steps=1"]
+    for number in (1, 2):
+        result = runner.invoke(app, ["train", "-c", str(REPOSITORY / "configs" / "gpu_full.yaml"), "--genotype",
+                                     str(folder / f"teacher_{number}.json"), "-o", str(tmp_path / f"teacher{number}"), *tiny])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["distill", "-c", str(REPOSITORY / "configs" / "distill_gpu128.yaml"), "-o",
+                                 str(tmp_path / "student"), "--teachers", str(tmp_path / "teacher1" / "best"),
+                                 "--teachers", str(tmp_path / "teacher2" / "best"), "--student",
+                                 str(folder / "student.json"), *tiny])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "student" / "best" / "config.json").read_text())
+    assert config["network"]["channels"] == [8, 16, 32, 64] and config["network"]["stem_stride"] == 2
+    assert config["network"]["out_channels"] == 2 and len(config["data"]["beam_angles"]) == 9  # dose + uncertainty
+    assert load_config(tmp_path / "student" / "config.yaml", defaults=DISTILL_DEFAULTS)["loss"]["dvh_weight"] > 0
 
 
 def test_the_gpu_run_needs_neither_nibabel_nor_simpleitk(tiny_packs, tmp_path: Path) -> None:
