@@ -7,6 +7,7 @@ An ensemble model folder's config.json: ``{"kind": "ensemble", "members": ["teac
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dosepred.io.patient import Patient
 from dosepred.inference.predictor import Predictor
@@ -24,5 +25,11 @@ class EnsemblePredictor:
         return self.predict_with_uncertainty(patient, tta=tta)[0]
 
     def predict_with_uncertainty(self, patient: Patient, *, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        doses = np.stack([member.predict(patient, tta=tta) for member in self.members])
-        return doses.mean(axis=0), doses.std(axis=0)
+        shared: dict[tuple, torch.Tensor] = {}  # members with the same grid and channels share the inputs
+        doses = []
+        for member in self.members:
+            key = (member.resolution, tuple(member.beam_angles or ()), member.device)
+            if key not in shared:
+                shared[key] = member.inputs(patient)
+            doses.append(member.predict(patient, tta=tta, inputs=shared[key]))
+        return np.mean(doses, axis=0), np.std(doses, axis=0)

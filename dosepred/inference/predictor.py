@@ -46,17 +46,17 @@ class Predictor:
         return cls(network, resolution=resolution, device=device, amp=amp, beam_angles=beam_angles,
                    patch_size=config.get("inference", {}).get("patch_size"))
 
-    def predict(self, patient: Patient, *, tta: bool = True) -> np.ndarray:
-        """The predicted dose (Gy) on the patient's grid; test-time augmentation averages in the mirror image."""
-        return self.predict_with_uncertainty(patient, tta=tta)[0]
+    def predict(self, patient: Patient, *, tta: bool = True, inputs: torch.Tensor | None = None) -> np.ndarray:
+        """The predicted dose (Gy) on the patient's grid; test-time augmentation averages in the mirror image.
+        ``inputs``: the patient's ``inputs(patient)`` when already computed (an ensemble's members share them)."""
+        return self.predict_with_uncertainty(patient, tta=tta, inputs=inputs)[0]
 
     @torch.inference_mode()
-    def predict_with_uncertainty(self, patient: Patient, *, tta: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_with_uncertainty(self, patient: Patient, *, tta: bool = True,
+                                 inputs: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The dose and, from models with a second output channel, its uncertainty (both Gy, zero outside the
         possible-dose mask); the uncertainty is None for single-output models."""
-        if patient.ct.ndim != 3:
-            raise PatientDataError(patient.source or patient.id, "expected a 3D patient")
-        output = self.predict_volume(self.inputs(patient), tta=tta)[None]
+        output = self.predict_volume(self.inputs(patient) if inputs is None else inputs, tta=tta)[None]
         if not torch.isfinite(output).all():
             raise ModelError(f"{patient.id}: the model's output holds NaN or infinite values")
         if tuple(output.shape[2:]) != patient.shape:
@@ -66,6 +66,8 @@ class Predictor:
 
     def inputs(self, patient: Patient) -> torch.Tensor:
         """The model's input volume (C, r, r, r) for a patient, on the predictor's device."""
+        if patient.ct.ndim != 3:
+            raise PatientDataError(patient.source or patient.id, "expected a 3D patient")
         sample = patient_to_sample(patient, beam_angles=self.beam_angles)
         sample.pop("dose", None)
         batch = {key: value[None].to(self.device) for key, value in sample.items()}

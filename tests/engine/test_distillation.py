@@ -15,6 +15,7 @@ from dosepred.cli import app
 from dosepred.engine.distillation import DistillationTrainer
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.loader import load_predictor
+from dosepred.inference.predictor import Predictor
 from tests.conftest import TINY_NETWORK, tiny_config
 
 runner = CliRunner()
@@ -37,6 +38,16 @@ def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
     np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(spread, np.std(members, axis=0), rtol=1e-4, atol=1e-4)
     assert spread.max() > 0
+
+
+def test_ensemble_members_on_the_same_grid_share_the_inputs(teachers: list[Path], tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
+    ensemble = load_predictor(str(tmp_path), device=torch.device("cpu"))
+    calls = []
+    original = Predictor.inputs
+    monkeypatch.setattr(Predictor, "inputs", lambda self, patient: calls.append(patient) or original(self, patient))
+    ensemble.predict(make_phantom((32, 32, 32)), tta=False)
+    assert len(calls) == 1
 
 
 def test_soft_targets_are_the_teachers_mean_and_spread(tiny_packs, teachers, tmp_path: Path) -> None:
