@@ -109,9 +109,11 @@ def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
 @pytest.mark.parametrize("number", [1, 2, 3])
 def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, tmp_path: Path) -> None:
     """The rehearsal of the GPU teachers' command (README): configs/gpu_full.yaml with a committed teacher's
-    genotype and widths, tiny data, one step; the model folder comes back through $OUT."""
+    genotype and widths, warm-started from the shipped teacher, tiny data, one step; the model folder comes back
+    through $OUT."""
     teacher = REPOSITORY / "benchmarks" / "results" / "lenas_search_1000passes_teachers" / f"teacher_{number}.json"
     result = runner.invoke(app, ["train", "-c", str(REPOSITORY / "configs" / "gpu_full.yaml"), "--genotype", str(teacher),
+                                 "--init", str(REPOSITORY / "dosepred" / "models" / "lenas-teachers" / f"teacher_{number}"),
                                  "-o", str(tmp_path / "run"), f"data.train={tiny_packs / 'train'}",
                                  f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
                                  "data.workers=2", "device=cpu", "optim.steps=1"])
@@ -120,6 +122,7 @@ def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, t
     assert config["network"]["genotype"] == json.loads(teacher.read_text())["genotype"]
     assert config["network"]["channels"] == [16, 32, 64, 128] and len(config["data"]["beam_angles"]) == 9
     assert config["network"]["stem_stride"] == 2  # the blocks at the 64^3 scale they were searched at
+    assert len(config["lineage"]) == 2  # the shipped teacher's CPU stage, then this warm-started one
     assert load_config(tmp_path / "run" / "config.yaml")["loss"]["dvh_weight"] > 0  # the DVH-aware loss
 
 

@@ -73,7 +73,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config, defaults", [
     ("baseline_cpu.yaml", "DEFAULTS"), ("full_cpu.yaml", "DEFAULTS"), ("gpu_full.yaml", "DEFAULTS"),
-    ("distill_cpu32.yaml", "DISTILL_DEFAULTS"), ("distill_cpu64.yaml", "DISTILL_DEFAULTS"),
+    ("distill_cpu32.yaml", "DISTILL_DEFAULTS"), ("distill_cpu128.yaml", "DISTILL_DEFAULTS"),
+    ("distill_gpu128.yaml", "DISTILL_DEFAULTS"),
     ("search_lenas_cpu.yaml", "SEARCH_DEFAULTS"), ("search_compare_cpu.yaml", "SEARCH_DEFAULTS"),
     ("detect_blc.yaml", "DETECT_DEFAULTS"), ("fewshot_ct.yaml", "FEWSHOT_DEFAULTS"),
 ])
