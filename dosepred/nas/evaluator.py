@@ -24,8 +24,8 @@ from dosepred.data.transforms import REFERENCE_DOSE_GY
 from dosepred.nas.space import genotype_key
 
 
-#: A split that is never augmented is expanded once at its working resolution when it fits in this many bytes:
-#: a supernet step then costs a quarter of the time (64^3: 169 patients in about 4 GB; 128^3 would take 32).
+#: A split that is never augmented is expanded once at its working resolution when it fits in this many bytes,
+#: instead of for every batch (at 128^3 it would take eight times the memory of 64^3).
 EXPAND_LIMIT_BYTES = 6 * 2**30
 
 
