@@ -45,6 +45,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {**DEFAULTS, "distill": {
     "uncertainty_weight": 1.0,
     "adversarial_weight": 0.01,
     "feature_matching": 0.0,
+    "teacher_targets": None,  # the teachers' predictions kept for reuse (null: teacher_targets.safetensors in the run)
     "critic_lr": 2e-4,
     "critic": {"name": "patch_critic", "channels": 16, "num_layers_d": 3},
 }}

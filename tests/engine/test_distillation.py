@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from dosepred.io.phantom import make_phantom
 from dosepred.cli import app
+from dosepred.engine import distillation
 from dosepred.engine.distillation import DistillationTrainer
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.loader import load_predictor
@@ -58,9 +59,33 @@ def test_soft_targets_are_the_teachers_mean_and_spread(tiny_packs, teachers, tmp
     image = trainer.train_data.inputs(2)["image"][0]
     members = torch.stack([load_predictor(str(p), device=torch.device("cpu")).predict_volume(image)[0] for p in teachers])
     targets = trainer.train_data.attached["teacher_dose"][2]
-    torch.testing.assert_close(targets[0], members.mean(dim=0))
-    torch.testing.assert_close(targets[1], members.std(dim=0, unbiased=False))
+    assert targets.dtype == torch.float16  # kept as the beam channels are: half the memory
+    torch.testing.assert_close(targets[0].float(), members.mean(dim=0), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(targets[1].float(), members.std(dim=0, unbiased=False), rtol=1e-3, atol=1e-3)
     assert targets[1].max() > 0
+
+
+def test_teacher_targets_are_kept_and_reused_only_for_the_same_teachers(tiny_packs, teachers, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=1")
+    shared = tmp_path / "shared_targets.safetensors"
+    config["distill"] = {"teachers": [str(p) for p in teachers], "teacher_targets": str(shared),
+                         "critic": {"name": "patch_critic", "channels": 4, "num_layers_d": 2}}
+    first = DistillationTrainer(config, tmp_path / "first").train_data.attached["teacher_dose"]
+    assert shared.is_file() and not (tmp_path / "first" / "teacher_targets.safetensors").exists()
+
+    calls = []
+    original = distillation.teacher_targets
+    monkeypatch.setattr(distillation, "teacher_targets", lambda *args: calls.append(1) or original(*args))
+    second = DistillationTrainer(config, tmp_path / "second").train_data.attached["teacher_dose"]
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(first, second))
+
+    config["distill"]["teachers"] = [str(teachers[0])]  # other teachers: the file no longer fits, computed afresh
+    third = DistillationTrainer(config, tmp_path / "third").train_data.attached["teacher_dose"]
+    assert len(calls) == len(third) and not torch.equal(first[0], third[0])
+    calls.clear()
+    fourth = DistillationTrainer(config, tmp_path / "fourth").train_data.attached["teacher_dose"]  # the file: replaced
+    assert calls == [] and torch.equal(fourth[0], third[0])
 
 
 def test_critic_is_really_trained_and_the_student_predicts_uncertainty(tiny_packs, teachers, tmp_path: Path) -> None:
