@@ -127,7 +127,7 @@ def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_
 
 
 def test_no_uncertainty_choice_for_single_output_models(monkeypatch) -> None:
-    monkeypatch.setenv("DOSEPRED_MODEL", "unet-baseline-cpu64")
+    monkeypatch.setenv("DOSEPRED_MODEL", "unet-beams-128")
     at = run(monkeypatch)
     colourwash = [radio for radio in at.sidebar.radio if radio.label == "Colourwash"]
     assert colourwash[0].options == ["dose", "difference", "gamma"]  # against the phantom's reference dose
