@@ -32,6 +32,8 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides su
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")]
+Init = Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
+                                      "fresh schedule; its lineage carries into the new model card.")]
 ModelName = Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "
                                                "[default: the best shipped model].")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]

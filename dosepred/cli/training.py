@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar, run_settings)
+from dosepred.cli.common import (ConfigFile, Init, Overrides, Overwrite, Resume, RunFolder, Threads, app, console,
+                                 fail, progress_bar, run_settings)
 from dosepred.io.errors import PatientDataError
 
 @app.command()
@@ -22,8 +22,7 @@ def train(
     overwrite: Overwrite = False,
     genotype: Annotated[Path | None, typer.Option("--genotype", help="Train a searched architecture: a JSON file "
                                                   "with 'genotype' (and optionally 'channels', 'stem_stride').")] = None,
-    init: Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
-                                             "fresh schedule; its lineage carries into the new model card.")] = None,
+    init: Init = None,
     threads: Threads = None,
 ) -> None:
     """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
@@ -92,6 +91,8 @@ def distill(
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    init: Init = None,
+    threads: Threads = None,
 ) -> None:
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
     from dosepred.engine.config import DISTILL_DEFAULTS, ConfigError, load_config
@@ -101,8 +102,9 @@ def distill(
     defaults = DISTILL_DEFAULTS
     try:
         if resume:
-            if teachers or config is not None or overrides:
-                raise ConfigError("--resume continues with the run's own config; give no --teachers, --config or overrides")
+            if teachers or config is not None or overrides or init is not None:
+                raise ConfigError("--resume continues with the run's own config; give no --teachers, --config, --init "
+                                  "or overrides")
             settings = load_config(output / "config.yaml", defaults=defaults)
         else:
             settings = load_config(config, overrides or [], defaults=defaults)
@@ -113,6 +115,10 @@ def distill(
                 settings["network"] = _searched_network(Path(student), settings["network"])
             elif student != settings["network"]["name"]:
                 settings["network"] = {"name": student}
+            if init is not None:
+                settings["init"] = init
+        if threads is not None:
+            settings["threads"] = threads
         trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite)
     except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
         raise fail(str(error)) from None

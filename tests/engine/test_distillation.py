@@ -145,6 +145,23 @@ def test_distill_cli_and_ensemble_predict_writes_uncertainty(tiny_packs, teacher
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["pt_1.nii.gz", "pt_1_uncertainty.nii.gz"]
 
 
+def test_distill_cli_warm_starts_a_student_and_keeps_its_lineage(tiny_packs, teachers, tmp_path: Path) -> None:
+    common = ["--teachers", str(teachers[0]), "--student", "unet", f"data.train={tiny_packs / 'train'}",
+              f"data.validation={tiny_packs / 'validation'}", "data.resolution=32", "optim.steps=2", "validate_every=2",
+              *TINY_NETWORK, "distill.adversarial_weight=0"]
+    assert runner.invoke(app, ["distill", "-o", str(tmp_path / "first"), "--threads", "1", *common]).exit_code == 0
+    first = load_predictor(str(tmp_path / "first" / "best"), device=torch.device("cpu"))
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "second"), "--init", str(tmp_path / "first" / "best"),
+                                 *common, "optim.lr=0"])  # lr 0: the warm-started weights stay as they were
+    assert result.exit_code == 0, result.output
+    second = load_predictor(str(tmp_path / "second" / "best"), device=torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(first.network.state_dict().values(), second.network.state_dict().values()))
+    config = json.loads((tmp_path / "second" / "best" / "config.json").read_text())
+    assert [stage["init"] for stage in config["lineage"]] == [None, str(tmp_path / "first" / "best")]
+    result = runner.invoke(app, ["distill", "-o", str(tmp_path / "second"), "--resume", "--init", "x"])
+    assert result.exit_code != 0 and "--init" in result.output
+
+
 def test_distill_needs_teachers(tiny_packs, tmp_path: Path) -> None:
     result = runner.invoke(app, ["distill", "-o", str(tmp_path / "run"), "--teachers", "no-such-model",
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}"])
