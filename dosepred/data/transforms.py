@@ -39,8 +39,9 @@ LEFT_RIGHT_ROIS = (ROIS.index("RightParotid"), ROIS.index("LeftParotid"))
 LEFT_RIGHT_AXIS = 1
 #: Bit of the possible-dose mask in the packed masks; ROI r is bit r.
 MASK_BIT = len(ROIS)
-#: Target level of each ROI channel (0 for organs at risk).
-_LEVELS = torch.tensor([PRESCRIPTION_GY.get(roi, 0.0) / REFERENCE_DOSE_GY for roi in ROIS])
+#: The targets' bits in the packed masks and their levels (prescription / 70 Gy).
+_TARGET_BITS = [ROIS.index(roi) for roi in PRESCRIPTION_GY]
+_LEVELS = torch.tensor([gy / REFERENCE_DOSE_GY for gy in PRESCRIPTION_GY.values()])
 
 
 def input_channels(beam_angles: Sequence[float] | None = None) -> tuple[str, ...]:
@@ -68,8 +69,10 @@ def patient_to_sample(patient: Patient, *, beam_angles: Sequence[float] | None =
     sample = {"ct": torch.from_numpy(ct[None]), "masks": torch.from_numpy(masks[None])}
     if beam_angles:
         level = target_level(patient)
-        beams = np.stack([beam_coverage(level, patient.spacing, beam_angles), target_proximity(level > 0, patient.spacing)])
-        sample["beams"] = torch.from_numpy((beams * patient.possible_dose_mask).astype(np.float16))
+        mask = patient.possible_dose_mask.astype(bool)
+        beams = np.stack([beam_coverage(level, patient.spacing, beam_angles) * mask,
+                          target_proximity(level > 0, patient.spacing, within=mask)])
+        sample["beams"] = torch.from_numpy(beams.astype(np.float16))
     if patient.dose is not None:
         sample["dose"] = torch.from_numpy((patient.dose / REFERENCE_DOSE_GY)[None].astype(np.float32))
     return sample
@@ -79,10 +82,10 @@ def model_inputs(batch: dict[str, torch.Tensor], *, resolution: int | None = Non
     """Expand a batch of compact samples, on whatever device it is, into float volumes at ``resolution``^3:
     ``image`` (N, C, ...), ``structures`` (N, 10, ...), ``possible_dose_mask`` (N, 1, ...), ``dose`` if known."""
     masks = batch["masks"]
-    bits = torch.arange(MASK_BIT + 1, device=masks.device).view(1, -1, 1, 1, 1)
+    bits = torch.arange(MASK_BIT + 1, dtype=masks.dtype, device=masks.device).view(1, -1, 1, 1, 1)  # no int64 copies
     unpacked = ((masks >> bits) & 1).float()  # (N, 11, ...)
     structures, possible = unpacked[:, :MASK_BIT], unpacked[:, MASK_BIT:]
-    level = (structures * _LEVELS.to(masks.device).view(1, -1, 1, 1, 1)).amax(dim=1, keepdim=True)
+    level = (structures[:, _TARGET_BITS] * _LEVELS.to(masks.device).view(1, -1, 1, 1, 1)).amax(dim=1, keepdim=True)
     low, high = CT_WINDOW_HU
     ct = (batch["ct"].float().clamp(low, high) - low) / (high - low)  # HU to [0, 1]: air 0, dense bone 1
     parts = [ct, level, structures[:, : len(OARS)], possible]

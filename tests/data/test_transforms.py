@@ -6,6 +6,7 @@ import torch
 from dosepred.io.patient import ROIS, Patient
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
+from dosepred.data.geometry import target_proximity
 from dosepred.data.transforms import INPUT_CHANNELS, flip_left_right, input_channels, model_inputs, patient_to_sample
 
 
@@ -49,6 +50,19 @@ def test_beam_channels_are_added_when_beam_angles_are_given() -> None:
     assert torch.allclose(coverage[inside], torch.tensor(1.0), atol=1e-3)  # every beam crosses the target
     assert torch.allclose(proximity[inside], torch.tensor(1.0), atol=1e-3)
     assert 0 < float(proximity[~inside].max()) < 1
+
+
+def test_proximity_in_the_box_of_the_needed_voxels_is_exactly_the_whole_volumes() -> None:
+    rng = np.random.default_rng(0)
+    targets = np.zeros((40, 36, 30), bool)
+    targets[12:18, 20:25, 8:12] = True
+    targets[30, 5, 20] = True  # a second, far target voxel: the box must hold it
+    within = np.zeros_like(targets)
+    within[5:25, 10:30, 4:16] = rng.random((20, 20, 12)) < 0.7
+    spacing = (2.5, 2.0, 3.0)
+    whole = target_proximity(targets, spacing)
+    assert whole.min() > 0  # every voxel has a value without ``within``
+    np.testing.assert_array_equal(target_proximity(targets, spacing, within=within), whole * within)
 
 
 def test_left_right_flip_swaps_the_parotid_channels() -> None:
