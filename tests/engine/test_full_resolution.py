@@ -128,7 +128,8 @@ def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, t
 
 def test_the_gpu_student_command_distils_the_teachers_of_the_gpu_command(tiny_packs, tmp_path: Path) -> None:
     """The rehearsal of the README's GPU LE-NAS commands: two committed teachers with configs/gpu_full.yaml, then the
-    committed student with configs/distill_gpu128.yaml, as on the device (tiny data, one step each, on the CPU)."""
+    committed student, warm-started from the shipped one, with configs/distill_gpu128.yaml, as on the device (tiny
+    data, one step each, on the CPU)."""
     folder = REPOSITORY / "benchmarks" / "results" / "lenas_search_1000passes_teachers"
     tiny = [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
             "data.workers=2", "device=cpu", "optim.steps=1"]
@@ -139,12 +140,13 @@ def test_the_gpu_student_command_distils_the_teachers_of_the_gpu_command(tiny_pa
     result = runner.invoke(app, ["distill", "-c", str(REPOSITORY / "configs" / "distill_gpu128.yaml"), "-o",
                                  str(tmp_path / "student"), "--teachers", str(tmp_path / "teacher1" / "best"),
                                  "--teachers", str(tmp_path / "teacher2" / "best"), "--student",
-                                 str(folder / "student.json"), *tiny])
+                                 str(folder / "student.json"), "--init", "lenas-student", *tiny])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "student" / "best" / "config.json").read_text())
     assert config["network"]["channels"] == [8, 16, 32, 64] and config["network"]["stem_stride"] == 2
     assert config["network"]["out_channels"] == 2 and len(config["data"]["beam_angles"]) == 9  # dose + uncertainty
     assert load_config(tmp_path / "student" / "config.yaml", defaults=DISTILL_DEFAULTS)["loss"]["dvh_weight"] > 0
+    assert [stage["run"] for stage in config["lineage"]] == ["student128", "student-kd", "student-kd2", "student"]
 
 
 def test_the_gpu_run_needs_neither_nibabel_nor_simpleitk(tiny_packs, tmp_path: Path) -> None:
