@@ -8,7 +8,7 @@ commute with the small augmentations (mirroring, 5 degree rotations, 3% shifts) 
 with. The targets are kept in a file (``distill.teacher_targets``, by default in the run folder) stamped with
 a fingerprint of the teachers' weights, the patients and the data settings: a resumed run, or another run
 pointed at the same file (an ablation), reads them instead of paying the teachers' passes again (three
-128^3 teachers over 169 patients: about 20 minutes on one CPU thread).
+128^3 teachers over 169 patients: 10 minutes on this project's 2-core CPU).
 
 Each step: the critic (a conditional patch discriminator on [inputs, dose]) is updated first with its own
 optimiser and a least-squares objective (teacher mean = real, student = fake); then the student minimises
