@@ -70,16 +70,9 @@ def target_proximity(targets: np.ndarray, spacing: tuple[float, float, float],
     proximity = np.zeros(targets.shape, dtype=np.float32)
     if not targets.any():
         return proximity
-    box = (slice(None),) * targets.ndim if within is None else _bounding_box(targets | within)
+    # find_objects: the smallest box holding every true voxel
+    box = (slice(None),) * targets.ndim if within is None else ndimage.find_objects((targets | within).astype(np.uint8))[0]
     distance = ndimage.distance_transform_edt(~targets[box], sampling=spacing)  # mm to the nearest target voxel
     proximity[box] = np.exp(-distance / PROXIMITY_SCALE_MM)
     return proximity if within is None else proximity * within
 
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box (slices) that holds every true voxel of ``mask``."""
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
