@@ -296,7 +296,7 @@ def show_review(key: str, patient: Patient, dose: np.ndarray) -> None:
                             for column, value in row.items()} for row in rows], "objective"),
                  width="stretch", hide_index=True)
     st.download_button("Download the review report (HTML)", lambda: report_bytes(patient, dose),
-                       f"{patient.id}_review.html", mime="text/html")
+                       f"{patient.id}_review.html", mime="text/html", on_click="ignore")
 
 
 def report_bytes(patient: Patient, dose: np.ndarray) -> bytes:
@@ -338,8 +338,9 @@ def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, obje
     table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
     columns = st.columns(len(formats) + 1)
     for column, (output_format, name, label) in zip(columns, formats):
-        column.download_button(label, lambda f=output_format, n=name: dose_bytes(patient, dose, n, f), name)
-    columns[-1].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv")
+        column.download_button(label, lambda f=output_format, n=name: dose_bytes(patient, dose, n, f), name,
+                               on_click="ignore")
+    columns[-1].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv", on_click="ignore")
     if patient.clinic is not None:
         st.caption("NIfTI and RT Dose lie on the patient's own CT, in its frame of reference (same "
                    "FrameOfReferenceUID and study as the CT).")

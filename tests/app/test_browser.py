@@ -156,6 +156,8 @@ def test_browser_review_click_links_the_views_and_the_report_downloads(viewer_ur
         assert page.get_by_text("predicted - reference (Gy)").count() >= 1  # the difference map's colour bar
         page.screenshot(path=str(ARTIFACTS / "viewer_side_by_side.png"), full_page=True)
 
+        # a button of the run that "Side by side" started, not a stale one of the run before
+        page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(timeout=120_000)
         with page.expect_download(timeout=120_000) as download:
             page.get_by_text("Download the review report (HTML)").click()
         report = download.value.path().read_text(encoding="utf-8")
