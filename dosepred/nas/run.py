@@ -63,12 +63,18 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
                     {"genotype": pool[index]["genotype"], "channels": pool[index].get("channels", list(space.channels)),
                      "rank": ranks[index],
                      "estimated_dose_score": pool[index]["estimated_dose_score"], "strategy": strategy})
+
+    def described(indices: list[int]) -> dict[str, Any]:
+        return {"ranks": [ranks[i] for i in indices],
+                **selection.describe_set(indices, predictions, evaluator.mask, evaluator.score)}
+
     report = {
         "rule": selection.__doc__.split("\n\n")[1].replace("\n", " "),
         "k": settings["teachers"], "diversity_weight": settings["diversity_weight"], "pool": len(pool),
-        "selected": {"ranks": [ranks[i] for i in chosen.chosen], "mean_pairwise_distance_gy": chosen.diversity},
-        "top_k": {"ranks": [ranks[i] for i in chosen.top_k], "mean_pairwise_distance_gy": chosen.top_k_diversity},
+        "selected": described(chosen.chosen), "top_k": described(chosen.top_k),
     }
+    if len(result.found) > 1:  # the strategy's own picks (LE-NAS's hinge searches), as a set of their own
+        report["found"] = described([i for i, entry in enumerate(pool) if genotype_key(entry["genotype"]) in picked])
     _write_json(output / "diversity.json", report)
     _write_json(output / "log.json", {"strategy": strategy, "search_seconds": search_seconds,
                                       "evaluated": len(ranked), "space_size": space.size(), "counts": result.counts,

@@ -10,6 +10,7 @@ top K; a larger lambda trades estimated score for different predictions.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,15 @@ class Selection:
 def mean_pairwise_distance(indices: list[int], predictions: list[torch.Tensor], mask: torch.Tensor) -> float:
     pairs = list(itertools.combinations(indices, 2))
     return sum(distance_gy(predictions[a], predictions[b], mask) for a, b in pairs) / max(1, len(pairs))
+
+
+def describe_set(indices: list[int], predictions: list[torch.Tensor], mask: torch.Tensor,
+                 score: Callable[[torch.Tensor], float]) -> dict[str, float]:
+    """How diverse a set of networks is and what that buys: their mean pairwise prediction distance (Gy) and the
+    estimated score of their ensemble (the mean of their predictions), to read beside the best member's."""
+    return {"mean_pairwise_distance_gy": mean_pairwise_distance(indices, predictions, mask),
+            "ensemble_estimated_dose_score": score(torch.stack([predictions[i] for i in indices]).mean(dim=0)),
+            "best_member_estimated_dose_score": min(score(predictions[i]) for i in indices)}
 
 
 def select_teachers(scores: list[float], predictions: list[torch.Tensor], mask: torch.Tensor, *, k: int,

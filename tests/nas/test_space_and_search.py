@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dosepred.cli import app
 from dosepred.nas.evaluator import ScoreStore
-from dosepred.nas.selection import select_teachers
+from dosepred.nas.selection import describe_set, select_teachers
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.supernet import make_supernet
 from dosepred.networks import create_network
@@ -102,6 +102,19 @@ def test_selection_prefers_a_diverse_set_over_near_duplicates() -> None:
     assert diverse.diversity > plain.diversity == plain.top_k_diversity
 
 
+def test_an_ensemble_of_errors_in_opposite_directions_beats_each_member() -> None:
+    mask = torch.ones(1, 1, 4, 4, 4)
+    reference = torch.full((1, 1, 4, 4, 4), 10.0)
+    predictions = [reference + 1.0, reference - 3.0, reference + 3.0]
+
+    def score(prediction: torch.Tensor) -> float:
+        return float((prediction - reference).abs().mean())
+
+    assert describe_set([1, 2], predictions, mask, score) == {
+        "mean_pairwise_distance_gy": 6.0, "ensemble_estimated_dose_score": 0.0, "best_member_estimated_dose_score": 3.0}
+    assert describe_set([0, 1, 2], predictions, mask, score)["ensemble_estimated_dose_score"] == pytest.approx(1 / 3)
+
+
 def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path) -> None:
     run = tmp_path / "search"
     result = runner.invoke(app, ["search", "--strategy", "lenas", "-o", str(run),
@@ -115,7 +128,9 @@ def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path)
     assert [r["estimated_dose_score"] for r in ranked] == sorted(r["estimated_dose_score"] for r in ranked)
     teacher = json.loads((run / "teachers" / "teacher_1.json").read_text())
     assert "genotype" in teacher and teacher["rank"] == 1
-    assert json.loads((run / "diversity.json").read_text())["selected"]["ranks"][0] == 1
+    selected = json.loads((run / "diversity.json").read_text())["selected"]
+    assert selected["ranks"][0] == 1
+    assert selected["best_member_estimated_dose_score"] == pytest.approx(ranked[0]["estimated_dose_score"], rel=1e-4)
     result = runner.invoke(app, ["train", "-o", str(tmp_path / "teacher"), "--genotype", str(run / "teachers" / "teacher_1.json"),
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
                                  "data.resolution=16", "optim.steps=1", "validate_every=1"])
@@ -178,6 +193,9 @@ def test_the_hinge_searches_finds_join_the_teacher_pool(tiny_packs, tmp_path: Pa
     assert teachers[0]["rank"] == 1  # the pool of one best, plus the hinge search's find
     assert teachers[1]["rank"] > 1 and ranked[teachers[1]["rank"] - 1]["genotype"] == teachers[1]["genotype"]
     assert teachers[1]["estimated_dose_score"] == pytest.approx(found[1]["estimated_dose_score"])
+    report = json.loads((run / "diversity.json").read_text())  # the found pair reported as a set of its own
+    assert report["found"]["ranks"] == sorted([1, teachers[1]["rank"]])
+    assert report["found"]["mean_pairwise_distance_gy"] > 0
     # resumed, the search reads every estimate and distance from its store: none is predicted again
     saved: list[str] = []
     monkeypatch.setattr(ScoreStore, "save", lambda store, key, *_: saved.append(key))
