@@ -45,6 +45,7 @@ from dosepred.networks import create_network
 
 TARGETS_FILE = "teacher_targets.safetensors"
 
+
 class DistillationTrainer(Trainer):
     """The trainer, with teachers, a critic and a two-channel (dose, uncertainty) student."""
 
