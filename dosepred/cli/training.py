@@ -119,10 +119,18 @@ def distill(
                 settings["init"] = init
         if threads is not None:
             settings["threads"] = threads
-        trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite)
-    except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
+    except (ConfigError, ModelError, OSError, KeyError, ValueError) as error:
         raise fail(str(error)) from None
     with progress_bar() as progress:
+        preparing = progress.add_task("data", total=None)  # the teachers' passes take minutes at 128^3
+
+        def report(phase: str, done: int, total: int) -> None:
+            progress.update(preparing, description=phase, completed=done, total=total)
+
+        try:
+            trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite, progress=report)
+        except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
+            raise fail(str(error)) from None
         task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
         try:
             trainer.fit(lambda step, row: progress.update(task, completed=step))

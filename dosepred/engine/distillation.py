@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ class DistillationTrainer(Trainer):
     metric_fields = Trainer.metric_fields + ("truth_loss", "soft_loss", "uncertainty_loss", "adversarial_loss",
                                              "critic_loss")
 
-    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False, overwrite: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        """``progress(phase, done, total)`` reports the teachers' passes over the training patients."""
+        self.progress = progress
         self.distill = {**DISTILL_DEFAULTS["distill"], **config.get("distill", {})}
         config = {**config, "network": {**config["network"], "out_channels": 2}}  # dose + uncertainty
         super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
@@ -71,7 +75,11 @@ class DistillationTrainer(Trainer):
         fingerprint = targets_fingerprint(teachers, train.paths, self.config["data"])
         targets = read_targets(path, fingerprint, len(train))
         if targets is None:
-            targets = [teacher_targets(teachers, train.inputs(i)["image"][0]) for i in range(len(train))]
+            targets = []
+            for index in range(len(train)):
+                targets.append(teacher_targets(teachers, train.inputs(index)["image"][0]))
+                if self.progress is not None:
+                    self.progress("teacher targets", index + 1, len(train))
             if self.topology.is_main:
                 write_targets(path, fingerprint, targets)
         train.attach("teacher_dose", targets)

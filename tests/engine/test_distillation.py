@@ -71,8 +71,11 @@ def test_teacher_targets_are_kept_and_reused_only_for_the_same_teachers(tiny_pac
     shared = tmp_path / "shared_targets.safetensors"
     config["distill"] = {"teachers": [str(p) for p in teachers], "teacher_targets": str(shared),
                          "critic": {"name": "patch_critic", "channels": 4, "num_layers_d": 2}}
-    first = DistillationTrainer(config, tmp_path / "first").train_data.attached["teacher_dose"]
+    reported = []
+    first = DistillationTrainer(config, tmp_path / "first", progress=lambda *report: reported.append(report))
+    first = first.train_data.attached["teacher_dose"]
     assert shared.is_file() and not (tmp_path / "first" / "teacher_targets.safetensors").exists()
+    assert reported == [("teacher targets", done, len(first)) for done in range(1, len(first) + 1)]
 
     calls = []
     original = distillation.teacher_targets
