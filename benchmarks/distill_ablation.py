@@ -3,9 +3,12 @@
 Each model (a model folder or an ensemble folder) predicts every validation patient (128^3; with ``--tta``
 averaging in the mirrored prediction, as ``dosepred predict`` does by default) and is scored with the
 OpenKBP dose and DVH scores; latency is the median wall time of one prediction over the first patients
-after a warm-up.
+after a warm-up. ``--reference NAME`` adds each model's distance to that model (one of those listed; it runs
+first): the OpenKBP dose score with its prediction in place of the truth, i.e. how closely a student follows
+its teachers beside how closely it follows the truth.
 
 Usage: python benchmarks/distill_ablation.py NAME=MODEL [NAME=MODEL ...] [--validation DIR] [--threads 2] [--tta]
+                                             [--reference NAME]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dosepred.io import sources
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.loader import load_predictor
 from dosepred.metrics import OpenKBPScorer
+from dosepred.metrics.openkbp import dose_error
 
 
 def parameters(predictor) -> int:  # noqa: ANN001
@@ -35,25 +39,40 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-patients", type=int, default=5)
     parser.add_argument("--tta", action="store_true", help="average in the mirrored prediction (as predict does)")
+    parser.add_argument("--reference", help="NAME of a listed model: report each model's distance to it (Gy)")
     args = parser.parse_args()
+    models = [spec.partition("=")[::2] for spec in args.models]
+    names = [name for name, _ in models]
+    if args.reference is not None:
+        if args.reference not in names:
+            parser.error(f"--reference {args.reference!r} is not one of the listed models: {', '.join(names)}")
+        models.sort(key=lambda model: model[0] != args.reference)  # the reference predicts first
     torch.set_num_threads(args.threads)
     patients = [sources.read_patient(p) for p in sources.find_patients(Path(args.validation))]
-    print(f"{'model':28s} {'dose (Gy)':>10s} {'DVH (Gy)':>9s} {'params':>10s} {'CPU s/patient':>14s}")
-    for spec in args.models:
-        name, _, folder = spec.partition("=")
+    reference: dict[str, np.ndarray] = {}
+    distance_column = f" {'to ' + args.reference:>14s}" if args.reference else ""
+    print(f"{'model':28s} {'dose (Gy)':>10s} {'DVH (Gy)':>9s}{distance_column} {'params':>10s} {'CPU s/patient':>14s}")
+    for name, folder in models:
         predictor = load_predictor(folder, device=torch.device("cpu"))
         scorer = OpenKBPScorer()
+        distances = []
         for patient in patients:
-            scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=args.tta),
+            dose = predictor.predict(patient, tta=args.tta)
+            scorer.add(patient.id, patient.dose, dose,
                        structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
                        voxel_volume_mm3=patient.voxel_volume_mm3)
+            if name == args.reference:
+                reference[patient.id] = dose
+            elif args.reference:
+                distances.append(dose_error(reference[patient.id], dose, patient.possible_dose_mask))
         seconds = []
         for patient in patients[: args.latency_patients + 1]:
             start = time.perf_counter()
             predictor.predict(patient, tta=args.tta)
             seconds.append(time.perf_counter() - start)
         latency = float(np.median(seconds[1:]))
-        print(f"{name:28s} {scorer.evaluation.dose_score:10.3f} {scorer.evaluation.dvh_score:9.3f} "
+        distance = (f" {np.mean(distances):14.3f}" if distances else f" {'':14s}") if args.reference else ""
+        print(f"{name:28s} {scorer.evaluation.dose_score:10.3f} {scorer.evaluation.dvh_score:9.3f}{distance} "
               f"{parameters(predictor):10d} {latency:14.3f}", flush=True)
 
 
