@@ -70,7 +70,7 @@ def main() -> None:
             start = time.perf_counter()
             predictor.predict(patient, tta=args.tta)
             seconds.append(time.perf_counter() - start)
-        latency = float(np.median(seconds[1:]))
+        latency = float(np.median(seconds[1:] or seconds))  # one patient: no warm-up to leave out
         distance = (f" {np.mean(distances):14.3f}" if distances else f" {'':14s}") if args.reference else ""
         print(f"{name:28s} {scorer.evaluation.dose_score:10.3f} {scorer.evaluation.dvh_score:9.3f}{distance} "
               f"{parameters(predictor):10d} {latency:14.3f}", flush=True)
