@@ -43,6 +43,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {**DEFAULTS, "distill": {
     "truth_weight": 1.0,
     "soft_weight": 1.0,
     "uncertainty_weight": 1.0,
+    "detach_uncertainty": False,  # the uncertainty channel learns from the student's last features, gradient stopped
     "adversarial_weight": 0.01,
     "feature_matching": 0.0,
     "teacher_targets": None,  # the teachers' predictions kept for reuse (null: teacher_targets.safetensors in the run)

@@ -20,7 +20,9 @@ optimiser and a least-squares objective (teacher mean = real, student = fake); t
 with every L1 taken inside the possible-dose mask; the ground-truth term is the trainer's own loss, so the
 student learns with the recipe its teachers learnt with. Setting weights to 0 gives the ablations (ground
 truth only; + distillation; + adversarial critic); with neither an adversarial term nor feature matching the
-critic is not run at all.
+critic is not run at all. With ``detach_uncertainty`` (a searched student) the uncertainty channel is a
+readout of the student's last features whose gradient stops there, so the spread term trains that readout
+only and the network's capacity goes to the dose.
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ class DistillationTrainer(Trainer):
         """``progress(phase, done, total)`` reports the teachers' passes over the training patients."""
         self.progress = progress
         self.distill = {**DISTILL_DEFAULTS["distill"], **config.get("distill", {})}
-        config = {**config, "network": {**config["network"], "out_channels": 2}}  # dose + uncertainty
+        network = {**config["network"], "out_channels": 2}  # dose + uncertainty
+        if self.distill["detach_uncertainty"]:
+            if network.get("name") != "searched":
+                raise ValueError("distill.detach_uncertainty needs a searched student (--student FILE), "
+                                 f"not the network {network.get('name')!r}")
+            network["detached_uncertainty"] = True
+        config = {**config, "network": network}
         super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def build_network(self) -> nn.Module:

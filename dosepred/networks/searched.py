@@ -11,6 +11,8 @@ apply their two slot operations, with an optional residual connection around the
 the stem halves the grid and the head doubles it again (as MONAI's U-Net does): the searched blocks then
 see a 128^3 patient at the 64^3 scale they were searched at, for a seventh of the compute. A slot (or the
 resampling) may also hold a list of operations whose outputs are summed: GOLD-NAS's enlarged space.
+With ``detached_uncertainty`` a two-channel network's second channel (a distilled student's uncertainty) is
+read out of the last features with their gradient stopped: learning it takes no capacity from the dose.
 
 ``UNetSpaceNet`` holds, in every slot, a set of candidate operations: one each for a stand-alone network
 (``build_network``), all of them for a weight-sharing supernet (``dosepred.nas``). Both name their
@@ -75,14 +77,18 @@ class UNetSpaceNet(nn.Module):
     """A U-Net over the search space; ``forward(x, genotype)`` runs one path (stand-alone nets know theirs)."""
 
     def __init__(self, candidates: Candidates, *, channels: Sequence[int], in_channels: int = len(INPUT_CHANNELS),
-                 out_channels: int = 1, genotype: Genotype | None = None, stem_stride: int = 1) -> None:
+                 out_channels: int = 1, genotype: Genotype | None = None, stem_stride: int = 1,
+                 detached_uncertainty: bool = False) -> None:
         super().__init__()
         depth = len(channels) - 1
         if len(candidates["encoder"]) != depth or len(candidates["decoder"]) != depth:
             raise ValueError(f"{depth} down levels need {depth} encoder and {depth} decoder blocks")
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
+        if detached_uncertainty and out_channels != 2:
+            raise ValueError(f"detached_uncertainty needs two output channels (dose, uncertainty), got {out_channels}")
         self.genotype = genotype
+        self.detached_uncertainty = detached_uncertainty
         self.stem = conv_norm_act(in_channels, channels[0], stride=stem_stride)
         self.encoder = nn.ModuleList(SearchBlock("encoder", channels[i], channels[i + 1], candidates["encoder"][i])
                                      for i in range(depth))
@@ -107,7 +113,15 @@ class UNetSpaceNet(nn.Module):
         x = skips.pop()
         for i in reversed(range(len(self.decoder))):
             x = self.decoder[i](x, genotype["decoder"][i], skip=skips.pop(), gate=gate("decoder", i))
-        return self.head(x)
+        if not self.detached_uncertainty:
+            return self.head(x)
+        # The same parameters as the plain head (weights move between the two), the gradient split per channel.
+        *upsample, readout = self.head if isinstance(self.head, nn.Sequential) else [self.head]
+        for layer in upsample:
+            x = layer(x)
+        dose = nn.functional.conv3d(x, readout.weight[:1], readout.bias[:1])
+        uncertainty = nn.functional.conv3d(x.detach(), readout.weight[1:], readout.bias[1:])
+        return torch.cat([dose, uncertainty], dim=1)
 
 
 def genotype_candidates(genotype: Genotype) -> Candidates:
@@ -151,10 +165,13 @@ def plain_genotype(depth: int) -> Genotype:
 
 @register_network("searched")
 def build_network(*, genotype: Genotype | None = None, channels: Sequence[int] = (16, 32, 64, 128),
-                  in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1, stem_stride: int = 1) -> nn.Module:
+                  in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1, stem_stride: int = 1,
+                  detached_uncertainty: bool = False) -> nn.Module:
     """THE builder: a stand-alone network from a genotype (default: ``plain_genotype``); ``stem_stride`` 2 runs
-    the blocks at half the input's grid."""
+    the blocks at half the input's grid; ``detached_uncertainty`` stops the second channel's gradient at the
+    last features."""
     genotype = genotype or plain_genotype(len(channels) - 1)
     validate_genotype(genotype, len(channels) - 1)
     return UNetSpaceNet(genotype_candidates(genotype), channels=channels, in_channels=in_channels,
-                        out_channels=out_channels, genotype=genotype, stem_stride=stem_stride)
+                        out_channels=out_channels, genotype=genotype, stem_stride=stem_stride,
+                        detached_uncertainty=detached_uncertainty)

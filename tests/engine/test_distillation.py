@@ -120,6 +120,25 @@ def test_without_an_adversarial_term_the_critic_is_not_run(tiny_packs, teachers,
     assert "critic_loss" not in history[-1] and history[-1]["soft_loss"] > 0
 
 
+def test_a_detached_uncertainty_student_is_exported_as_it_trained(tiny_packs, teachers, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=2", "validate_every=2")
+    config["network"] = {"name": "searched", "channels": [4, 8, 16], "stem_stride": 2}  # the plain genotype
+    config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.0, "detach_uncertainty": True}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    history = trainer.fit()
+    assert history[-1]["uncertainty_loss"] > 0
+    exported = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert exported["network"]["detached_uncertainty"] is True
+    student = load_predictor(str(tmp_path / "run" / "best"), device=torch.device("cpu"))
+    assert student.network.detached_uncertainty
+    dose, uncertainty = student.predict_with_uncertainty(make_phantom((32, 32, 32)), tta=False)
+    assert uncertainty is not None and uncertainty.shape == dose.shape
+    config = tiny_config(tiny_packs)  # a MONAI U-Net student has no readout to detach
+    config["distill"] = {"teachers": [str(p) for p in teachers], "detach_uncertainty": True}
+    with pytest.raises(ValueError, match="needs a searched student"):
+        DistillationTrainer(config, tmp_path / "unet")
+
+
 def test_the_ground_truth_term_is_the_trainers_loss_with_its_dvh_term(tiny_packs, teachers, tmp_path: Path) -> None:
     truth_losses = []
     for dvh_weight in (0.0, 1.0):

@@ -57,6 +57,25 @@ def test_a_stride_two_stem_runs_the_blocks_at_half_the_grid_and_returns_the_full
         build_network(genotype=genotype, channels=SPACE.channels, stem_stride=4)
 
 
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_a_detached_uncertainty_channel_trains_only_its_readout(stem_stride: int) -> None:
+    genotype = SPACE.sample(np.random.default_rng(2))
+    plain = build_network(genotype=genotype, channels=SPACE.channels, out_channels=2, stem_stride=stem_stride)
+    detached = build_network(genotype=genotype, channels=SPACE.channels, out_channels=2, stem_stride=stem_stride,
+                             detached_uncertainty=True)
+    detached.load_state_dict(plain.state_dict())  # the same parameters: weights move between the two
+    x = torch.randn(1, 10, 16, 16, 16)
+    assert torch.allclose(plain(x), detached(x), atol=1e-6)
+    readout = detached.head[-1] if stem_stride == 2 else detached.head
+    for network, trunk_moves in ((plain, True), (detached, False)):
+        network.zero_grad()
+        network(x)[:, 1].abs().mean().backward()  # a loss on the uncertainty channel alone
+        assert (network.stem[0].weight.grad.abs().sum() > 0) == trunk_moves
+    assert readout.weight.grad[1].abs().sum() > 0 and readout.weight.grad[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="two output channels"):
+        build_network(genotype=genotype, channels=SPACE.channels, detached_uncertainty=True)
+
+
 def test_genotype_json_round_trip_builds_the_same_network() -> None:
     genotype = SPACE.sample(np.random.default_rng(3))
     text = json.dumps({"genotype": genotype})
