@@ -94,11 +94,14 @@ def main() -> None:
     parser.add_argument("--search-only", action="store_true")
     parser.add_argument("--shard", default="0/1", help="i/n: this process trains every n-th stand-alone run from i")
     args = parser.parse_args()
-    recipe = Recipe.from_args(args)
+    try:
+        recipe = Recipe.from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
     truth_file = json.loads(args.standalone.read_text())
     if truth_file["recipe"] != recipe.describe():
         parser.error(f"{args.standalone} was trained with another recipe ({truth_file['recipe']}); "
-                     f"give its --steps/--lr/--resolution/--augment")
+                     f"give its --steps/--lr/--resolution/--augment or --recipe-config")
     config = load_config(args.config, [f"threads={args.threads}", f"data.resolution={recipe.resolution}",
                                        f"data.train={recipe.train}", f"data.validation={recipe.validation}",
                                        "data.augment=false", f"search.channels={list(CHANNELS)}"],

@@ -13,7 +13,12 @@ several sessions.
 On two cores, two processes (``--seeds 0 --threads 1 --json A``, ``--seeds 1 --threads 1 --json B``) and
 ``--merge A B --json TABLE`` build the table in about half the time of one process on two threads.
 
+With ``--recipe-config FILE`` every run trains with a training config instead (``configs/full_cpu.yaml``: the
+teachers' recipe at 128^3 with beam channels and the DVH-aware loss), ``--widths``/``--stem-stride`` giving the
+networks' size (the teachers': ``--widths 16 32 64 128 --stem-stride 2``).
+
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
+       [--recipe-config FILE --widths 16 32 64 128 --stem-stride 2]
        [--ranked runs/search/ranked.json] [--json benchmarks/results/nas_standalone.json]
        python benchmarks/nas_standalone.py --merge PART [PART ...] --json TABLE
 """
@@ -21,6 +26,7 @@ Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -32,7 +38,7 @@ import numpy as np
 from scipy.stats import f_oneway
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
-from dosepred.engine.config import load_config
+from dosepred.engine.config import ConfigError, load_config
 from dosepred.engine.trainer import Trainer
 from dosepred.nas.space import SearchSpace, genotype_key
 
@@ -77,7 +83,9 @@ def ranked_sample(count: int, ranked: list[dict[str, Any]]) -> list[dict[str, An
 
 @dataclass(frozen=True)
 class Recipe:
-    """How every stand-alone run trains and is scored; ``describe()`` names it in the results file."""
+    """How every stand-alone run trains and is scored; ``describe()`` names it in the results file. With
+    ``config_file`` (a training config, e.g. ``configs/full_cpu.yaml``: 128^3, beam channels, DVH-aware loss,
+    augmentation) that file sets everything but the seed, threads, device, patients and steps."""
 
     steps: int = 300
     lr: float = 2e-3
@@ -87,30 +95,52 @@ class Recipe:
     train: str = "data/pack/train"
     validation: str = "data/pack/validation"
     device: str = "cpu"
+    config_file: str | None = None
+    channels: tuple[int, ...] = CHANNELS
+    stem_stride: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Recipe:
-        return cls(args.steps, args.lr, args.resolution, args.augment, args.threads, str(args.train),
-                   str(args.validation), args.device)
+        """The recipe the arguments describe; ValueError where --recipe-config and --lr/--resolution/--augment meet."""
+        given = [f"--{name}" for name in ("lr", "resolution", "augment") if getattr(args, name) is not None]
+        if args.recipe_config is not None:
+            if given:
+                raise ValueError(f"{', '.join(given)}: with --recipe-config the config file sets them")
+            file = load_config(args.recipe_config)
+            lr, resolution, augment = file["optim"]["lr"], file["data"]["resolution"], file["data"]["augment"]
+        else:
+            lr = 2e-3 if args.lr is None else args.lr
+            resolution = 64 if args.resolution is None else args.resolution
+            augment = bool(args.augment)
+        return cls(args.steps, lr, resolution, augment, args.threads, str(args.train), str(args.validation),
+                   args.device, None if args.recipe_config is None else str(args.recipe_config),
+                   tuple(args.widths), args.stem_stride)
 
     def describe(self) -> str:
+        network = f"channels {list(self.channels)}" + (f", stem stride {self.stem_stride}" if self.stem_stride != 1 else "")
+        if self.config_file is not None:
+            digest = hashlib.sha256(Path(self.config_file).read_bytes()).hexdigest()[:12]
+            return (f"{self.steps} steps of {self.config_file} (sha256 {digest}), {network}; "
+                    "scored on every validation patient at 128^3")
         return (f"{self.steps} steps, batch 2, AdamW lr {self.lr} (warm-up 20, cosine), masked L1, "
                 f"{'augmentation' if self.augment else 'no augmentation'}, "
-                f"{self.resolution}^3, channels {list(CHANNELS)}; scored on every validation patient at 128^3")
+                f"{self.resolution}^3, {network}; scored on every validation patient at 128^3")
 
     def config(self, seed: int) -> dict[str, Any]:
-        return load_config(None, [f"seed={seed}", f"threads={self.threads}", f"device={self.device}", f"data.train={self.train}",
-                                  f"data.validation={self.validation}",
-                                  f"data.resolution={self.resolution}", f"data.augment={self.augment}",
-                                  f"optim.steps={self.steps}", f"optim.lr={self.lr}", "optim.warmup_steps=20",
-                                  "optim.batch_size=2", f"validate_every={self.steps}",
-                                  f"checkpoint_every={self.steps}"])
+        common = [f"seed={seed}", f"threads={self.threads}", f"device={self.device}", f"data.train={self.train}",
+                  f"data.validation={self.validation}", f"optim.steps={self.steps}", f"validate_every={self.steps}",
+                  f"checkpoint_every={self.steps}"]
+        if self.config_file is not None:
+            return load_config(self.config_file, common)
+        return load_config(None, [*common, f"data.resolution={self.resolution}", f"data.augment={self.augment}",
+                                  f"optim.lr={self.lr}", "optim.warmup_steps=20", "optim.batch_size=2"])
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
         """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, parameters. It
         prints a progress line at every tenth of its steps."""
         config = self.config(seed)
-        config["network"] = {"name": "searched", "genotype": genotype, "channels": list(CHANNELS)}
+        config["network"] = {"name": "searched", "genotype": genotype, "channels": list(self.channels),
+                             "stem_stride": self.stem_stride}
         started = time.perf_counter()
 
         def report(step: int, _: dict[str, float]) -> None:
@@ -126,10 +156,16 @@ class Recipe:
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="stand-alone training steps")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3)")
+    parser.add_argument("--resolution", type=int, help="training grid (default 64)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="augment every batch (expands the full-grid samples each step: slow on a CPU)")
+    parser.add_argument("--recipe-config", type=Path,
+                        help="train with this training config instead (e.g. configs/full_cpu.yaml: the teachers' "
+                             "recipe); it sets lr, resolution, augmentation, beams, loss and batch")
+    parser.add_argument("--widths", type=int, nargs=4, default=list(CHANNELS), help="the networks' channels")
+    parser.add_argument("--stem-stride", type=int, choices=(1, 2), default=1,
+                        help="2: the stem halves the grid (the teachers' 128^3 networks)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", type=Path, default=Path("data/pack/train"))
     parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))
@@ -217,7 +253,10 @@ def main() -> None:
         print_table(results)
         return
     space = SearchSpace(CHANNELS)
-    recipe = Recipe.from_args(args)
+    try:
+        recipe = Recipe.from_args(args)
+    except (ValueError, ConfigError) as error:
+        parser.error(str(error))
     description = recipe.describe()
     results = load_results(args.json)
     if results["architectures"] and results.get("recipe") != description:

@@ -41,3 +41,46 @@ def test_a_searchs_own_estimates_are_read_by_genotype() -> None:
     assert ranked_estimates(ranked, [{"n": 3}, {"n": 0}]) == [13.0, 10.0]
     with pytest.raises(ValueError, match=r"architectures \[1\] .* not in the ranked list"):
         ranked_estimates(ranked, [{"n": 0}, {"n": 7}])
+
+
+def recipe_args(*arguments: str):
+    import argparse
+
+    from benchmarks.nas_standalone import add_recipe_arguments
+
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    return parser.parse_args(list(arguments))
+
+
+def test_the_default_recipe_is_described_as_before() -> None:
+    from benchmarks.nas_standalone import Recipe
+
+    recipe = Recipe.from_args(recipe_args("--steps", "1000"))
+    assert recipe.describe() == ("1000 steps, batch 2, AdamW lr 0.002 (warm-up 20, cosine), masked L1, no augmentation, "
+                                 "64^3, channels [8, 16, 32, 64]; scored on every validation patient at 128^3")
+
+
+def test_a_recipe_from_a_training_config_trains_with_it(tiny_packs, tmp_path) -> None:
+    from benchmarks.nas_standalone import Recipe
+    from dosepred.nas.space import SearchSpace
+
+    file = tmp_path / "full.yaml"
+    file.write_text("data: {resolution: 32, augment: true, beam_angles: [0, 120, 240]}\n"
+                    "loss: {dvh_weight: 0.3}\noptim: {batch_size: 1, lr: 0.001, warmup_steps: 1}\n")
+    recipe = Recipe.from_args(recipe_args("--recipe-config", str(file), "--steps", "2", "--widths", "4", "8", "16", "32",
+                                          "--stem-stride", "2", "--threads", "1", "--train", str(tiny_packs / "train"),
+                                          "--validation", str(tiny_packs / "validation")))
+    assert (recipe.lr, recipe.resolution, recipe.augment) == (0.001, 32, True)  # read from the file
+    assert recipe.describe().startswith(f"2 steps of {file} (sha256 ")
+    assert "channels [4, 8, 16, 32], stem stride 2" in recipe.describe()
+    config = recipe.config(seed=3)
+    assert config["seed"] == 3 and config["loss"]["dvh_weight"] == 0.3 and config["data"]["beam_angles"] == [0, 120, 240]
+    genotype = SearchSpace((4, 8, 16, 32)).reference()
+    run = recipe.run(genotype, 3, tmp_path / "run")
+    assert run["seed"] == 3 and run["dose_score"] > 0
+    described = recipe.describe()
+    file.write_text(file.read_text() + "# edited\n")
+    assert recipe.describe() != described  # another config file is another recipe
+    with pytest.raises(ValueError, match="--lr, --resolution: with --recipe-config"):
+        Recipe.from_args(recipe_args("--recipe-config", str(file), "--lr", "0.1", "--resolution", "64"))
