@@ -106,14 +106,17 @@ def test_the_gpu_config_runs_on_the_cpu(tiny_packs, tmp_path: Path) -> None:
     assert json.loads((best / "config.json").read_text())["data"]["beam_angles"] == config["data"]["beam_angles"]
 
 
-@pytest.mark.parametrize("number", [1, 2, 3])
-def test_the_gpu_config_trains_each_committed_teacher(number: int, tiny_packs, tmp_path: Path) -> None:
-    """The rehearsal of the GPU teachers' command (README): configs/gpu_full.yaml with a committed teacher's
-    genotype and widths, warm-started from the shipped teacher, tiny data, one step; the model folder comes back
-    through $OUT."""
-    teacher = REPOSITORY / "benchmarks" / "results" / "lenas_search_1000passes_teachers" / f"teacher_{number}.json"
+TEACHERS = REPOSITORY / "dosepred" / "models" / "lenas-teachers"
+
+
+@pytest.mark.parametrize("member", json.loads((TEACHERS / "config.json").read_text())["members"])
+def test_the_gpu_config_trains_each_committed_teacher(member: str, tiny_packs, tmp_path: Path) -> None:
+    """The rehearsal of the GPU teachers' command (README): configs/gpu_full.yaml with a shipped teacher's
+    genotype and widths (MEMBER.json beside its folder), warm-started from it, tiny data, one step; the model
+    folder comes back through $OUT."""
+    teacher = TEACHERS / f"{member}.json"
     result = runner.invoke(app, ["train", "-c", str(REPOSITORY / "configs" / "gpu_full.yaml"), "--genotype", str(teacher),
-                                 "--init", str(REPOSITORY / "dosepred" / "models" / "lenas-teachers" / f"teacher_{number}"),
+                                 "--init", str(TEACHERS / member),
                                  "-o", str(tmp_path / "run"), f"data.train={tiny_packs / 'train'}",
                                  f"data.validation={tiny_packs / 'validation'}", "data.resolution=32",
                                  "data.workers=2", "device=cpu", "optim.steps=1"])
