@@ -5,7 +5,9 @@ averaging in the mirrored prediction, as ``dosepred predict`` does by default) a
 OpenKBP dose and DVH scores; latency is the median wall time of one prediction over the first patients
 after a warm-up. ``--reference NAME`` adds each model's distance to that model (one of those listed; it runs
 first): the OpenKBP dose score with its prediction in place of the truth, i.e. how closely a student follows
-its teachers beside how closely it follows the truth.
+its teachers beside how closely it follows the truth; and, where both give an uncertainty (a student's second
+channel, an ensemble's spread), the mean |difference| of the two over the possible-dose voxels (Gy): how well a
+student learnt its teachers' disagreement.
 
 Usage: python benchmarks/distill_ablation.py NAME=MODEL [NAME=MODEL ...] [--validation DIR] [--threads 2] [--tta]
                                              [--reference NAME]
@@ -49,29 +51,35 @@ def main() -> None:
         models.sort(key=lambda model: model[0] != args.reference)  # the reference predicts first
     torch.set_num_threads(args.threads)
     patients = [sources.read_patient(p) for p in sources.find_patients(Path(args.validation))]
-    reference: dict[str, np.ndarray] = {}
-    distance_column = f" {'to ' + args.reference:>14s}" if args.reference else ""
-    print(f"{'model':28s} {'dose (Gy)':>10s} {'DVH (Gy)':>9s}{distance_column} {'params':>10s} {'CPU s/patient':>14s}")
+    reference: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    distance_columns = f" {'to ' + args.reference:>14s} {'spread to it':>12s}" if args.reference else ""
+    print(f"{'model':28s} {'dose (Gy)':>10s} {'DVH (Gy)':>9s}{distance_columns} {'params':>10s} {'CPU s/patient':>14s}")
     for name, folder in models:
         predictor = load_predictor(folder, device=torch.device("cpu"))
         scorer = OpenKBPScorer()
-        distances = []
+        distances, spread_distances = [], []
         for patient in patients:
-            dose = predictor.predict(patient, tta=args.tta)
+            dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=args.tta)
             scorer.add(patient.id, patient.dose, dose,
                        structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
                        voxel_volume_mm3=patient.voxel_volume_mm3)
             if name == args.reference:
-                reference[patient.id] = dose
+                reference[patient.id] = dose, uncertainty
             elif args.reference:
-                distances.append(dose_error(reference[patient.id], dose, patient.possible_dose_mask))
+                reference_dose, reference_uncertainty = reference[patient.id]
+                distances.append(dose_error(reference_dose, dose, patient.possible_dose_mask))
+                if uncertainty is not None and reference_uncertainty is not None:
+                    spread_distances.append(dose_error(reference_uncertainty, uncertainty, patient.possible_dose_mask))
         seconds = []
         for patient in patients[: args.latency_patients + 1]:
             start = time.perf_counter()
             predictor.predict(patient, tta=args.tta)
             seconds.append(time.perf_counter() - start)
         latency = float(np.median(seconds[1:] or seconds))  # one patient: no warm-up to leave out
-        distance = (f" {np.mean(distances):14.3f}" if distances else f" {'':14s}") if args.reference else ""
+        distance = ""
+        if args.reference:
+            distance = f" {np.mean(distances):14.3f}" if distances else f" {'':14s}"
+            distance += f" {np.mean(spread_distances):12.3f}" if spread_distances else f" {'':12s}"
         print(f"{name:28s} {scorer.evaluation.dose_score:10.3f} {scorer.evaluation.dvh_score:9.3f}{distance} "
               f"{parameters(predictor):10d} {latency:14.3f}", flush=True)
 

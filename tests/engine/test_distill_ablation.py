@@ -30,3 +30,12 @@ def test_an_unknown_reference_is_refused(monkeypatch, capsys, tiny_packs, tiny_m
         run(monkeypatch, capsys, f"a={tiny_model}", "--validation", str(tiny_packs / "validation"),
             "--reference", "b")
     assert "is not one of the listed models: a" in capsys.readouterr().err
+
+
+def test_the_spread_distance_needs_an_uncertainty_on_both_sides(monkeypatch, capsys, tiny_packs, tiny_model,
+                                                               two_output_model):
+    rows = run(monkeypatch, capsys, f"reference={two_output_model}", f"same={two_output_model}", f"single={tiny_model}",
+               "--validation", str(tiny_packs / "validation"), "--threads", "1", "--latency-patients", "1",
+               "--reference", "reference")
+    assert len(rows["same"]) == 6 and float(rows["same"][2]) == 0.0 and float(rows["same"][3]) == 0.0
+    assert len(rows["single"]) == 5  # dose, DVH, distance, params, latency: no uncertainty to compare
