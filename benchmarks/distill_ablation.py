@@ -7,7 +7,8 @@ after a warm-up. ``--reference NAME`` adds each model's distance to that model (
 first): the OpenKBP dose score with its prediction in place of the truth, i.e. how closely a student follows
 its teachers beside how closely it follows the truth; and, where both give an uncertainty (a student's second
 channel, an ensemble's spread), the mean |difference| of the two over the possible-dose voxels (Gy): how well a
-student learnt its teachers' disagreement.
+student learnt its teachers' disagreement (on the reference's own row: its mean spread, the error of a student
+that predicts none).
 
 Usage: python benchmarks/distill_ablation.py NAME=MODEL [NAME=MODEL ...] [--validation DIR] [--threads 2] [--tta]
                                              [--reference NAME]
@@ -65,6 +66,8 @@ def main() -> None:
                        voxel_volume_mm3=patient.voxel_volume_mm3)
             if name == args.reference:
                 reference[patient.id] = dose, uncertainty
+                if uncertainty is not None:  # its own row: the error of predicting no spread at all
+                    spread_distances.append(dose_error(np.zeros_like(uncertainty), uncertainty, patient.possible_dose_mask))
             elif args.reference:
                 reference_dose, reference_uncertainty = reference[patient.id]
                 distances.append(dose_error(reference_dose, dose, patient.possible_dose_mask))

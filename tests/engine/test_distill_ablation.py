@@ -38,4 +38,5 @@ def test_the_spread_distance_needs_an_uncertainty_on_both_sides(monkeypatch, cap
                "--validation", str(tiny_packs / "validation"), "--threads", "1", "--latency-patients", "1",
                "--reference", "reference")
     assert len(rows["same"]) == 6 and float(rows["same"][2]) == 0.0 and float(rows["same"][3]) == 0.0
+    assert len(rows["reference"]) == 5 and float(rows["reference"][2]) >= 0.0  # its mean spread
     assert len(rows["single"]) == 5  # dose, DVH, distance, params, latency: no uncertainty to compare
