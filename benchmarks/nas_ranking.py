@@ -4,7 +4,9 @@ Ground truth: the JSON of ``benchmarks/nas_standalone.py`` (a fixed sample of ar
 stand-alone with several seeds); an architecture's score is its mean over seeds. Estimators, each scored
 against it:
 - zero-cost proxies at initialisation (``dosepred.nas.proxies``), the mean over ``--proxy-seeds``
-  initialisations on the first two training patients;
+  initialisations on the first two training patients, of the networks the ground truth trained (its
+  ``networks`` record: widths, stem stride, input grid and beam channels; older files: the search's widths
+  at ``--resolution`` without beam channels);
 - weight-sharing supernets, each trained by a search strategy (``--supernets``: e.g. ``lenas``, its uniform
   path sampling; ``lenas:sampling=fair``, FairNAS's strict fairness; ``kshot``) for the same
   ``--supernet-passes`` training forward passes at ``--resolution``, on the same data as the ground truth (not
@@ -69,14 +71,15 @@ def bootstrap_interval(estimates: list[float], truth: list[float], draws: int = 
 
 
 def proxy_estimates(genotypes: list[dict], channels: tuple[int, ...], batch: dict[str, torch.Tensor],
-                    seeds: int) -> dict[str, list[float]]:
+                    seeds: int, stem_stride: int = 1) -> dict[str, list[float]]:
     """Each proxy's mean over ``seeds`` initialisations, negated: lower estimates promise better architectures."""
     estimates: dict[str, list[float]] = {name: [] for name in PROXIES}
     for genotype in genotypes:
         values: dict[str, list[float]] = {name: [] for name in PROXIES}
         for seed in range(seeds):
             torch.manual_seed(seed)
-            network = build_network(genotype=genotype, channels=channels, in_channels=batch["image"].shape[1])
+            network = build_network(genotype=genotype, channels=channels, in_channels=batch["image"].shape[1],
+                                    stem_stride=stem_stride)
             for name, proxy in PROXIES.items():
                 values[name].append(proxy(network, batch))
         for name in PROXIES:
@@ -179,9 +182,12 @@ def main() -> None:
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{ranked}: {error}")
     started = time.perf_counter()
-    two = PatientSamples(sources.find_patients(args.train)[:2], resolution=args.resolution).batch([0, 1], None)
-    estimates |= proxy_estimates(genotypes, channels, two, args.proxy_seeds)
-    print(f"zero-cost proxies: {time.perf_counter() - started:.0f} s", flush=True)
+    networks = truth_file.get("networks", {"channels": list(channels), "stem_stride": 1,
+                                            "resolution": args.resolution, "beam_angles": None})
+    two = PatientSamples(sources.find_patients(args.train)[:2], resolution=networks["resolution"],
+                         beam_angles=networks["beam_angles"]).batch([0, 1], None)
+    estimates |= proxy_estimates(genotypes, tuple(networks["channels"]), two, args.proxy_seeds, networks["stem_stride"])
+    print(f"zero-cost proxies ({networks}): {time.perf_counter() - started:.0f} s", flush=True)
     validation = sources.find_patients(args.validation)
     supernets = args.supernets if args.supernet_passes else []
     if supernets:
@@ -213,6 +219,7 @@ def main() -> None:
     settings = {"ground_truth": truth_file["recipe"], "resolution": args.resolution, "device": args.device,
                 "supernet_passes": args.supernet_passes, "supernets": args.supernets,
                 "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds,
+                "proxy_networks": networks,
                 "search_ranked": [str(path) for path in args.search_ranked]}
     args.json.write_text(json.dumps({**settings, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 

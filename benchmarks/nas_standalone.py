@@ -126,6 +126,13 @@ class Recipe:
                 f"{'augmentation' if self.augment else 'no augmentation'}, "
                 f"{self.resolution}^3, {network}; scored on every validation patient at 128^3")
 
+    def networks(self) -> dict[str, Any]:
+        """What every stand-alone network is and sees, kept in the results file so that
+        ``benchmarks/nas_ranking.py`` runs its zero-cost proxies on those very networks and inputs."""
+        data = self.config(0)["data"]
+        return {"channels": list(self.channels), "stem_stride": self.stem_stride, "resolution": data["resolution"],
+                "beam_angles": data["beam_angles"]}
+
     def config(self, seed: int) -> dict[str, Any]:
         common = [f"seed={seed}", f"threads={self.threads}", f"device={self.device}", f"data.train={self.train}",
                   f"data.validation={self.validation}", f"optim.steps={self.steps}", f"validate_every={self.steps}",
@@ -191,6 +198,8 @@ def merge_results(results: dict[str, Any], part: dict[str, Any]) -> None:
     if results["architectures"] and part["recipe"] != results["recipe"]:
         raise ValueError(f"another recipe: {part['recipe']}")
     results["recipe"] = part["recipe"]
+    if "networks" in part:
+        results["networks"] = part["networks"]
     for number, architecture in enumerate(part["architectures"]):
         if number == len(results["architectures"]):
             results["architectures"].append({"genotype": architecture["genotype"], "runs": []})
@@ -262,6 +271,7 @@ def main() -> None:
     if results["architectures"] and results.get("recipe") != description:
         parser.error(f"{args.json} holds runs of another recipe ({results.get('recipe')}): choose another --json")
     results["recipe"] = description
+    results["networks"] = recipe.networks()
     if args.ranked:
         try:
             sample = ranked_sample(args.architectures, json.loads(args.ranked.read_text()))

@@ -3,6 +3,9 @@ and the merge of its per-seed results files; a search's own estimates read from 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from benchmarks.nas_standalone import merge_results, ranked_sample
@@ -28,6 +31,9 @@ def test_per_seed_files_merge_into_one_table_ordered_by_seed() -> None:
     for piece in (part(1, 2), part(0, 3), part(1, 2)):  # merging a file twice adds nothing
         merge_results(table, piece)
     assert [[run["seed"] for run in a["runs"]] for a in table["architectures"]] == [[0, 1], [0, 1], [0]]
+    assert "networks" not in table  # older files have no record of them
+    merge_results(table, {**part(2, 1), "networks": {"channels": [4, 8, 16, 32]}})
+    assert table["networks"] == {"channels": [4, 8, 16, 32]}
     with pytest.raises(ValueError, match="another recipe"):
         merge_results(table, {**part(2, 1), "recipe": "other"})
     with pytest.raises(ValueError, match="architecture 0 differs"):
@@ -74,6 +80,8 @@ def test_a_recipe_from_a_training_config_trains_with_it(tiny_packs, tmp_path) ->
     assert (recipe.lr, recipe.resolution, recipe.augment) == (0.001, 32, True)  # read from the file
     assert recipe.describe().startswith(f"2 steps of {file} (sha256 ")
     assert "channels [4, 8, 16, 32], stem stride 2" in recipe.describe()
+    assert recipe.networks() == {"channels": [4, 8, 16, 32], "stem_stride": 2, "resolution": 32,
+                                 "beam_angles": [0, 120, 240]}
     config = recipe.config(seed=3)
     assert config["seed"] == 3 and config["loss"]["dvh_weight"] == 0.3 and config["data"]["beam_angles"] == [0, 120, 240]
     genotype = SearchSpace((4, 8, 16, 32)).reference()
@@ -84,3 +92,21 @@ def test_a_recipe_from_a_training_config_trains_with_it(tiny_packs, tmp_path) ->
     assert recipe.describe() != described  # another config file is another recipe
     with pytest.raises(ValueError, match="--lr, --resolution: with --recipe-config"):
         Recipe.from_args(recipe_args("--recipe-config", str(file), "--lr", "0.1", "--resolution", "64"))
+
+
+def test_the_proxies_run_on_the_ground_truths_networks_and_inputs(tiny_packs) -> None:
+    from benchmarks.nas_ranking import proxy_estimates
+    from dosepred.data.dataset import PatientSamples
+    from dosepred.io import sources
+    from dosepred.nas.space import SearchSpace
+    from dosepred.networks.searched import build_network
+
+    beams = [0, 120, 240]
+    two = PatientSamples(sources.find_patients(tiny_packs / "train")[:2], resolution=32, beam_angles=beams).batch([0, 1], None)
+    space = SearchSpace((4, 8, 16, 32))
+    genotypes = [space.reference(), space.sample(np.random.default_rng(1))]
+    estimates = proxy_estimates(genotypes, (4, 8, 16, 32), two, seeds=1, stem_stride=2)
+    trained = [build_network(genotype=g, channels=(4, 8, 16, 32), in_channels=two["image"].shape[1], stem_stride=2)
+               for g in genotypes]
+    assert estimates["parameters"] == [-float(sum(p.numel() for p in n.parameters())) for n in trained]
+    assert all(math.isfinite(value) for values in estimates.values() for value in values)
