@@ -50,7 +50,7 @@ def architecture_id(genotype: dict[str, Any]) -> str:
 def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]]) -> dict[str, Any]:
     strategy, options = parse_searcher(name)
     settings = config["search"]
-    space = SearchSpace(tuple(settings["channels"]))
+    space = SearchSpace.from_config(config)
     device = resolve_device(config["device"])
     budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
                     max_sweeps=settings["max_sweeps"], device=device)

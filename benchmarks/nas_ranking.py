@@ -13,7 +13,8 @@ against it:
   augmented); each architecture run with its weights through the strategy's own ``path`` is scored twice: on
   the first ``--validation-patients`` validation patients at the working resolution (the search's own
   estimate, ``dosepred.nas.evaluator``), and on every validation patient at 128^3 with the ground truth's own
-  scorer ("full grid").
+  scorer ("full grid"). The supernets have the search's widths at ``--resolution`` without beam channels, or,
+  with ``--supernet-networks truth``, the ground truth's own networks and inputs (labels end in "@truth").
 - a search's own estimates (``--search-ranked RUN/ranked.json``), read from its ranked list: no computation.
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
@@ -40,6 +41,7 @@ import torch
 from scipy.stats import kendalltau
 
 from dosepred.data.dataset import PatientSamples
+from dosepred.data.transforms import input_channels
 from dosepred.devices import resolve_device
 from dosepred.engine.trainer import validation_scores
 from dosepred.inference.predictor import Predictor
@@ -122,24 +124,26 @@ def parse_searcher_label(text: str) -> str:
 
 
 def supernet_estimates(label: str, genotypes: list[dict], space: SearchSpace, data: SearchData, resolution: int,
-                       passes: int, validation: list[Path], device: torch.device) -> dict[str, list[float]]:
+                       passes: int, validation: list[Path], device: torch.device,
+                       beam_angles: list[float] | None = None, suffix: str = "") -> dict[str, list[float]]:
     """The supernet of strategy ``label`` (``parse_searcher``) trained for ``passes`` training forward passes,
     each architecture run with its weights through the strategy's own ``path``: scored at the working
     resolution on the search's validation batch (the search's own estimate), and on ``validation`` at 128^3
-    with the ground truth's scorer (``validation_scores``)."""
+    with the ground truth's scorer (``validation_scores``). ``suffix`` tells the space apart in the labels and
+    the supernet's run folder."""
     name, options = parse_searcher(label)
-    run_dir = Path("runs") / "nas_ranking" / f"{file_name(label)}_{passes}"
+    run_dir = Path("runs") / "nas_ranking" / f"{file_name(label + suffix)}_{passes}"
     budget = Budget(supernet_steps=passes, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
                     resume=(run_dir / "supernet" / "checkpoints" / "last.pt").is_file())
-    report = lambda phase, done, total: print(f"\r{label} {phase} {done}/{total}", end="", flush=True)  # noqa: E731
+    report = lambda phase, done, total: print(f"\r{label + suffix} {phase} {done}/{total}", end="", flush=True)  # noqa: E731
     result = get_strategy(name, **options).search(space, data, budget, report)
     print()
     evaluator = Evaluator(data, device=device)
     paths = [result.path({"genotype": genotype}) for genotype in genotypes]
     working = [evaluator.evaluate(path) for path in paths]
-    full_grid = [validation_scores(Predictor(path, resolution=resolution, device=device), validation)["val_dose_score"]
-                 for path in paths]
-    return {label: working, f"{label} full grid": full_grid}
+    full_grid = [validation_scores(Predictor(path, resolution=resolution, device=device, beam_angles=beam_angles),
+                                   validation)["val_dose_score"] for path in paths]
+    return {label + suffix: working, f"{label + suffix} full grid": full_grid}
 
 
 def main() -> None:
@@ -153,6 +157,9 @@ def main() -> None:
     parser.add_argument("--supernets", nargs="+", type=parse_searcher_label, default=["lenas"],
                         help="strategies whose supernets estimate, each name[:option=value,...], "
                              "e.g. lenas lenas:sampling=fair kshot")
+    parser.add_argument("--supernet-networks", choices=("search", "truth"), default="search",
+                        help="search: supernets at the search's widths (8-16-32-64) and --resolution, no beam "
+                             "channels; truth: at the ground truth's own networks and inputs (its networks record)")
     parser.add_argument("--search-ranked", type=Path, nargs="*", default=[], metavar="RANKED",
                         help="ranked.json files of searches whose own estimates are ranked too")
     parser.add_argument("--validation-patients", type=int, default=12)
@@ -172,9 +179,18 @@ def main() -> None:
     truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
 
     channels = (8, 16, 32, 64)
-    space = SearchSpace(channels)
+    networks = truth_file.get("networks", {"channels": list(channels), "stem_stride": 1,
+                                            "resolution": args.resolution, "beam_angles": None})
     data_config = {"train": str(args.train), "validation": str(args.validation), "resolution": args.resolution,
-                   "augment": False}  # as the stand-alone ground truth (benchmarks/nas_standalone.py)
+                   "augment": False, "beam_angles": None}  # not augmented, as the ground truth's sample streams
+    space, suffix = SearchSpace(channels), ""
+    if args.supernet_networks == "truth":
+        if "networks" not in truth_file:
+            parser.error(f"{args.standalone} has no record of its networks: --supernet-networks truth needs one")
+        space = SearchSpace(tuple(networks["channels"]), in_channels=len(input_channels(networks["beam_angles"])),
+                            stem_stride=networks["stem_stride"])
+        data_config |= {"resolution": networks["resolution"], "beam_angles": networks["beam_angles"]}
+        suffix = "@truth"
     estimates: dict[str, list[float]] = {}
     for ranked in args.search_ranked:
         try:
@@ -182,8 +198,6 @@ def main() -> None:
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{ranked}: {error}")
     started = time.perf_counter()
-    networks = truth_file.get("networks", {"channels": list(channels), "stem_stride": 1,
-                                            "resolution": args.resolution, "beam_angles": None})
     two = PatientSamples(sources.find_patients(args.train)[:2], resolution=networks["resolution"],
                          beam_angles=networks["beam_angles"]).batch([0, 1], None)
     estimates |= proxy_estimates(genotypes, tuple(networks["channels"]), two, args.proxy_seeds, networks["stem_stride"])
@@ -194,9 +208,10 @@ def main() -> None:
         data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
     for label in supernets:
         started = time.perf_counter()
-        estimates |= supernet_estimates(label, genotypes, space, data, args.resolution, args.supernet_passes,
-                                        validation, resolve_device(args.device))
-        print(f"{label}: {args.supernet_passes} forward passes at {args.resolution}^3, "
+        estimates |= supernet_estimates(label, genotypes, space, data, data_config["resolution"],
+                                        args.supernet_passes, validation, resolve_device(args.device),
+                                        data_config["beam_angles"], suffix)
+        print(f"{label + suffix}: {args.supernet_passes} forward passes at {data_config['resolution']}^3, "
               f"{time.perf_counter() - started:.0f} s", flush=True)
 
     print(f"\n{len(architectures)} architectures; ground truth: {truth_file['recipe']}; seeds {seeds}")
@@ -216,7 +231,8 @@ def main() -> None:
               "standalone_mean": truth[number], "estimates": {name: values[number] for name, values in estimates.items()}}
              for number, genotype in enumerate(genotypes)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"ground_truth": truth_file["recipe"], "resolution": args.resolution, "device": args.device,
+    settings = {"ground_truth": truth_file["recipe"], "resolution": data_config["resolution"], "device": args.device,
+                "supernet_networks": args.supernet_networks,
                 "supernet_passes": args.supernet_passes, "supernets": args.supernets,
                 "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds,
                 "proxy_networks": networks,

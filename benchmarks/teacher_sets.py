@@ -46,7 +46,7 @@ def main() -> None:
     ranked = json.loads((args.run / "ranked.json").read_text())
     if max(max(s) for s in args.sets) > len(ranked):
         parser.error(f"the run ranked {len(ranked)} architectures")
-    supernet = make_supernet(SearchSpace(tuple(config["search"]["channels"])))
+    supernet = make_supernet(SearchSpace.from_config(config))
     supernet.load_state_dict(load_file(str(args.run / "supernet.safetensors")))
     data = config["data"]
     paths = sources.find_patients(Path(data["validation"]))[: config["search"]["validation_patients"]]

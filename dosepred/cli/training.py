@@ -165,7 +165,7 @@ def search(
     except ConfigError as error:
         raise fail(str(error)) from None
     if space_size:
-        Console().print(SearchSpace(tuple(settings["search"]["channels"])).describe())
+        Console().print(SearchSpace.from_config(settings).describe())
         return
     with progress_bar() as progress:
         tasks: dict[str, object] = {}

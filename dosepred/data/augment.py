@@ -32,6 +32,16 @@ class Augmentation:
     beam_rotation_prob: float = 0.0
     beam_step_deg: float = 40.0
 
+    @classmethod
+    def for_data(cls, data: dict) -> Augmentation | None:
+        """The augmentation a ``data`` config section asks for (None without ``augment``); beam-spacing
+        rotations step by the spacing of its ``beam_angles``."""
+        if not data["augment"]:
+            return None
+        angles = data.get("beam_angles") or []
+        return cls(beam_rotation_prob=data.get("beam_rotation", 0.0),
+                   beam_step_deg=360 / len(angles) if angles else 40.0)
+
     def __call__(self, batch: dict[str, torch.Tensor], seeds: list[int]) -> dict[str, torch.Tensor]:
         """A compact ``batch`` (plus any attached volumes, each at its own grid) with sample i augmented by
         the draw of ``seeds[i]``."""

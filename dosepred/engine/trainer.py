@@ -63,13 +63,9 @@ class Trainer(TrainingLoop):
 
     def build_data(self) -> None:
         data = self.config["data"]
-        augmentation = None
-        if data["augment"]:
-            angles = data["beam_angles"] or []
-            augmentation = Augmentation(beam_rotation_prob=data["beam_rotation"],
-                                        beam_step_deg=360 / len(angles) if angles else 40.0)
         self.train_data = PatientSamples.from_source(data["train"], resolution=data["resolution"],
-                                                     augmentation=augmentation, beam_angles=data["beam_angles"],
+                                                     augmentation=Augmentation.for_data(data),
+                                                     beam_angles=data["beam_angles"],
                                                      device=self.device, workers=data["workers"])
         self.build_validation_paths()
 

@@ -40,12 +40,14 @@ class SearchData:
 
     @classmethod
     def from_config(cls, data: dict, *, seed: int = 0, validation_patients: int | None = None) -> SearchData:
+        """The splits of a ``data`` config section, with beam channels where it names ``beam_angles``."""
+        beams = data.get("beam_angles")
         train = PatientSamples.from_source(data["train"], resolution=data["resolution"],
-                                           augmentation=Augmentation() if data["augment"] else None)
+                                           augmentation=Augmentation.for_data(data), beam_angles=beams)
         if not data["augment"] and expanded_bytes(train) <= EXPAND_LIMIT_BYTES:
             train = ExpandedSamples(train)
         paths = sources.find_patients(Path(data["validation"]))[:validation_patients]
-        validation = PatientSamples(paths, resolution=data["resolution"])
+        validation = PatientSamples(paths, resolution=data["resolution"], beam_angles=beams)
         return cls(train, validation.batch(range(len(validation)), None), seed)
 
 

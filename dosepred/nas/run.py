@@ -40,7 +40,7 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
     save_config(config, output / "config.yaml")
     started = time.perf_counter()
     data = SearchData.from_config(config["data"], seed=config["seed"], validation_patients=settings["validation_patients"])
-    space = SearchSpace(tuple(settings["channels"]))
+    space = SearchSpace.from_config(config)
     budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
                     max_sweeps=settings["max_sweeps"], device=device, run_dir=output, resume=resume)
     result = search.search(space, data, budget, progress)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dosepred.data.transforms import INPUT_CHANNELS, input_channels
 from dosepred.networks.ops import DOWN_OPS, SLOT_OPS, UP_OPS, resampling
 from dosepred.networks.searched import Candidates, Genotype, plain_genotype
 
@@ -24,9 +25,18 @@ BlockRef = tuple[str, int]  # ("encoder" | "decoder", index)
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A U-Net with ``len(channels) - 1`` down levels; every block picks from the full op tables."""
+    """A U-Net with ``len(channels) - 1`` down levels; every block picks from the full op tables. The supernet
+    takes ``in_channels`` input channels (beam-aware inputs have more) and with ``stem_stride`` 2 runs its blocks
+    at half the input's grid, as the stand-alone networks built with it (``build_network``)."""
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    in_channels: int = len(INPUT_CHANNELS)
+    stem_stride: int = 1
+
+    @classmethod
+    def from_config(cls, config: dict) -> SearchSpace:
+        """The space of a search config: its ``search.channels``, taking the inputs its ``data`` section gives."""
+        return cls(tuple(config["search"]["channels"]), in_channels=len(input_channels(config["data"]["beam_angles"])))
 
     @property
     def depth(self) -> int:

@@ -21,7 +21,8 @@ from dosepred.networks.searched import Genotype, UNetSpaceNet
 
 
 def make_supernet(space: SearchSpace) -> UNetSpaceNet:
-    return UNetSpaceNet(space.candidates(), channels=space.channels)
+    return UNetSpaceNet(space.candidates(), channels=space.channels, in_channels=space.in_channels,
+                        stem_stride=space.stem_stride)
 
 
 class SupernetPath(nn.Module):

@@ -98,14 +98,33 @@ def test_blocks_choose_independently_and_the_space_is_counted() -> None:
         build_network(genotype=bad, channels=space.channels)
 
 
-def test_a_supernet_path_equals_the_stand_alone_network_with_its_weights() -> None:
-    supernet = make_supernet(SPACE).eval()
-    genotype = SPACE.sample(np.random.default_rng(1))
-    network = build_network(genotype=genotype, channels=SPACE.channels).eval()
+@pytest.mark.parametrize("in_channels, stem_stride", [(10, 1), (12, 2)])
+def test_a_supernet_path_equals_the_stand_alone_network_with_its_weights(in_channels: int, stem_stride: int) -> None:
+    space = SearchSpace(SPACE.channels, in_channels=in_channels, stem_stride=stem_stride)
+    supernet = make_supernet(space).eval()
+    genotype = space.sample(np.random.default_rng(1))
+    network = build_network(genotype=genotype, channels=space.channels, in_channels=in_channels,
+                            stem_stride=stem_stride).eval()
     weights = supernet.state_dict()
     network.load_state_dict({name: weights[name] for name in network.state_dict()})
-    x = torch.randn(1, 10, 8, 8, 8)
+    x = torch.randn(1, in_channels, 16, 16, 16)
+    assert network(x).shape[2:] == x.shape[2:]
     assert torch.allclose(network(x), supernet(x, genotype))
+
+
+def test_a_search_config_with_beam_angles_searches_on_beam_aware_inputs(tiny_packs) -> None:
+    from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+    from dosepred.nas.evaluator import SearchData
+
+    config = load_config(None, [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                "data.resolution=16", "data.augment=true", "data.beam_angles=[0,120,240]",
+                                "search.channels=[2,4]"], defaults=SEARCH_DEFAULTS)
+    space = SearchSpace.from_config(config)
+    assert space.in_channels == 12
+    data = SearchData.from_config(config["data"], validation_patients=1)
+    assert data.validation["image"].shape[1] == data.train.batch([0], [7])["image"].shape[1] == 12
+    assert data.train.augmentation.beam_step_deg == 120  # beam-spacing rotations step by the config's spacing
+    assert make_supernet(space)(data.validation["image"], space.reference()).shape[2:] == (16, 16, 16)
 
 
 def test_selection_prefers_a_diverse_set_over_near_duplicates() -> None:
