@@ -293,6 +293,7 @@ def main() -> None:
             architecture["runs"].append(run)
             save_results(args.json, results)
             print(json.dumps({"architecture": number, **architecture["runs"][-1]}), flush=True)
+    save_results(args.json, results)  # also a file whose runs were all done before gains the networks record
     print_table(results)
 
 
