@@ -64,7 +64,8 @@ def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: lis
     return {"variant": name, "strategy": strategy, "options": options, "search_seconds": seconds, **result.counts,
             "sample_estimates": [evaluator.evaluate(result.path({"genotype": g})) for g in sample],
             "best": {"genotype": best["genotype"], "estimated_dose_score": best["estimated_dose_score"],
-                     **architecture_cost(best["genotype"], list(space.channels), config["data"]["resolution"])}}
+                     **architecture_cost(best["genotype"], list(space.channels), config["data"]["resolution"],
+                                       in_channels=space.in_channels, stem_stride=space.stem_stride)}}
 
 
 def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001

@@ -27,15 +27,18 @@ def macs_by_module(network: nn.Module, run: Callable[[], object]) -> dict[str, i
 
 
 @lru_cache(maxsize=4096)
-def _cost(genotype_json: str, channels: tuple[int, ...], resolution: int) -> tuple[int, int]:
+def _cost(genotype_json: str, channels: tuple[int, ...], resolution: int, in_channels: int,
+          stem_stride: int) -> tuple[int, int]:
     with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was, cached or not
-        network = build_network(genotype=json.loads(genotype_json), channels=channels).eval()
-    x = torch.zeros(1, len(INPUT_CHANNELS), resolution, resolution, resolution)
+        network = build_network(genotype=json.loads(genotype_json), channels=channels, in_channels=in_channels,
+                                stem_stride=stem_stride).eval()
+    x = torch.zeros(1, in_channels, resolution, resolution, resolution)
     macs = macs_by_module(network, lambda: network(x))[""]
     return sum(p.numel() for p in network.parameters()), macs
 
 
-def architecture_cost(genotype: Genotype, channels: Sequence[int], resolution: int) -> dict[str, int]:
+def architecture_cost(genotype: Genotype, channels: Sequence[int], resolution: int, *,
+                      in_channels: int = len(INPUT_CHANNELS), stem_stride: int = 1) -> dict[str, int]:
     """{"parameters": ..., "macs": ...} of the stand-alone network for one input of ``resolution``^3."""
-    parameters, macs = _cost(genotype_key(genotype), tuple(channels), resolution)
+    parameters, macs = _cost(genotype_key(genotype), tuple(channels), resolution, in_channels, stem_stride)
     return {"parameters": parameters, "macs": macs}

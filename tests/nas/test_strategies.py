@@ -231,6 +231,11 @@ def test_cost_counts_parameters_and_scales_macs_with_the_volume() -> None:
     small, large = architecture_cost(genotype, SPACE.channels, 8), architecture_cost(genotype, SPACE.channels, 16)
     assert large["macs"] == 8 * small["macs"] > 0
     assert small["parameters"] == sum(p.numel() for p in build_network(genotype=genotype, channels=SPACE.channels).parameters())
+    # a stride-2 stem runs the blocks on an eighth of the voxels; beam-aware inputs add two channels
+    halved = architecture_cost(genotype, SPACE.channels, 16, in_channels=12, stem_stride=2)
+    network = build_network(genotype=genotype, channels=SPACE.channels, in_channels=12, stem_stride=2)
+    assert halved["parameters"] == sum(p.numel() for p in network.parameters()) > small["parameters"]
+    assert small["macs"] < halved["macs"] < large["macs"]
 
 
 def test_fair_paths_use_every_slot_op_of_every_block_exactly_once() -> None:

@@ -200,8 +200,14 @@ class FPNASTrainer(SupernetTrainer):
         self.distribution = ArchitectureDistribution(self.space)
         self.distribution_optimizer = torch.optim.Adam(self.distribution.parameters(), lr=self.settings["distribution_lr"])
         self.resolution = self.data.validation["image"].shape[-1]
-        self.reference_macs = architecture_cost(self.space.reference(), self.space.channels, self.resolution)["macs"]
+        self.reference_macs = self.cost(self.space.reference())
         return supernet
+
+    def cost(self, genotype: Genotype) -> int:
+        """The MACs of ``genotype``'s stand-alone network for one validation input."""
+        space = self.space
+        return architecture_cost(genotype, space.channels, self.resolution, in_channels=space.in_channels,
+                                 stem_stride=space.stem_stride)["macs"]
 
     def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         optim = self.config["optim"]
@@ -231,7 +237,7 @@ class FPNASTrainer(SupernetTrainer):
             losses.append(self.path_loss(lambda image, genotype=genotype: self.network(image, genotype), samples))
             penalty = 0.0
             if s["cost_weight"]:
-                relative = architecture_cost(genotype, self.space.channels, self.resolution)["macs"] / self.reference_macs
+                relative = self.cost(genotype) / self.reference_macs
                 penalty = s["cost_weight"] * max(0.0, relative - s["cost_target"])
             penalised.append(float(losses[-1].detach()) + penalty)
             log_probs.append(log_prob)

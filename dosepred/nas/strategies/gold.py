@@ -185,7 +185,8 @@ class GOLDNAS(Strategy):
 
         book = self.score_book(data, budget, path, gold)
         points = [{"genotype": genotype, "estimated_dose_score": book({"genotype": genotype}),
-                   **architecture_cost(genotype, space.channels, resolution)} for genotype in stable]
+                   **architecture_cost(genotype, space.channels, resolution, in_channels=space.in_channels,
+                                      stem_stride=space.stem_stride)} for genotype in stable]
         front = pareto_front(points)
         log = [{"phase": "gates", "pruning": s["pruning"], "rounds": rounds, "final_mu": mu},
                {"phase": "stable points", "points": [{key: p[key] for key in ("macs", "parameters", "estimated_dose_score")}
