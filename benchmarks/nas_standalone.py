@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import f as f_distribution
 from scipy.stats import f_oneway
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
@@ -219,6 +220,20 @@ def seed_spread(runs: list[dict[str, Any]]) -> float:
     return statistics.stdev(scores) if len(scores) > 1 else float("nan")
 
 
+def blocked_anova(scores: np.ndarray) -> tuple[float, float]:
+    """(F, p) of the architecture effect in a two-way ANOVA without interaction over ``scores[architecture,
+    seed]``: the seed is a block, since it sets the batch order and augmentation of every architecture alike, so
+    a seed that is easier for all of them is not counted as noise (a randomised complete block design)."""
+    a, b = scores.shape
+    grand = scores.mean()
+    architectures = b * ((scores.mean(axis=1) - grand) ** 2).sum()
+    seeds = a * ((scores.mean(axis=0) - grand) ** 2).sum()
+    error = ((scores - grand) ** 2).sum() - architectures - seeds
+    error_df = (a - 1) * (b - 1)
+    statistic = (architectures / (a - 1)) / (error / error_df)
+    return float(statistic), float(f_distribution.sf(statistic, a - 1, error_df))
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"\n{results['recipe']}")
     print(f"{'arch':>4} {'params':>8} {'dose per seed (Gy)':>30} {'mean':>7} {'spread':>7} {'DVH mean':>9}")
@@ -237,6 +252,12 @@ def print_table(results: dict[str, Any]) -> None:
         if len(groups) > 1:  # do the architectures differ beyond seed noise? F near 1: no order to rank
             anova = f_oneway(*groups)
             print(f"one-way ANOVA over the architectures: F = {anova.statistic:.2f}, p = {anova.pvalue:.3f}")
+            complete = [[run["dose_score"] for run in a["runs"]] for a in results["architectures"]
+                        if [run["seed"] for run in a["runs"]] == [run["seed"] for run in results["architectures"][0]["runs"]]]
+            if len(complete) > 1 and len(complete[0]) > 1:
+                statistic, p_value = blocked_anova(np.array(complete))
+                print(f"two-way ANOVA, seed as block ({len(complete)} architectures with the same seeds): "
+                      f"F = {statistic:.2f}, p = {p_value:.3f}")
 
 
 def main() -> None:
