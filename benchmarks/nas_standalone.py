@@ -252,9 +252,10 @@ def print_table(results: dict[str, Any]) -> None:
         if len(groups) > 1:  # do the architectures differ beyond seed noise? F near 1: no order to rank
             anova = f_oneway(*groups)
             print(f"one-way ANOVA over the architectures: F = {anova.statistic:.2f}, p = {anova.pvalue:.3f}")
-            complete = [[run["dose_score"] for run in a["runs"]] for a in results["architectures"]
-                        if [run["seed"] for run in a["runs"]] == [run["seed"] for run in results["architectures"][0]["runs"]]]
-            if len(complete) > 1 and len(complete[0]) > 1:
+            by_seed = [{run["seed"]: run["dose_score"] for run in a["runs"]} for a in results["architectures"]]
+            seeds = sorted(set().union(*by_seed))
+            complete = [[scores[seed] for seed in seeds] for scores in by_seed if len(scores) == len(seeds)]
+            if len(complete) > 1 and len(seeds) > 1:
                 statistic, p_value = blocked_anova(np.array(complete))
                 print(f"two-way ANOVA, seed as block ({len(complete)} architectures with the same seeds): "
                       f"F = {statistic:.2f}, p = {p_value:.3f}")
