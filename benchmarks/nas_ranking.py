@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--search-ranked", type=Path, nargs="*", default=[], metavar="RANKED",
                         help="ranked.json files of searches whose own estimates are ranked too")
     parser.add_argument("--validation-patients", type=int, default=12)
-    parser.add_argument("--proxy-seeds", type=int, default=3)
+    parser.add_argument("--proxy-seeds", type=int, default=3, help="initialisations per proxy; 0: no proxies")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the supernets train")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/nas_ranking.json"))
@@ -197,11 +197,13 @@ def main() -> None:
             estimates[f"search {ranked.stem}"] = ranked_estimates(json.loads(ranked.read_text()), genotypes)
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{ranked}: {error}")
-    started = time.perf_counter()
-    two = PatientSamples(sources.find_patients(args.train)[:2], resolution=networks["resolution"],
-                         beam_angles=networks["beam_angles"]).batch([0, 1], None)
-    estimates |= proxy_estimates(genotypes, tuple(networks["channels"]), two, args.proxy_seeds, networks["stem_stride"])
-    print(f"zero-cost proxies ({networks}): {time.perf_counter() - started:.0f} s", flush=True)
+    if args.proxy_seeds:
+        started = time.perf_counter()
+        two = PatientSamples(sources.find_patients(args.train)[:2], resolution=networks["resolution"],
+                             beam_angles=networks["beam_angles"]).batch([0, 1], None)
+        estimates |= proxy_estimates(genotypes, tuple(networks["channels"]), two, args.proxy_seeds,
+                                     networks["stem_stride"])
+        print(f"zero-cost proxies ({networks}): {time.perf_counter() - started:.0f} s", flush=True)
     validation = sources.find_patients(args.validation)
     supernets = args.supernets if args.supernet_passes else []
     if supernets:
