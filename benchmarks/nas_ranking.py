@@ -182,7 +182,7 @@ def main() -> None:
     networks = truth_file.get("networks", {"channels": list(channels), "stem_stride": 1,
                                             "resolution": args.resolution, "beam_angles": None})
     data_config = {"train": str(args.train), "validation": str(args.validation), "resolution": args.resolution,
-                   "augment": False, "beam_angles": None}  # not augmented, as the ground truth's sample streams
+                   "augment": False, "beam_angles": None}  # not augmented: every strategy sees the same batches
     space, suffix = SearchSpace(channels), ""
     if args.supernet_networks == "truth":
         if "networks" not in truth_file:
