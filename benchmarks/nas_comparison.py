@@ -6,14 +6,16 @@ architectures; Kendall tau-b (with its 95 % bootstrap interval, and against each
 strategy's weight-sharing estimates of the ground truth's architectures and their stand-alone scores (mean over
 seeds); the best found architecture trained stand-alone with the ground truth's own recipe and seeds (mean and
 seed spread), its parameters and MACs (one input at the working resolution). The searches see the ground
-truth's data: the same training patients at the same resolution, not augmented.
+truth's training patients, not augmented, in the networks and on the grid of ``--config`` (``search.channels``,
+``search.stem_stride``, ``data.resolution``, ``data.beam_angles``), or with ``--supernet-networks truth`` in the
+ground truth's own (its ``networks`` record).
 
 Work is cached in OUT (search/<variant>.json, standalone/<architecture>_seed<seed>.json), so the script can
 be rerun, split across processes (``--variants``, ``--shard i/n``) and stopped between steps.
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
            --standalone benchmarks/results/nas_standalone_1000steps.json --steps 1000
-           [--variants lenas random ...] [--seeds 0 1] [--threads 2] [--search-only] [--shard 0/1]
+           [--supernet-networks truth] [--variants lenas random ...] [--seeds 0 1] [--threads 2] [--search-only] [--shard 0/1]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
-from benchmarks.nas_standalone import CHANNELS, Recipe, add_recipe_arguments
+from benchmarks.nas_standalone import Recipe, add_recipe_arguments
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
 from dosepred.devices import resolve_device
 from dosepred.nas.cost import architecture_cost
@@ -47,6 +49,12 @@ def architecture_id(genotype: dict[str, Any]) -> str:
     return hashlib.sha1(genotype_key(genotype).encode()).hexdigest()[:12]
 
 
+def searched_networks(config: dict[str, Any]) -> dict[str, Any]:
+    """The networks and inputs a search config searches: what tells two cached searches apart."""
+    return {"channels": list(config["search"]["channels"]), "stem_stride": config["search"]["stem_stride"],
+            "resolution": config["data"]["resolution"], "beam_angles": config["data"]["beam_angles"]}
+
+
 def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]]) -> dict[str, Any]:
     strategy, options = parse_searcher(name)
     settings = config["search"]
@@ -61,7 +69,8 @@ def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: lis
     evaluator = Evaluator(data, device=device)
     # the best found at the full widths: the stand-alone recipe trains those (K-shot also ranks narrower ones)
     best = next(entry for entry in result.ranked if entry.get("channels", list(space.channels)) == list(space.channels))
-    return {"variant": name, "strategy": strategy, "options": options, "search_seconds": seconds, **result.counts,
+    return {"variant": name, "strategy": strategy, "options": options, "networks": searched_networks(config),
+            "search_seconds": seconds, **result.counts,
             "sample_estimates": [evaluator.evaluate(result.path({"genotype": g})) for g in sample],
             "best": {"genotype": best["genotype"], "estimated_dose_score": best["estimated_dose_score"],
                      **architecture_cost(best["genotype"], list(space.channels), config["data"]["resolution"],
@@ -90,6 +99,9 @@ def main() -> None:
     parser.add_argument("--standalone", type=Path, required=True, help="the ground truth (benchmarks/nas_standalone.py)")
     parser.add_argument("--variants", nargs="+", type=parse_searcher_label, default=VARIANTS,
                         help="strategies, each name[:option=value,...]")
+    parser.add_argument("--supernet-networks", choices=("search", "truth"), default="search",
+                        help="search: the config's widths, stem stride, grid and inputs; truth: the ground truth's "
+                             "own networks and inputs (its networks record)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="stand-alone seeds of the best found")
     add_recipe_arguments(parser)
     parser.add_argument("--search-only", action="store_true")
@@ -103,10 +115,15 @@ def main() -> None:
     if truth_file["recipe"] != recipe.describe():
         parser.error(f"{args.standalone} was trained with another recipe ({truth_file['recipe']}); "
                      f"give its --steps/--lr/--resolution/--augment or --recipe-config")
-    config = load_config(args.config, [f"threads={args.threads}", f"data.resolution={recipe.resolution}",
-                                       f"data.train={recipe.train}", f"data.validation={recipe.validation}",
-                                       "data.augment=false", f"search.channels={list(CHANNELS)}"],
-                         defaults=SEARCH_DEFAULTS)
+    overrides = [f"threads={args.threads}", f"data.train={recipe.train}", f"data.validation={recipe.validation}",
+                 "data.augment=false"]
+    if args.supernet_networks == "truth":
+        if "networks" not in truth_file:
+            parser.error(f"{args.standalone} has no record of its networks: --supernet-networks truth needs one")
+        networks = truth_file["networks"]
+        overrides += [f"data.resolution={networks['resolution']}", f"data.beam_angles={json.dumps(networks['beam_angles'])}",
+                      f"search.channels={json.dumps(networks['channels'])}", f"search.stem_stride={networks['stem_stride']}"]
+    config = load_config(args.config, overrides, defaults=SEARCH_DEFAULTS)
     torch.set_num_threads(args.threads)
     architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
     sample = [a["genotype"] for a in architectures]
@@ -124,6 +141,9 @@ def main() -> None:
             print(f"searching: {name}", file=sys.stderr, flush=True)
             return run_variant(name, config, data, sample)
         results[name] = cached(args.out / "search" / f"{file_name(name)}.json", search)
+        if results[name].get("networks") != searched_networks(config):
+            parser.error(f"{args.out} holds a {name} search of other networks ({results[name].get('networks')}): "
+                         "give another output folder")
     if args.search_only:
         return
 
@@ -147,7 +167,8 @@ def main() -> None:
         print(f"{left} stand-alone runs are left to other shards", file=sys.stderr)
         return
     print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
-          f"search.supernet_steps {config['search']['supernet_steps']} at {recipe.resolution}^3, "
+          f"search.supernet_steps {config['search']['supernet_steps']} at {config['data']['resolution']}^3, "
+          f"widths {config['search']['channels']}, stem stride {config['search']['stem_stride']}, "
           f"{config['search']['validation_patients']} validation patients for the estimates")
     print(f"{'variant':<22} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
           f"{'95% interval':>14} {'per seed':>11} {'best est.':>9} {'best dose (seeds)':>17} {'best DVH':>8} "
@@ -164,7 +185,8 @@ def main() -> None:
               f"{r['best']['estimated_dose_score']:>9.3f} {mean_spread([b['dose_score'] for b in best_runs]):>17} "
               f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} {r['best']['parameters']:>8} "
               f"{r['best']['macs'] / 1e9:>6.2f}")
-    (args.out / "comparison.json").write_text(json.dumps({"ground_truth": truth_file["recipe"], "results": results,
+    (args.out / "comparison.json").write_text(json.dumps({"ground_truth": truth_file["recipe"], "search": config,
+                                                          "results": results,
                                                           "truth_mean": truth, "truth_per_seed": per_seed}, indent=2) + "\n")
 
 

@@ -60,6 +60,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "search": {
         "strategy": "lenas",  # lenas, random, kshot, gold or fpnas (dosepred/nas/strategies/)
         "channels": [8, 16, 32, 64],  # the searched U-Net's widths (3 down levels)
+        "stem_stride": 1,  # 2: the blocks run at half the input grid, as the full-resolution teachers do
         "supernet_steps": 1500,
         "lr": 2e-3,
         "batch_size": 2,

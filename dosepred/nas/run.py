@@ -61,7 +61,7 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
     for number, index in enumerate(chosen.chosen, start=1):
         _write_json(output / "teachers" / f"teacher_{number}.json",
                     {"genotype": pool[index]["genotype"], "channels": pool[index].get("channels", list(space.channels)),
-                     "rank": ranks[index],
+                     "stem_stride": space.stem_stride, "rank": ranks[index],
                      "estimated_dose_score": pool[index]["estimated_dose_score"], "strategy": strategy})
 
     def described(indices: list[int]) -> dict[str, Any]:

@@ -35,8 +35,10 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, config: dict) -> SearchSpace:
-        """The space of a search config: its ``search.channels``, taking the inputs its ``data`` section gives."""
-        return cls(tuple(config["search"]["channels"]), in_channels=len(input_channels(config["data"]["beam_angles"])))
+        """The space of a search config: its ``search.channels`` and ``search.stem_stride``, taking the inputs its
+        ``data`` section gives."""
+        return cls(tuple(config["search"]["channels"]), in_channels=len(input_channels(config["data"]["beam_angles"])),
+                   stem_stride=config["search"]["stem_stride"])
 
     @property
     def depth(self) -> int:

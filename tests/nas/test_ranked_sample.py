@@ -123,3 +123,42 @@ def test_a_seed_that_favours_every_architecture_is_a_block_not_noise() -> None:
     statistic, p_value = blocked_anova(scores)
     assert p_value < 0.001 and statistic > 100
     assert blocked_anova(np.array([[4.0, 3.7], [3.7, 4.0]]))[1] > 0.5  # orders that disagree: no effect
+
+
+def test_the_comparison_searches_in_the_ground_truths_networks_when_asked(tiny_packs, tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    from benchmarks import nas_comparison
+    from benchmarks.nas_standalone import Recipe
+    from dosepred.nas.space import SearchSpace
+
+    recipe_arguments = ["--steps", "2", "--resolution", "32", "--widths", "4", "8", "16", "32", "--stem-stride", "2",
+                        "--train", str(tiny_packs / "train"), "--validation", str(tiny_packs / "validation")]
+    space = SearchSpace((4, 8, 16, 32))
+    genotypes = [space.sample(np.random.default_rng(seed)) for seed in range(3)]
+    networks = {"channels": [4, 8, 16, 32], "stem_stride": 2, "resolution": 32, "beam_angles": [0, 120, 240]}
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"recipe": Recipe.from_args(recipe_args(*recipe_arguments)).describe(), "networks": networks,
+                                 "architectures": [{"genotype": g, "runs": [{"seed": s, "dose_score": float(n + s)}
+                                                                             for s in (0, 1)]}
+                                                   for n, g in enumerate(genotypes)]}))
+    config = tmp_path / "search.yaml"
+    config.write_text("device: cpu\ndata: {resolution: 16}\nsearch: {channels: [2, 4], supernet_steps: 2, "
+                      "max_sweeps: 1, validation_patients: 1, options: {architectures: 2}}\n")
+
+    def compare(out: str, *extra: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["nas_comparison", str(tmp_path / out), "--config", str(config),
+                                          "--standalone", str(truth), "--variants", "random", "--search-only",
+                                          "--threads", "1", *recipe_arguments, *extra])
+        nas_comparison.main()
+
+    compare("truth", "--supernet-networks", "truth")
+    searched = json.loads((tmp_path / "truth" / "search" / "random.json").read_text())
+    assert searched["networks"] == networks and len(searched["sample_estimates"]) == 3
+    assert searched["best"]["parameters"] > 0
+    compare("config")  # the config's own networks: its widths on its grid, no beams
+    searched = json.loads((tmp_path / "config" / "search" / "random.json").read_text())
+    assert searched["networks"] == {"channels": [2, 4], "stem_stride": 1, "resolution": 16, "beam_angles": None}
+    with pytest.raises(SystemExit):  # a folder of searches in other networks is not mixed into this one
+        compare("config", "--supernet-networks", "truth")

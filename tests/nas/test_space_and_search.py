@@ -158,14 +158,14 @@ def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path)
     result = runner.invoke(app, ["search", "--strategy", "lenas", "-o", str(run),
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
                                  "data.resolution=16", "search.channels=[2,4]", "search.supernet_steps=2",
-                                 "search.max_sweeps=1",
+                                 "search.max_sweeps=1", "search.stem_stride=2",
                                  "search.teachers=2", "search.pool=4"])
     assert result.exit_code == 0, result.output
     ranked = json.loads((run / "ranked.json").read_text())
     assert len(ranked) == 150 + 100 - 1  # one sweep over both blocks' choices (the start is met twice)
     assert [r["estimated_dose_score"] for r in ranked] == sorted(r["estimated_dose_score"] for r in ranked)
     teacher = json.loads((run / "teachers" / "teacher_1.json").read_text())
-    assert "genotype" in teacher and teacher["rank"] == 1
+    assert "genotype" in teacher and teacher["rank"] == 1 and teacher["stem_stride"] == 2
     selected = json.loads((run / "diversity.json").read_text())["selected"]
     assert selected["ranks"][0] == 1
     assert selected["best_member_estimated_dose_score"] == pytest.approx(ranked[0]["estimated_dose_score"], rel=1e-4)
@@ -173,7 +173,8 @@ def test_search_runs_end_to_end_and_a_teacher_trains(tiny_packs, tmp_path: Path)
                                  f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
                                  "data.resolution=16", "optim.steps=1", "validate_every=1"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())["network"]["name"] == "searched"
+    network = json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())["network"]
+    assert network["name"] == "searched" and network["stem_stride"] == 2  # the teacher is the searched network
 
 
 @pytest.mark.parametrize("strategy, options", [

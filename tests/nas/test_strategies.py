@@ -338,3 +338,8 @@ def test_relative_distance_is_the_difference_over_the_mean_dose() -> None:
     a, b = torch.full((1, 1, 2, 2, 2), 9.0), torch.full((1, 1, 2, 2, 2), 11.0)
     assert relative_distance(a, b, mask) == pytest.approx(0.2)
     assert relative_distance(a, a, mask) == 0
+
+
+def test_a_random_search_that_would_score_nothing_is_refused_before_it_trains() -> None:
+    with pytest.raises(ValueError, match="scores no architecture"):
+        get_strategy("random").search(SearchSpace((2, 4)), None, Budget(supernet_steps=2, max_sweeps=0))  # type: ignore[arg-type]

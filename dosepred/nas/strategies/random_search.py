@@ -23,12 +23,15 @@ class RandomSearch(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
+        count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
+                                                                           for kind, _ in space.blocks)
+        if count < 1:  # before the supernet's training, not after it
+            raise ValueError("random search scores no architecture: give search.max_sweeps >= 1 or "
+                             "search.options.architectures >= 1")
         supernet, trained, counts = train_supernet(space, data, budget, report)
 
         path = paths_of(supernet)
         book = self.score_book(data, budget, path, supernet)
-        count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
-                                                                           for kind, _ in space.blocks)
         rng = np.random.default_rng([data.seed, 2])
         for done in range(count):
             book({"genotype": space.sample(rng)})
