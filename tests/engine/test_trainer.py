@@ -76,6 +76,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     ("distill_cpu32.yaml", "DISTILL_DEFAULTS"), ("distill_cpu128.yaml", "DISTILL_DEFAULTS"),
     ("distill_gpu128.yaml", "DISTILL_DEFAULTS"),
     ("search_lenas_cpu.yaml", "SEARCH_DEFAULTS"), ("search_compare_cpu.yaml", "SEARCH_DEFAULTS"),
+    ("search_full_cpu.yaml", "SEARCH_DEFAULTS"),
     ("detect_blc.yaml", "DETECT_DEFAULTS"), ("fewshot_ct.yaml", "FEWSHOT_DEFAULTS"),
 ])
 def test_every_shipped_config_loads(config: str, defaults: str) -> None:

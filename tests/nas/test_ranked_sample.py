@@ -162,3 +162,17 @@ def test_the_comparison_searches_in_the_ground_truths_networks_when_asked(tiny_p
     assert searched["networks"] == {"channels": [2, 4], "stem_stride": 1, "resolution": 16, "beam_angles": None}
     with pytest.raises(SystemExit):  # a folder of searches in other networks is not mixed into this one
         compare("config", "--supernet-networks", "truth")
+
+
+def test_the_full_scale_search_searches_the_full_recipe_ground_truths_networks() -> None:
+    import json
+    from pathlib import Path
+
+    from benchmarks.nas_comparison import searched_networks
+    from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "configs" / "search_full_cpu.yaml", defaults=SEARCH_DEFAULTS)
+    truth = json.loads((root / "benchmarks" / "results" / "nas_standalone_ranked_full500.json").read_text())
+    assert searched_networks(config) == truth["networks"]
+    assert not config["data"]["augment"] and config["seed"] == 0
