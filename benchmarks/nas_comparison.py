@@ -10,18 +10,23 @@ truth's training patients, not augmented, in the networks and on the grid of ``-
 ``search.stem_stride``, ``data.resolution``, ``data.beam_angles``), or with ``--supernet-networks truth`` in the
 ground truth's own (its ``networks`` record).
 
-Work is cached in OUT (search/<variant>.json, standalone/<architecture>_seed<seed>.json), so the script can
-be rerun, split across processes (``--variants``, ``--shard i/n``) and stopped between steps.
+Each variant is searched once per ``--search-seeds`` seed (its supernet's initialisation, batches and paths); the
+table gives the mean ± SD over them. Work is cached in OUT (search/<variant>_seed<seed>.json,
+standalone/<architecture>_seed<seed>.json), so the script can be rerun, split across processes (``--variants``,
+``--shard i/n``) and stopped between steps.
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
            --standalone benchmarks/results/nas_standalone_1000steps.json --steps 1000
-           [--supernet-networks truth] [--variants lenas random ...] [--seeds 0 1] [--threads 2] [--search-only] [--shard 0/1]
+           [--supernet-networks truth] [--variants lenas random ...] [--search-seeds 0 1] [--seeds 0 1]
+           [--threads 2] [--search-only] [--shard 0/1]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import itertools
 import json
 import statistics
 import sys
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
@@ -55,21 +61,25 @@ def searched_networks(config: dict[str, Any]) -> dict[str, Any]:
             "resolution": config["data"]["resolution"], "beam_angles": config["data"]["beam_angles"]}
 
 
-def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]]) -> dict[str, Any]:
+def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]],
+                search_seed: int) -> dict[str, Any]:
+    """One search of variant ``name``; ``search_seed`` sets its initialisation, batches and paths."""
     strategy, options = parse_searcher(name)
+    data = dataclasses.replace(data, seed=search_seed)
     settings = config["search"]
     space = SearchSpace.from_config(config)
     device = resolve_device(config["device"])
     budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
                     max_sweeps=settings["max_sweeps"], device=device)
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(search_seed)
     started = time.perf_counter()
     result = get_strategy(strategy, **options).search(space, data, budget)
     seconds = time.perf_counter() - started
     evaluator = Evaluator(data, device=device)
     # the best found at the full widths: the stand-alone recipe trains those (K-shot also ranks narrower ones)
     best = next(entry for entry in result.ranked if entry.get("channels", list(space.channels)) == list(space.channels))
-    return {"variant": name, "strategy": strategy, "options": options, "networks": searched_networks(config),
+    return {"variant": name, "strategy": strategy, "options": options, "search_seed": search_seed,
+            "networks": searched_networks(config),
             "search_seconds": seconds, **result.counts,
             "sample_estimates": [evaluator.evaluate(result.path({"genotype": g})) for g in sample],
             "best": {"genotype": best["genotype"], "estimated_dose_score": best["estimated_dose_score"],
@@ -88,8 +98,10 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
     return value
 
 
-def mean_spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else float('nan'):.3f}"
+def mean_spread(values: list[float], digits: int = 3) -> str:
+    """Mean ± sample SD (nan for one value, or where a value is nan)."""
+    spread = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return f"{float(np.mean(values)):.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:
@@ -102,6 +114,8 @@ def main() -> None:
     parser.add_argument("--supernet-networks", choices=("search", "truth"), default="search",
                         help="search: the config's widths, stem stride, grid and inputs; truth: the ground truth's "
                              "own networks and inputs (its networks record)")
+    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0],
+                        help="each variant searched once per seed; the table gives the mean ± SD over them")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="stand-alone seeds of the best found")
     add_recipe_arguments(parser)
     parser.add_argument("--search-only", action="store_true")
@@ -124,6 +138,9 @@ def main() -> None:
         overrides += [f"data.resolution={networks['resolution']}", f"data.beam_angles={json.dumps(networks['beam_angles'])}",
                       f"search.channels={json.dumps(networks['channels'])}", f"search.stem_stride={networks['stem_stride']}"]
     config = load_config(args.config, overrides, defaults=SEARCH_DEFAULTS)
+    if len(config["search"]["channels"]) != len(recipe.channels):  # the best found is trained with the recipe's widths
+        parser.error(f"search.channels {config['search']['channels']} and the recipe's widths {list(recipe.channels)} "
+                     "have different depths: the best found could not be trained stand-alone")
     torch.set_num_threads(args.threads)
     architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
     sample = [a["genotype"] for a in architectures]
@@ -131,26 +148,27 @@ def main() -> None:
                 for seed in args.seeds}
     truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
     data: SearchData | None = None
-    results = {}
-    for name in args.variants:
-        def search(name: str = name) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}  # one search per search seed
+    for name, search_seed in itertools.product(args.variants, args.search_seeds):
+        def search(name: str = name, search_seed: int = search_seed) -> dict[str, Any]:
             nonlocal data
             if data is None:  # read once, expanded once: the ground truth's data
                 data = SearchData.from_config(config["data"], seed=config["seed"],
                                               validation_patients=config["search"]["validation_patients"])
-            print(f"searching: {name}", file=sys.stderr, flush=True)
-            return run_variant(name, config, data, sample)
-        results[name] = cached(args.out / "search" / f"{file_name(name)}.json", search)
-        if results[name].get("networks") != searched_networks(config):
-            parser.error(f"{args.out} holds a {name} search of other networks ({results[name].get('networks')}): "
+            print(f"searching: {name}, seed {search_seed}", file=sys.stderr, flush=True)
+            return run_variant(name, config, data, sample, search_seed)
+        found = cached(args.out / "search" / f"{file_name(name)}_seed{search_seed}.json", search)
+        if found.get("networks") != searched_networks(config):
+            parser.error(f"{args.out} holds a {name} search of other networks ({found.get('networks')}): "
                          "give another output folder")
+        results[name].append(found)
     if args.search_only:
         return
 
     known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
     shard, shards = (int(part) for part in args.shard.split("/"))
     to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
-                       for r in results.values() for seed in args.seeds}.items())
+                       for searches in results.values() for r in searches for seed in args.seeds}.items())
     runs: dict[str, list[dict[str, Any]]] = {}
     left = 0
     for position, ((key, seed), genotype) in enumerate(to_train):
@@ -170,24 +188,31 @@ def main() -> None:
           f"search.supernet_steps {config['search']['supernet_steps']} at {config['data']['resolution']}^3, "
           f"widths {config['search']['channels']}, stem stride {config['search']['stem_stride']}, "
           f"{config['search']['validation_patients']} validation patients for the estimates")
-    print(f"{'variant':<22} {'search min':>10} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>6} "
-          f"{'95% interval':>14} {'per seed':>11} {'best est.':>9} {'best dose (seeds)':>17} {'best DVH':>8} "
-          f"{'params':>8} {'GMACs':>6}")
-    for name, r in results.items():
-        best_runs = runs[architecture_id(r["best"]["genotype"])]
-        low, high = bootstrap_interval(r["sample_estimates"], truth)
-        r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
-                              "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
-        r["best"]["standalone"] = best_runs
-        print(f"{name:<22} {r['search_seconds'] / 60:>10.1f} {r['training_forward_passes']:>10} "
-              f"{r['sampled_architectures']:>8} {r['evaluated_architectures']:>9} {r['kendall_tau_b']['mean']:>6.2f} "
-              f"{f'[{low:.2f}, {high:.2f}]':>14} {' '.join(f'{t:.2f}' for t in r['kendall_tau_b']['per_seed']):>11} "
-              f"{r['best']['estimated_dose_score']:>9.3f} {mean_spread([b['dose_score'] for b in best_runs]):>17} "
-              f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} {r['best']['parameters']:>8} "
-              f"{r['best']['macs'] / 1e9:>6.2f}")
+    print(f"{len(args.search_seeds)} search seed(s) per variant; mean ± SD over them, the best found's dose over "
+          f"every stand-alone run of every search's best")
+    print(f"{'variant':<22} {'search min':>11} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>11} "
+          f"{'per search':>16} {'best est.':>9} {'best dose':>13} {'best DVH':>8} {'params':>9} {'GMACs':>6}")
+    for name, searches in results.items():
+        for r in searches:
+            low, high = bootstrap_interval(r["sample_estimates"], truth)
+            r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
+                                  "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
+            r["best"]["standalone"] = runs[architecture_id(r["best"]["genotype"])]
+        taus = [r["kendall_tau_b"]["mean"] for r in searches]
+        best_runs = [run for r in searches for run in r["best"]["standalone"]]
+        average = lambda key: statistics.mean(r[key] for r in searches)  # noqa: E731
+        print(f"{name:<22} {mean_spread([r['search_seconds'] / 60 for r in searches], 1):>11} "
+              f"{searches[0]['training_forward_passes']:>10} {average('sampled_architectures'):>8.0f} "
+              f"{average('evaluated_architectures'):>9.0f} {mean_spread(taus, 2):>11} "
+              f"{' '.join(f'{t:.2f}' for t in taus):>16} "
+              f"{statistics.mean(r['best']['estimated_dose_score'] for r in searches):>9.3f} "
+              f"{mean_spread([b['dose_score'] for b in best_runs]):>13} "
+              f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} "
+              f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
+              f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
     (args.out / "comparison.json").write_text(json.dumps({"ground_truth": truth_file["recipe"], "search": config,
                                                           "results": results,
-                                                          "truth_mean": truth, "truth_per_seed": per_seed}, indent=2) + "\n")
+                                                          "search_seeds": args.search_seeds, "truth_mean": truth, "truth_per_seed": per_seed}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

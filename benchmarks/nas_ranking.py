@@ -59,7 +59,8 @@ def tau_b(estimates: list[float], truth: list[float]) -> float:
 
 
 def bootstrap_interval(estimates: list[float], truth: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of tau-b over architectures drawn with replacement."""
+    """95 % percentile interval of tau-b over architectures drawn with replacement; nan where no draw has one
+    (e.g. estimates all equal)."""
     rng = np.random.default_rng(seed)
     x, y = np.asarray(estimates), np.asarray(truth)
     values = []
@@ -69,6 +70,8 @@ def bootstrap_interval(estimates: list[float], truth: list[float], draws: int = 
             value = kendalltau(x[pick], y[pick]).statistic
             if np.isfinite(value):
                 values.append(value)
+    if not values:
+        return float("nan"), float("nan")
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 

@@ -125,7 +125,8 @@ def test_a_seed_that_favours_every_architecture_is_a_block_not_noise() -> None:
     assert blocked_anova(np.array([[4.0, 3.7], [3.7, 4.0]]))[1] > 0.5  # orders that disagree: no effect
 
 
-def test_the_comparison_searches_in_the_ground_truths_networks_when_asked(tiny_packs, tmp_path, monkeypatch) -> None:
+def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(tiny_packs, tmp_path, monkeypatch,
+                                                                              capsys) -> None:
     import json
     import sys
 
@@ -144,24 +145,36 @@ def test_the_comparison_searches_in_the_ground_truths_networks_when_asked(tiny_p
                                                                              for s in (0, 1)]}
                                                    for n, g in enumerate(genotypes)]}))
     config = tmp_path / "search.yaml"
-    config.write_text("device: cpu\ndata: {resolution: 16}\nsearch: {channels: [2, 4], supernet_steps: 2, "
-                      "max_sweeps: 1, validation_patients: 1, options: {architectures: 2}}\n")
+    config.write_text("device: cpu\ndata: {resolution: 16}\nsearch: {channels: [2, 4, 8, 16], supernet_steps: 2, "
+                      "max_sweeps: 1, validation_patients: 1}\n")
 
     def compare(out: str, *extra: str) -> None:
         monkeypatch.setattr(sys, "argv", ["nas_comparison", str(tmp_path / out), "--config", str(config),
-                                          "--standalone", str(truth), "--variants", "random", "--search-only",
-                                          "--threads", "1", *recipe_arguments, *extra])
+                                          "--standalone", str(truth), "--variants", "random:architectures=2", "--threads", "1",
+                                          *recipe_arguments, *extra])
         nas_comparison.main()
 
-    compare("truth", "--supernet-networks", "truth")
-    searched = json.loads((tmp_path / "truth" / "search" / "random.json").read_text())
+    compare("truth", "--supernet-networks", "truth", "--search-only")
+    searched = json.loads((tmp_path / "truth" / "search" / "random_architectures=2_seed0.json").read_text())
     assert searched["networks"] == networks and len(searched["sample_estimates"]) == 3
     assert searched["best"]["parameters"] > 0
-    compare("config")  # the config's own networks: its widths on its grid, no beams
-    searched = json.loads((tmp_path / "config" / "search" / "random.json").read_text())
-    assert searched["networks"] == {"channels": [2, 4], "stem_stride": 1, "resolution": 16, "beam_angles": None}
+    compare("config", "--search-seeds", "0", "1")  # the config's own networks: its widths on its grid, no beams
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
+    assert row.count(" ± ") == 3  # search time, tau-b and the best found's dose: mean ± SD over the searches
+    comparison = json.loads((tmp_path / "config" / "comparison.json").read_text())
+    searches = comparison["results"]["random:architectures=2"]
+    assert [r["search_seed"] for r in searches] == [0, 1] and comparison["search_seeds"] == [0, 1]
+    assert searches[0]["networks"] == {"channels": [2, 4, 8, 16], "stem_stride": 1, "resolution": 16, "beam_angles": None}
+    assert searches[0]["sample_estimates"] != searches[1]["sample_estimates"]  # another seed, another supernet
+    for search in searches:  # the best found trained with the recipe's two seeds
+        assert sorted(run["seed"] for run in search["best"]["standalone"]) == [0, 1]
+        assert len(search["kendall_tau_b"]["per_seed"]) == 2  # nan where a 2-step supernet estimates all alike
     with pytest.raises(SystemExit):  # a folder of searches in other networks is not mixed into this one
         compare("config", "--supernet-networks", "truth")
+    config.write_text(config.read_text().replace("[2, 4, 8, 16]", "[2, 4]"))
+    with pytest.raises(SystemExit):  # a best found of another depth could not be trained with the recipe's widths
+        compare("shallow")
+    assert "different depths" in capsys.readouterr().err
 
 
 def test_the_full_scale_search_searches_the_full_recipe_ground_truths_networks() -> None:
@@ -176,3 +189,11 @@ def test_the_full_scale_search_searches_the_full_recipe_ground_truths_networks()
     truth = json.loads((root / "benchmarks" / "results" / "nas_standalone_ranked_full500.json").read_text())
     assert searched_networks(config) == truth["networks"]
     assert not config["data"]["augment"] and config["seed"] == 0
+
+
+def test_estimates_that_cannot_rank_have_no_interval() -> None:
+    from benchmarks.nas_ranking import bootstrap_interval
+
+    assert all(math.isnan(bound) for bound in bootstrap_interval([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]))
+    low, high = bootstrap_interval([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 5.0, 4.0])
+    assert -1 <= low <= high <= 1
