@@ -15,6 +15,8 @@ against it:
   estimate, ``dosepred.nas.evaluator``), and on every validation patient at 128^3 with the ground truth's own
   scorer ("full grid"). The supernets have the search's widths at ``--resolution`` without beam channels, or,
   with ``--supernet-networks truth``, the ground truth's own networks and inputs (labels end in "@truth").
+  ``--supernet-seeds 0 1`` trains one supernet per seed (labels end in "seed N" where N is not 0), and their
+  mean estimate is an estimator too;
 - a search's own estimates (``--search-ranked RUN/ranked.json``), read from its ranked list: no computation.
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
@@ -28,6 +30,7 @@ Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -126,16 +129,24 @@ def parse_searcher_label(text: str) -> str:
     return text
 
 
+def supernet_label(label: str, seed: int) -> str:
+    """The estimator's label of the supernet of ``label`` trained with ``seed``."""
+    return f"{label} seed {seed}" if seed else label
+
+
 def supernet_estimates(label: str, genotypes: list[dict], space: SearchSpace, data: SearchData, resolution: int,
                        passes: int, validation: list[Path], device: torch.device,
                        beam_angles: list[float] | None = None, suffix: str = "") -> dict[str, list[float]]:
     """The supernet of strategy ``label`` (``parse_searcher``) trained for ``passes`` training forward passes,
     each architecture run with its weights through the strategy's own ``path``: scored at the working
     resolution on the search's validation batch (the search's own estimate), and on ``validation`` at 128^3
-    with the ground truth's scorer (``validation_scores``). ``suffix`` tells the space apart in the labels and
-    the supernet's run folder."""
+    with the ground truth's scorer (``validation_scores``). ``suffix`` tells the space (and ``data.seed``, the
+    supernet's initialisation, batches and paths, when not 0) apart in the labels and the supernet's run folder."""
     name, options = parse_searcher(label)
     run_dir = Path("runs") / "nas_ranking" / f"{file_name(label + suffix)}_{passes}"
+    if data.seed:
+        run_dir = run_dir.with_name(f"{run_dir.name}_seed{data.seed}")
+    suffix = supernet_label(suffix, data.seed)
     budget = Budget(supernet_steps=passes, lr=2e-3, batch_size=2, max_sweeps=0, device=device, run_dir=run_dir,
                     resume=(run_dir / "supernet" / "checkpoints" / "last.pt").is_file())
     report = lambda phase, done, total: print(f"\r{label + suffix} {phase} {done}/{total}", end="", flush=True)  # noqa: E731
@@ -163,6 +174,9 @@ def main() -> None:
     parser.add_argument("--supernet-networks", choices=("search", "truth"), default="search",
                         help="search: supernets at the search's widths (8-16-32-64) and --resolution, no beam "
                              "channels; truth: at the ground truth's own networks and inputs (its networks record)")
+    parser.add_argument("--supernet-seeds", type=int, nargs="+", default=[0],
+                        help="one supernet per seed and strategy (its initialisation, batches and paths), each an "
+                             "estimator; with several, their mean is one too")
     parser.add_argument("--search-ranked", type=Path, nargs="*", default=[], metavar="RANKED",
                         help="ranked.json files of searches whose own estimates are ranked too")
     parser.add_argument("--validation-patients", type=int, default=12)
@@ -212,12 +226,19 @@ def main() -> None:
     if supernets:
         data = SearchData.from_config(data_config, seed=0, validation_patients=args.validation_patients)
     for label in supernets:
-        started = time.perf_counter()
-        estimates |= supernet_estimates(label, genotypes, space, data, data_config["resolution"],
-                                        args.supernet_passes, validation, resolve_device(args.device),
-                                        data_config["beam_angles"], suffix)
-        print(f"{label + suffix}: {args.supernet_passes} forward passes at {data_config['resolution']}^3, "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        for seed in args.supernet_seeds:
+            started = time.perf_counter()
+            found = supernet_estimates(label, genotypes, space, dataclasses.replace(data, seed=seed),
+                                       data_config["resolution"], args.supernet_passes, validation,
+                                       resolve_device(args.device), data_config["beam_angles"], suffix)
+            estimates |= found
+            print(f"{', '.join(found)}: {args.supernet_passes} forward passes at {data_config['resolution']}^3, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        if len(args.supernet_seeds) > 1:
+            for kind in ("", " full grid"):
+                of_seeds = [estimates[supernet_label(label + suffix, seed) + kind] for seed in args.supernet_seeds]
+                estimates[f"{label + suffix}{kind}, mean of {len(of_seeds)} supernets"] = [
+                    float(value) for value in np.mean(of_seeds, axis=0)]
 
     print(f"\n{len(architectures)} architectures; ground truth: {truth_file['recipe']}; seeds {seeds}")
     rows = {"seed vs seed": [tau_b(per_seed[a], per_seed[b]) for a, b in itertools.combinations(seeds, 2)]}
@@ -239,6 +260,7 @@ def main() -> None:
     settings = {"ground_truth": truth_file["recipe"], "resolution": data_config["resolution"], "device": args.device,
                 "supernet_networks": args.supernet_networks,
                 "supernet_passes": args.supernet_passes, "supernets": args.supernets,
+                "supernet_seeds": args.supernet_seeds,
                 "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds,
                 "proxy_networks": networks,
                 "search_ranked": [str(path) for path in args.search_ranked]}

@@ -197,3 +197,35 @@ def test_estimates_that_cannot_rank_have_no_interval() -> None:
     assert all(math.isnan(bound) for bound in bootstrap_interval([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]))
     low, high = bootstrap_interval([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 5.0, 4.0])
     assert -1 <= low <= high <= 1
+
+
+def test_one_supernet_per_seed_each_an_estimator_and_their_mean_one_too(tiny_packs, tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    from benchmarks import nas_ranking
+    from dosepred.nas.space import SearchSpace
+
+    space = SearchSpace((4, 8, 16, 32))
+    networks = {"channels": [4, 8, 16, 32], "stem_stride": 2, "resolution": 32, "beam_angles": [0, 120, 240]}
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"recipe": "tiny", "networks": networks, "architectures": [
+        {"genotype": space.sample(np.random.default_rng(n)), "runs": [{"seed": s, "dose_score": float(n + s)}
+                                                                     for s in (0, 1)]} for n in range(3)]}))
+    monkeypatch.chdir(tmp_path)  # the supernets' runs go to runs/nas_ranking/
+    monkeypatch.setattr(sys, "argv", [
+        "nas_ranking", "--standalone", str(truth), "--train", str(tiny_packs / "train"),
+        "--validation", str(tiny_packs / "validation"), "--supernet-passes", "2", "--supernet-networks", "truth",
+        "--supernet-seeds", "0", "1", "--proxy-seeds", "0", "--validation-patients", "1", "--threads", "1",
+        "--json", str(tmp_path / "ranking.json")])
+    nas_ranking.main()
+    assert sorted(path.name for path in (tmp_path / "runs" / "nas_ranking").iterdir()) == [
+        "lenas@truth_2", "lenas@truth_2_seed1"]
+    pairs = json.loads((tmp_path / "ranking.json").read_text())["pairs"]
+    estimates = {name: [pair["estimates"][name] for pair in pairs] for name in pairs[0]["estimates"]}
+    assert set(estimates) == {"lenas@truth", "lenas@truth full grid", "lenas@truth seed 1",
+                              "lenas@truth seed 1 full grid", "lenas@truth, mean of 2 supernets",
+                              "lenas@truth full grid, mean of 2 supernets"}
+    assert estimates["lenas@truth"] != estimates["lenas@truth seed 1"]  # another seed, another supernet
+    assert estimates["lenas@truth, mean of 2 supernets"] == pytest.approx(
+        (np.array(estimates["lenas@truth"]) + estimates["lenas@truth seed 1"]) / 2)
