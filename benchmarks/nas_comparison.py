@@ -210,9 +210,9 @@ def main() -> None:
               f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} "
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
-    (args.out / "comparison.json").write_text(json.dumps({"ground_truth": truth_file["recipe"], "search": config,
-                                                          "results": results,
-                                                          "search_seeds": args.search_seeds, "truth_mean": truth, "truth_per_seed": per_seed}, indent=2) + "\n")
+    summary = {"ground_truth": truth_file["recipe"], "search": config, "search_seeds": args.search_seeds,
+               "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
+    (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
