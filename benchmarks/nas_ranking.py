@@ -17,14 +17,17 @@ against it:
   with ``--supernet-networks truth``, the ground truth's own networks and inputs (labels end in "@truth").
   ``--supernet-seeds 0 1`` trains one supernet per seed (labels end in "seed N" where N is not 0), and their
   mean estimate is an estimator too;
-- a search's own estimates (``--search-ranked RUN/ranked.json``), read from its ranked list: no computation.
+- a search's own estimates (``--search-ranked RUN/ranked.json``), read from its ranked list: no computation;
+- short stand-alone training (``--low-fidelity FILE``: a ``nas_standalone.py`` table of the same sample with
+  fewer steps, its seed mean), what a multi-fidelity search would rank its finalists by; give it other seeds
+  than the ground truth's, so that the two share no initialisation or batch order.
 Also the tau between the seeds' own stand-alone scores: how far the ground truth itself is stable. Every tau
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
 goes to a JSON file, so each tau can be recomputed.
 
 Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_standalone.json]
            [--supernet-passes 1000] [--supernets lenas lenas:sampling=fair kshot] [--search-ranked RUN/ranked.json]
-           [--resolution 64] [--json benchmarks/results/nas_ranking.json]
+           [--low-fidelity SHORTER_TABLE] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
 """
 
 from __future__ import annotations
@@ -104,6 +107,16 @@ def ranked_estimates(ranked: list[dict[str, Any]], genotypes: list[dict]) -> lis
     return [by_key[genotype_key(genotype)] for genotype in genotypes]
 
 
+def low_fidelity_estimates(table: dict[str, Any], genotypes: list[dict]) -> list[float]:
+    """Each genotype's seed-mean dose score in another ``nas_standalone.py`` table of the same sample."""
+    rows = table["architectures"]
+    if [genotype_key(row["genotype"]) for row in rows[:len(genotypes)]] != [genotype_key(g) for g in genotypes]:
+        raise ValueError("another sample of architectures than the ground truth's")
+    if any(not row["runs"] for row in rows[:len(genotypes)]):
+        raise ValueError("an architecture of the ground truth has no run in it")
+    return [statistics.mean(run["dose_score"] for run in row["runs"]) for row in rows[:len(genotypes)]]
+
+
 def parse_searcher(text: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``name:option=value,...`` (values read as YAML) -> (strategy, options)."""
     name, _, settings = text.partition(":")
@@ -179,6 +192,8 @@ def main() -> None:
                              "estimator; with several, their mean is one too")
     parser.add_argument("--search-ranked", type=Path, nargs="*", default=[], metavar="RANKED",
                         help="ranked.json files of searches whose own estimates are ranked too")
+    parser.add_argument("--low-fidelity", type=Path, nargs="*", default=[], metavar="TABLE",
+                        help="nas_standalone.py tables of the same sample trained for fewer steps: each an estimator")
     parser.add_argument("--validation-patients", type=int, default=12)
     parser.add_argument("--proxy-seeds", type=int, default=3, help="initialisations per proxy; 0: no proxies")
     parser.add_argument("--threads", type=int, default=2)
@@ -214,6 +229,14 @@ def main() -> None:
             estimates[f"search {ranked.stem}"] = ranked_estimates(json.loads(ranked.read_text()), genotypes)
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{ranked}: {error}")
+    for table in args.low_fidelity:
+        try:
+            shorter = json.loads(table.read_text())
+            steps = shorter["recipe"].split(",")[0].split(" of ")[0]  # "150 steps"
+            short_seeds = sorted({run["seed"] for row in shorter["architectures"] for run in row["runs"]})
+            estimates[f"stand-alone {steps}, seeds {short_seeds}"] = low_fidelity_estimates(shorter, genotypes)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"{table}: {error}")
     if args.proxy_seeds:
         started = time.perf_counter()
         two = PatientSamples(sources.find_patients(args.train)[:2], resolution=networks["resolution"],
@@ -263,7 +286,8 @@ def main() -> None:
                 "supernet_seeds": args.supernet_seeds,
                 "validation_patients": args.validation_patients, "proxy_seeds": args.proxy_seeds,
                 "proxy_networks": networks,
-                "search_ranked": [str(path) for path in args.search_ranked]}
+                "search_ranked": [str(path) for path in args.search_ranked],
+                "low_fidelity": [str(path) for path in args.low_fidelity]}
     args.json.write_text(json.dumps({**settings, "summary": summary, "pairs": pairs}, indent=1) + "\n")
 
 
