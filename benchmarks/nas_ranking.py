@@ -25,7 +25,7 @@ Also the tau between the seeds' own stand-alone scores: how far the ground truth
 has a 95 % bootstrap interval (architectures resampled). Every pair (estimate, stand-alone score per seed)
 goes to a JSON file, so each tau can be recomputed.
 
-Usage: python benchmarks/nas_ranking.py [--standalone benchmarks/results/nas_standalone.json]
+Usage: python -m benchmarks.nas_ranking [--standalone benchmarks/results/nas_standalone.json]
            [--supernet-passes 1000] [--supernets lenas lenas:sampling=fair kshot] [--search-ranked RUN/ranked.json]
            [--low-fidelity SHORTER_TABLE] [--resolution 64] [--json benchmarks/results/nas_ranking.json]
 """
@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 import torch
+import yaml
 from scipy.stats import kendalltau
+
+from benchmarks.nas_standalone import INHERITED
 
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import input_channels
@@ -234,7 +236,8 @@ def main() -> None:
             shorter = json.loads(table.read_text())
             steps = shorter["recipe"].split(",")[0].split(" of ")[0]  # "150 steps"
             short_seeds = sorted({run["seed"] for row in shorter["architectures"] for run in row["runs"]})
-            estimates[f"stand-alone {steps}, seeds {short_seeds}"] = low_fidelity_estimates(shorter, genotypes)
+            start = " from supernet weights" if INHERITED in shorter["recipe"] else ""
+            estimates[f"stand-alone {steps}{start}, seeds {short_seeds}"] = low_fidelity_estimates(shorter, genotypes)
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{table}: {error}")
     if args.proxy_seeds:

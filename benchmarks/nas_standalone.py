@@ -15,10 +15,13 @@ On two cores, two processes (``--seeds 0 --threads 1 --json A``, ``--seeds 1 --t
 
 With ``--recipe-config FILE`` every run trains with a training config instead (``configs/full_cpu.yaml``: the
 teachers' recipe at 128^3 with beam channels and the DVH-aware loss), ``--widths``/``--stem-stride`` giving the
-networks' size (the teachers': ``--widths 16 32 64 128 --stem-stride 2``).
+networks' size (the teachers': ``--widths 16 32 64 128 --stem-stride 2``). With ``--inherit CHECKPOINT`` every
+network starts from its path's weights in a trained supernet (``benchmarks/nas_ranking.py --supernet-networks
+truth`` leaves one in ``runs/nas_ranking/<label>/supernet/checkpoints/last.pt``) instead of a random start: a
+short run of that is an estimator between weight sharing and training from scratch.
 
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]
-       [--recipe-config FILE --widths 16 32 64 128 --stem-stride 2]
+       [--recipe-config FILE --widths 16 32 64 128 --stem-stride 2] [--inherit SUPERNET_CHECKPOINT]
        [--ranked runs/search/ranked.json] [--json benchmarks/results/nas_standalone.json]
        python benchmarks/nas_standalone.py --merge PART [PART ...] --json TABLE
 """
@@ -35,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import f as f_distribution
 from scipy.stats import f_oneway
+from torch import nn
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.engine.config import ConfigError, load_config
@@ -44,6 +49,7 @@ from dosepred.engine.trainer import Trainer
 from dosepred.nas.space import SearchSpace, genotype_key
 
 CHANNELS = (8, 16, 32, 64)  # the search's widths (configs/search_*.yaml)
+INHERITED = "starting from the supernet weights of"  # in a recipe's description: nas_ranking.py reads it
 
 
 class SharedDataTrainer(Trainer):
@@ -82,6 +88,18 @@ def ranked_sample(count: int, ranked: list[dict[str, Any]]) -> list[dict[str, An
     return [ranked[rank]["genotype"] for rank in ranks]
 
 
+def inherit_weights(network: nn.Module, checkpoint: Path) -> None:
+    """Start ``network`` from its path's weights in a supernet's training checkpoint (a supernet and a stand-alone
+    network name their parameters alike); ValueError where the supernet lacks one or holds another shape."""
+    supernet = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    own = network.state_dict()
+    unfit = [name for name, value in own.items() if name not in supernet or supernet[name].shape != value.shape]
+    if unfit:
+        raise ValueError(f"{checkpoint}: no supernet weights fit {len(unfit)} of the network's tensors, "
+                         f"e.g. {unfit[0]}: another space or other widths")
+    network.load_state_dict({name: supernet[name] for name in own})
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How every stand-alone run trains and is scored; ``describe()`` names it in the results file. With
@@ -99,6 +117,7 @@ class Recipe:
     config_file: str | None = None
     channels: tuple[int, ...] = CHANNELS
     stem_stride: int = 1
+    inherit: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Recipe:
@@ -115,10 +134,13 @@ class Recipe:
             augment = bool(args.augment)
         return cls(args.steps, lr, resolution, augment, args.threads, str(args.train), str(args.validation),
                    args.device, None if args.recipe_config is None else str(args.recipe_config),
-                   tuple(args.widths), args.stem_stride)
+                   tuple(args.widths), args.stem_stride, None if args.inherit is None else str(args.inherit))
 
     def describe(self) -> str:
         network = f"channels {list(self.channels)}" + (f", stem stride {self.stem_stride}" if self.stem_stride != 1 else "")
+        if self.inherit is not None:
+            digest = hashlib.sha256(Path(self.inherit).read_bytes()).hexdigest()[:12]
+            network += f", {INHERITED} {self.inherit} (sha256 {digest})"
         if self.config_file is not None:
             digest = hashlib.sha256(Path(self.config_file).read_bytes()).hexdigest()[:12]
             return (f"{self.steps} steps of {self.config_file} (sha256 {digest}), {network}; "
@@ -156,6 +178,8 @@ class Recipe:
                 print(f"{run_dir.name}: step {step}/{self.steps} ({time.perf_counter() - started:.0f} s)", flush=True)
 
         trainer = SharedDataTrainer(config, run_dir, overwrite=True)
+        if self.inherit is not None:
+            inherit_weights(trainer.network, Path(self.inherit))
         last = trainer.fit(report)[-1]
         return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
                 "seconds": round(time.perf_counter() - started, 1),
@@ -174,6 +198,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=int, nargs=4, default=list(CHANNELS), help="the networks' channels")
     parser.add_argument("--stem-stride", type=int, choices=(1, 2), default=1,
                         help="2: the stem halves the grid (the teachers' 128^3 networks)")
+    parser.add_argument("--inherit", type=Path, metavar="SUPERNET_CHECKPOINT",
+                        help="start every network from its path's weights in this trained supernet (a training "
+                             "checkpoint of the same widths and inputs) instead of a random start")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", type=Path, default=Path("data/pack/train"))
     parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))

@@ -242,3 +242,36 @@ def test_one_supernet_per_seed_each_an_estimator_and_their_mean_one_too(tiny_pac
     assert estimates["lenas@truth"] != estimates["lenas@truth seed 1"]  # another seed, another supernet
     assert estimates["lenas@truth, mean of 2 supernets"] == pytest.approx(
         (np.array(estimates["lenas@truth"]) + estimates["lenas@truth seed 1"]) / 2)
+
+
+def test_a_stand_alone_network_can_start_from_its_paths_supernet_weights(tiny_packs, tmp_path) -> None:
+    import torch
+
+    from benchmarks.nas_ranking import INHERITED
+    from benchmarks.nas_standalone import Recipe, inherit_weights
+    from dosepred.nas.space import SearchSpace
+    from dosepred.nas.supernet import make_supernet
+    from dosepred.networks.searched import build_network
+
+    space = SearchSpace((4, 8, 16, 32), stem_stride=2)  # the inputs without beams, as the recipe below
+    supernet = make_supernet(space)
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"model": supernet.state_dict(), "step": 3}, checkpoint)  # as the training loop writes it
+    genotype = space.sample(np.random.default_rng(4))
+    network = build_network(genotype=genotype, channels=(4, 8, 16, 32), stem_stride=2)
+    inherit_weights(network, checkpoint)
+    weights = supernet.state_dict()
+    assert all(torch.equal(value, weights[name]) for name, value in network.state_dict().items())
+    image = torch.randn(1, space.in_channels, 32, 32, 32)
+    with torch.no_grad():  # the very function of the supernet's path
+        assert torch.allclose(network(image), supernet(image, genotype), atol=1e-6)
+    wider = build_network(genotype=genotype, channels=(8, 16, 32, 64), stem_stride=2)
+    with pytest.raises(ValueError, match="other widths"):
+        inherit_weights(wider, checkpoint)
+
+    arguments = ["--steps", "1", "--resolution", "32", "--widths", "4", "8", "16", "32", "--stem-stride", "2",
+                 "--threads", "1", "--train", str(tiny_packs / "train"), "--validation", str(tiny_packs / "validation")]
+    plain = Recipe.from_args(recipe_args(*arguments))
+    inherited = Recipe.from_args(recipe_args(*arguments, "--inherit", str(checkpoint)))
+    assert INHERITED not in plain.describe() and f"{INHERITED} {checkpoint} (sha256 " in inherited.describe()
+    assert inherited.run(genotype, 0, tmp_path / "run")["dose_score"] > 0
