@@ -12,8 +12,10 @@ ground truth's own (its ``networks`` record).
 
 Each variant is searched once per ``--search-seeds`` seed (its supernet's initialisation, batches and paths); the
 table gives the mean ± SD over them. Work is cached in OUT (search/<variant>_seed<seed>.json,
-standalone/<architecture>_seed<seed>.json), so the script can be rerun, split across processes (``--variants``,
-``--shard i/n``) and stopped between steps.
+standalone/<architecture>_seed<seed>.json; the stand-alone runs' checkpoints in runs/nas_comparison/<OUT's name>/),
+so the script can be rerun, split across processes (``--variants``, ``--shard i/n``) and stopped between steps;
+with ``--search-only`` (or while stand-alone runs are left to other shards) the table has the searches' columns
+alone.
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
            --standalone benchmarks/results/nas_standalone_1000steps.json --steps 1000
@@ -98,6 +100,32 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
     return value
 
 
+def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[str, Any],
+                    results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Every search's best found trained with the recipe's seeds (the ground truth's own runs where it has them),
+    by architecture id; empty while some are left to other shards."""
+    known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
+                       for searches in results.values() for r in searches for seed in args.seeds}.items())
+    runs: dict[str, list[dict[str, Any]]] = {}
+    left = 0
+    for position, ((key, seed), genotype) in enumerate(to_train):
+        run = next((r for r in known.get(key, []) if r["seed"] == seed), None)
+        path = args.out / "standalone" / f"{key}_seed{seed}.json"
+        if run is None and (position % shards == shard or path.is_file()):
+            folder = Path("runs") / "nas_comparison" / args.out.name / f"{key}_seed{seed}"  # checkpoints: not results
+            run = cached(path, lambda genotype=genotype, seed=seed, folder=folder: recipe.run(genotype, seed, folder))
+        if run is None:
+            left += 1
+        else:
+            runs.setdefault(key, []).append(run)
+    if left:
+        print(f"{left} stand-alone runs are left to other shards", file=sys.stderr)
+        return {}
+    return runs
+
+
 def mean_spread(values: list[float], digits: int = 3) -> str:
     """Mean ± sample SD (nan for one value, or where a value is nan)."""
     spread = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
@@ -162,28 +190,13 @@ def main() -> None:
             parser.error(f"{args.out} holds a {name} search of other networks ({found.get('networks')}): "
                          "give another output folder")
         results[name].append(found)
-    if args.search_only:
-        return
-
-    known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
-    shard, shards = (int(part) for part in args.shard.split("/"))
-    to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
-                       for searches in results.values() for r in searches for seed in args.seeds}.items())
-    runs: dict[str, list[dict[str, Any]]] = {}
-    left = 0
-    for position, ((key, seed), genotype) in enumerate(to_train):
-        run = next((r for r in known.get(key, []) if r["seed"] == seed), None)
-        path = args.out / "standalone" / f"{key}_seed{seed}.json"
-        if run is None and (position % shards == shard or path.is_file()):
-            run = cached(path, lambda genotype=genotype, seed=seed, key=key: recipe.run(
-                genotype, seed, args.out / "runs" / f"{key}_seed{seed}"))
-        if run is None:
-            left += 1
-        else:
-            runs.setdefault(key, []).append(run)
-    if left:
-        print(f"{left} stand-alone runs are left to other shards", file=sys.stderr)
-        return
+    for searches in results.values():
+        for r in searches:
+            low, high = bootstrap_interval(r["sample_estimates"], truth)
+            r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
+                                  "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
+    runs = {} if args.search_only else standalone_runs(args, recipe, truth_file, results)
+    complete = bool(runs)
     print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
           f"search.supernet_steps {config['search']['supernet_steps']} at {config['data']['resolution']}^3, "
           f"widths {config['search']['channels']}, stem stride {config['search']['stem_stride']}, "
@@ -193,25 +206,24 @@ def main() -> None:
     print(f"{'variant':<22} {'search min':>11} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>11} "
           f"{'per search':>16} {'best est.':>9} {'best dose':>13} {'best DVH':>8} {'params':>9} {'GMACs':>6}")
     for name, searches in results.items():
-        for r in searches:
-            low, high = bootstrap_interval(r["sample_estimates"], truth)
-            r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
-                                  "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
-            r["best"]["standalone"] = runs[architecture_id(r["best"]["genotype"])]
+        if complete:
+            for r in searches:
+                r["best"]["standalone"] = runs[architecture_id(r["best"]["genotype"])]
         taus = [r["kendall_tau_b"]["mean"] for r in searches]
-        best_runs = [run for r in searches for run in r["best"]["standalone"]]
+        best_runs = [run for r in searches for run in r["best"].get("standalone", [])]
         average = lambda key: statistics.mean(r[key] for r in searches)  # noqa: E731
+        best_dose = mean_spread([b["dose_score"] for b in best_runs]) if best_runs else "-"
+        best_dvh = f"{statistics.mean(b['dvh_score'] for b in best_runs):.3f}" if best_runs else "-"
         print(f"{name:<22} {mean_spread([r['search_seconds'] / 60 for r in searches], 1):>11} "
               f"{searches[0]['training_forward_passes']:>10} {average('sampled_architectures'):>8.0f} "
               f"{average('evaluated_architectures'):>9.0f} {mean_spread(taus, 2):>11} "
               f"{' '.join(f'{t:.2f}' for t in taus):>16} "
               f"{statistics.mean(r['best']['estimated_dose_score'] for r in searches):>9.3f} "
-              f"{mean_spread([b['dose_score'] for b in best_runs]):>13} "
-              f"{statistics.mean(b['dvh_score'] for b in best_runs):>8.3f} "
+              f"{best_dose:>13} {best_dvh:>8} "
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
     summary = {"ground_truth": truth_file["recipe"], "search": config, "search_seeds": args.search_seeds,
-               "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
+               "standalone_complete": complete, "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
     (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -167,14 +167,20 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
                                           *recipe_arguments, *extra])
         nas_comparison.main()
 
+    monkeypatch.chdir(tmp_path)  # the stand-alone runs' checkpoints go to runs/nas_comparison/<out>/
     compare("truth", "--supernet-networks", "truth", "--search-only")
     searched = json.loads((tmp_path / "truth" / "search" / "random_architectures=2_seed0.json").read_text())
     assert searched["networks"] == networks and len(searched["sample_estimates"]) == 3
     assert searched["best"]["parameters"] > 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
+    assert row.split()[-4:-2] == ["-", "-"]  # the searches' columns alone: no stand-alone run of the best yet
+    assert not json.loads((tmp_path / "truth" / "comparison.json").read_text())["standalone_complete"]
+    assert not (tmp_path / "runs").exists()
     compare("config", "--search-seeds", "0", "1")  # the config's own networks: its widths on its grid, no beams
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
     assert row.count(" ± ") == 3  # search time, tau-b and the best found's dose: mean ± SD over the searches
     comparison = json.loads((tmp_path / "config" / "comparison.json").read_text())
+    assert comparison["standalone_complete"] and (tmp_path / "runs" / "nas_comparison" / "config").is_dir()
     searches = comparison["results"]["random:architectures=2"]
     assert [r["search_seed"] for r in searches] == [0, 1] and comparison["search_seeds"] == [0, 1]
     assert searches[0]["networks"] == {"channels": [2, 4, 8, 16], "stem_stride": 1, "resolution": 16, "beam_angles": None}
