@@ -102,8 +102,8 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
 
 def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[str, Any],
                     results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """Every search's best found trained with the recipe's seeds (the ground truth's own runs where it has them),
-    by architecture id; empty while some are left to other shards."""
+    """Every search's best found trained with the recipe's seeds (the ground truth's own runs where it has them,
+    else cached ones; with ``--search-only`` nothing is trained), by architecture id; empty while some are left."""
     known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
     shard, shards = (int(part) for part in args.shard.split("/"))
     to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
@@ -113,7 +113,7 @@ def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[s
     for position, ((key, seed), genotype) in enumerate(to_train):
         run = next((r for r in known.get(key, []) if r["seed"] == seed), None)
         path = args.out / "standalone" / f"{key}_seed{seed}.json"
-        if run is None and (position % shards == shard or path.is_file()):
+        if run is None and (path.is_file() or (position % shards == shard and not args.search_only)):
             folder = Path("runs") / "nas_comparison" / args.out.name / f"{key}_seed{seed}"  # checkpoints: not results
             run = cached(path, lambda genotype=genotype, seed=seed, folder=folder: recipe.run(genotype, seed, folder))
         if run is None:
@@ -121,7 +121,7 @@ def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[s
         else:
             runs.setdefault(key, []).append(run)
     if left:
-        print(f"{left} stand-alone runs are left to other shards", file=sys.stderr)
+        print(f"{left} stand-alone runs are left{'' if args.search_only else ' to other shards'}", file=sys.stderr)
         return {}
     return runs
 
@@ -195,8 +195,7 @@ def main() -> None:
             low, high = bootstrap_interval(r["sample_estimates"], truth)
             r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
                                   "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
-    runs = {} if args.search_only else standalone_runs(args, recipe, truth_file, results)
-    complete = bool(runs)
+    runs = standalone_runs(args, recipe, truth_file, results)
     print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
           f"search.supernet_steps {config['search']['supernet_steps']} at {config['data']['resolution']}^3, "
           f"widths {config['search']['channels']}, stem stride {config['search']['stem_stride']}, "
@@ -206,11 +205,10 @@ def main() -> None:
     print(f"{'variant':<22} {'search min':>11} {'fwd passes':>10} {'sampled':>8} {'evaluated':>9} {'tau-b':>11} "
           f"{'per search':>16} {'best est.':>9} {'best dose':>13} {'best DVH':>8} {'params':>9} {'GMACs':>6}")
     for name, searches in results.items():
-        if complete:
-            for r in searches:
-                r["best"]["standalone"] = runs[architecture_id(r["best"]["genotype"])]
+        for r in searches:
+            r["best"]["standalone"] = runs.get(architecture_id(r["best"]["genotype"]), [])
         taus = [r["kendall_tau_b"]["mean"] for r in searches]
-        best_runs = [run for r in searches for run in r["best"].get("standalone", [])]
+        best_runs = [run for r in searches for run in r["best"]["standalone"]]
         average = lambda key: statistics.mean(r[key] for r in searches)  # noqa: E731
         best_dose = mean_spread([b["dose_score"] for b in best_runs]) if best_runs else "-"
         best_dvh = f"{statistics.mean(b['dvh_score'] for b in best_runs):.3f}" if best_runs else "-"
@@ -223,7 +221,7 @@ def main() -> None:
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
     summary = {"ground_truth": truth_file["recipe"], "search": config, "search_seeds": args.search_seeds,
-               "standalone_complete": complete, "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
+               "standalone_complete": bool(runs), "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
     (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

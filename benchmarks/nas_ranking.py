@@ -237,7 +237,10 @@ def main() -> None:
             steps = shorter["recipe"].split(",")[0].split(" of ")[0]  # "150 steps"
             short_seeds = sorted({run["seed"] for row in shorter["architectures"] for run in row["runs"]})
             start = " from supernet weights" if INHERITED in shorter["recipe"] else ""
-            estimates[f"stand-alone {steps}{start}, seeds {short_seeds}"] = low_fidelity_estimates(shorter, genotypes)
+            label = f"stand-alone {steps}{start}, seeds {short_seeds}"
+            if label in estimates:
+                raise ValueError(f"an earlier --low-fidelity table has the same steps, start and seeds ({label})")
+            estimates[label] = low_fidelity_estimates(shorter, genotypes)
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"{table}: {error}")
     if args.proxy_seeds:

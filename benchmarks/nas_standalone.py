@@ -17,7 +17,7 @@ With ``--recipe-config FILE`` every run trains with a training config instead (`
 teachers' recipe at 128^3 with beam channels and the DVH-aware loss), ``--widths``/``--stem-stride`` giving the
 networks' size (the teachers': ``--widths 16 32 64 128 --stem-stride 2``). With ``--inherit CHECKPOINT`` every
 network starts from its path's weights in a trained supernet (``benchmarks/nas_ranking.py --supernet-networks
-truth`` leaves one in ``runs/nas_ranking/<label>/supernet/checkpoints/last.pt``) instead of a random start: a
+truth`` leaves one in ``runs/nas_ranking/<strategy>@truth_<passes>/supernet/checkpoints/last.pt``) instead of a random start: a
 short run of that is an estimator between weight sharing and training from scratch.
 
 Usage: python benchmarks/nas_standalone.py [--architectures 10] [--seeds 0 1] [--steps 300] [--resolution 64] [--augment]

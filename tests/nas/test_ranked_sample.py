@@ -62,6 +62,27 @@ def test_a_shorter_stand_alone_table_estimates_by_its_seed_mean() -> None:
         low_fidelity_estimates(table, [{"n": 0}, {"n": 1}])
 
 
+def test_two_shorter_tables_that_would_share_a_label_are_refused(tmp_path, monkeypatch, capsys) -> None:
+    import json
+    import sys
+
+    from benchmarks import nas_ranking
+
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"recipe": "tiny", "architectures": [
+        {"genotype": {"n": n}, "runs": [{"seed": s, "dose_score": float(n + s)} for s in (0, 1)]} for n in range(3)]}))
+    shorter = {"recipe": "150 steps of tiny", "architectures": [{"genotype": {"n": n}, "runs": [
+        {"seed": 2, "dose_score": float(n)}]} for n in range(3)]}
+    for name in ("a.json", "b.json"):  # e.g. from two supernets' weights, or at two grids
+        (tmp_path / name).write_text(json.dumps(shorter))
+    monkeypatch.setattr(sys, "argv", ["nas_ranking", "--standalone", str(truth), "--supernet-passes", "0",
+                                      "--proxy-seeds", "0", "--low-fidelity", str(tmp_path / "a.json"),
+                                      str(tmp_path / "b.json"), "--json", str(tmp_path / "ranking.json")])
+    with pytest.raises(SystemExit):
+        nas_ranking.main()
+    assert "same steps, start and seeds" in capsys.readouterr().err
+
+
 def recipe_args(*arguments: str):
     import argparse
 
@@ -174,7 +195,9 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     assert searched["best"]["parameters"] > 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
     assert row.split()[-4:-2] == ["-", "-"]  # the searches' columns alone: no stand-alone run of the best yet
-    assert not json.loads((tmp_path / "truth" / "comparison.json").read_text())["standalone_complete"]
+    comparison = json.loads((tmp_path / "truth" / "comparison.json").read_text())
+    assert not comparison["standalone_complete"]
+    assert -1 <= comparison["results"]["random:architectures=2"][0]["kendall_tau_b"]["mean"] <= 1
     assert not (tmp_path / "runs").exists()
     compare("config", "--search-seeds", "0", "1")  # the config's own networks: its widths on its grid, no beams
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
@@ -250,11 +273,11 @@ def test_one_supernet_per_seed_each_an_estimator_and_their_mean_one_too(tiny_pac
         (np.array(estimates["lenas@truth"]) + estimates["lenas@truth seed 1"]) / 2)
 
 
-def test_a_stand_alone_network_can_start_from_its_paths_supernet_weights(tiny_packs, tmp_path) -> None:
+def test_a_stand_alone_network_can_start_from_its_paths_supernet_weights(tiny_packs, tmp_path, monkeypatch) -> None:
     import torch
 
-    from benchmarks.nas_ranking import INHERITED
-    from benchmarks.nas_standalone import Recipe, inherit_weights
+    from benchmarks import nas_standalone
+    from benchmarks.nas_standalone import INHERITED, Recipe, inherit_weights
     from dosepred.nas.space import SearchSpace
     from dosepred.nas.supernet import make_supernet
     from dosepred.networks.searched import build_network
@@ -280,4 +303,9 @@ def test_a_stand_alone_network_can_start_from_its_paths_supernet_weights(tiny_pa
     plain = Recipe.from_args(recipe_args(*arguments))
     inherited = Recipe.from_args(recipe_args(*arguments, "--inherit", str(checkpoint)))
     assert INHERITED not in plain.describe() and f"{INHERITED} {checkpoint} (sha256 " in inherited.describe()
+    loaded = []
+    monkeypatch.setattr(nas_standalone, "inherit_weights", lambda network, path: loaded.append(path))
+    plain.run(genotype, 0, tmp_path / "plain")
+    assert not loaded  # a plain recipe starts from scratch
     assert inherited.run(genotype, 0, tmp_path / "run")["dose_score"] > 0
+    assert loaded == [checkpoint]  # the inherited recipe starts from the supernet's weights
