@@ -21,6 +21,7 @@ from dosepred.io import sources
 from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.data.transforms import REFERENCE_DOSE_GY
+from dosepred.devices import fast_path
 from dosepred.nas.space import genotype_key
 
 
@@ -58,10 +59,15 @@ def expanded_bytes(samples: PatientSamples) -> int:
 
 
 class Evaluator:
-    """Runs a network on the validation batch (in chunks) and scores it."""
+    """Runs a network on the validation batch (in chunks) and scores it, in bf16 with channels-last inputs where
+    the device computes bf16 natively (``dosepred.devices.fast_path``): 1.75x faster on this project's CPU, and
+    the estimates of 24 paths of a trained 64^3 supernet moved by at most 0.023 Gy, their order not at all."""
 
     def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8) -> None:
         self.batch = {key: value.to(device) for key, value in data.validation.items()}
+        self.amp = fast_path(device)
+        if self.amp:
+            self.batch["image"] = self.batch["image"].contiguous(memory_format=torch.channels_last_3d)
         self.mask = self.batch["possible_dose_mask"]
         self.reference = self.batch["dose"] * REFERENCE_DOSE_GY
         self.chunk = chunk
@@ -72,7 +78,8 @@ class Evaluator:
         was_training = network.training
         network.eval()
         images = self.batch["image"]
-        outputs = [network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            outputs = [network(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
         network.train(was_training)
         return torch.cat(outputs).float().clamp(min=0) * REFERENCE_DOSE_GY * self.mask
 
@@ -162,13 +169,13 @@ class ScoreBook:
 
 
 #: Raise when what an estimate means or how it is computed changes: older stores are then started afresh.
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: bf16 on the fast path
 
 
 def fingerprint(weights: nn.Module, evaluator: Evaluator, context: str) -> str:
     """A digest of what every estimate depends on: the weights the paths run with, the validation batch, and
     ``context`` (the strategy and its settings, which may choose how a path runs)."""
-    digest = hashlib.sha256(f"{STORE_VERSION} {context}".encode())
+    digest = hashlib.sha256(f"{STORE_VERSION} bf16={evaluator.amp} {context}".encode())
     tensors = dict(weights.state_dict()) | {f"validation.{name}": value for name, value in evaluator.batch.items()}
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous().reshape(-1)
