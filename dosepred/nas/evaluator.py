@@ -63,9 +63,9 @@ class Evaluator:
     the device computes bf16 natively (``dosepred.devices.fast_path``): 1.75x faster on this project's CPU, and
     the estimates of 24 paths of a trained 64^3 supernet moved by at most 0.023 Gy, their order not at all."""
 
-    def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8) -> None:
+    def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8, fast: bool | None = None) -> None:
         self.batch = {key: value.to(device) for key, value in data.validation.items()}
-        self.amp = fast_path(device)
+        self.amp = fast_path(device) if fast is None else fast
         if self.amp:
             self.batch["image"] = self.batch["image"].contiguous(memory_format=torch.channels_last_3d)
         self.mask = self.batch["possible_dose_mask"]

@@ -127,6 +127,26 @@ def test_a_search_config_with_beam_angles_searches_on_beam_aware_inputs(tiny_pac
     assert make_supernet(space)(data.validation["image"], space.reference()).shape[2:] == (16, 16, 16)
 
 
+def test_estimates_on_the_fast_path_are_bf16_and_close_to_fp32(tiny_packs) -> None:
+    from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+    from dosepred.nas.evaluator import Evaluator, SearchData, fingerprint
+    from dosepred.nas.supernet import SupernetPath
+
+    config = load_config(None, [f"data.train={tiny_packs / 'train'}", f"data.validation={tiny_packs / 'validation'}",
+                                "data.resolution=16"], defaults=SEARCH_DEFAULTS)
+    data = SearchData.from_config(config["data"], validation_patients=2)
+    torch.manual_seed(0)
+    supernet = make_supernet(SPACE)
+    path = SupernetPath(supernet, SPACE.reference())
+    exact, fast = (Evaluator(data, device=torch.device("cpu"), fast=flag) for flag in (False, True))
+    assert fast.batch["image"].is_contiguous(memory_format=torch.channels_last_3d)
+    assert fast.predict(path).dtype == torch.float32  # scored in fp32 either way
+    fast_score, exact_score = fast.evaluate(path), exact.evaluate(path)
+    assert fast_score != exact_score and abs(fast_score - exact_score) < 0.01 * exact_score  # bf16: moved, slightly
+    # an fp32 store and a bf16 store of the same weights never mix
+    assert fingerprint(supernet, exact, "lenas") != fingerprint(supernet, fast, "lenas")
+
+
 def test_selection_prefers_a_diverse_set_over_near_duplicates() -> None:
     mask = torch.ones(1, 1, 4, 4, 4)
     base = torch.zeros(1, 1, 4, 4, 4)
