@@ -60,8 +60,8 @@ def expanded_bytes(samples: PatientSamples) -> int:
 
 class Evaluator:
     """Runs a network on the validation batch (in chunks) and scores it, in bf16 with channels-last inputs where
-    the device computes bf16 natively (``dosepred.devices.fast_path``): 1.75x faster on this project's CPU, and
-    the estimates of 24 paths of a trained 64^3 supernet moved by at most 0.023 Gy, their order not at all."""
+    the device computes bf16 natively (``dosepred.devices.fast_path``): about 1.7x faster on this project's CPU,
+    estimates moved by hundredths of a Gy, their order kept (``benchmarks/estimate_precision.py``; README)."""
 
     def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8, fast: bool | None = None) -> None:
         self.batch = {key: value.to(device) for key, value in data.validation.items()}
