@@ -18,7 +18,8 @@ with ``--search-only`` (or while stand-alone runs are left to other shards) the 
 alone.
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
-           --standalone benchmarks/results/nas_standalone_1000steps.json --steps 1000
+           --standalone benchmarks/results/nas_standalone_ranked_full500.json --recipe-config configs/full_cpu.yaml
+           --widths 16 32 64 128 --stem-stride 2 --steps 500
            [--supernet-networks truth] [--variants lenas random ...] [--search-seeds 0 1] [--seeds 0 1]
            [--threads 2] [--search-only] [--shard 0/1]
 """
