@@ -166,7 +166,8 @@ class Recipe:
                                   f"optim.lr={self.lr}", "optim.warmup_steps=20", "optim.batch_size=2"])
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
-        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, parameters. It
+        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, device type,
+        parameters. It
         prints a progress line at every tenth of its steps."""
         config = self.config(seed)
         config["network"] = {"name": "searched", "genotype": genotype, "channels": list(self.channels),
@@ -182,7 +183,7 @@ class Recipe:
             inherit_weights(trainer.network, Path(self.inherit))
         last = trainer.fit(report)[-1]
         return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
-                "seconds": round(time.perf_counter() - started, 1),
+                "seconds": round(time.perf_counter() - started, 1), "device": trainer.device.type,
                 "parameters": sum(p.numel() for p in trainer.network.parameters())}
 
 
@@ -205,7 +206,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=Path, default=Path("data/pack/train"))
     parser.add_argument("--validation", type=Path, default=Path("data/pack/validation"))
     parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda or auto; the results file does not record it: keep one device per file")
+                        help="cpu, cuda or auto (each run records the device type it trained on)")
 
 
 def load_results(path: Path) -> dict[str, Any]:

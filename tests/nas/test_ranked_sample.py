@@ -4,6 +4,7 @@ and the merge of its per-seed results files; a search's own estimates read from 
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -211,6 +212,14 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     for search in searches:  # the best found trained with the recipe's two seeds
         assert sorted(run["seed"] for run in search["best"]["standalone"]) == [0, 1]
         assert len(search["kendall_tau_b"]["per_seed"]) == 2  # nan where a 2-step supernet estimates all alike
+        assert {run["device"] for run in search["best"]["standalone"]} == {"cpu"}
+    # shards (the GPU command runs several side by side): each trains its share, the last one completes the table
+    shutil.copytree(tmp_path / "config" / "search", tmp_path / "sharded" / "search")
+    compare("sharded", "--search-seeds", "0", "1", "--shard", "0/2")
+    assert "left to other shards" in capsys.readouterr().err
+    assert not json.loads((tmp_path / "sharded" / "comparison.json").read_text())["standalone_complete"]
+    compare("sharded", "--search-seeds", "0", "1", "--shard", "1/2")
+    assert json.loads((tmp_path / "sharded" / "comparison.json").read_text())["standalone_complete"]
     with pytest.raises(SystemExit):  # a folder of searches in other networks is not mixed into this one
         compare("config", "--supernet-networks", "truth")
     config.write_text(config.read_text().replace("[2, 4, 8, 16]", "[2, 4]"))
