@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from dosepred.cli.common import GammaText, ObjectivesFile, app, console, fail, numbers, progress_bar
-from dosepred.inference.writers import OutputFormat
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.phantom import make_phantom
@@ -22,6 +21,10 @@ class PrepareFormat(str, Enum):
     nifti = "nifti"
     pack = "pack"
 
+
+class PhantomFormat(str, Enum):  # the patient folder formats with a writer (RT Dose is a prediction's, not a patient's)
+    openkbp = "openkbp-csv"
+    nifti = "nifti"
 
 
 @app.command()
@@ -61,11 +64,11 @@ def prepare(
 @app.command()
 def phantom(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the patient folder into.")],
-    format: Annotated[OutputFormat, typer.Option("--format", help="Patient folder format.")] = OutputFormat.openkbp,
+    format: Annotated[PhantomFormat, typer.Option("--format", help="Patient folder format.")] = PhantomFormat.openkbp,
 ) -> None:
     """Write the embedded synthetic head-and-neck patient (with its reference dose) as OUTPUT/phantom."""
     patient = make_phantom()
-    (nifti.write_patient if format is OutputFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
+    (nifti.write_patient if format is PhantomFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
     console.print(f"wrote the phantom patient to {output / patient.id}")
 
 

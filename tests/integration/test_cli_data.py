@@ -1,4 +1,4 @@
-"""`dosepred prepare` and `dosepred evaluate` end to end, as a user runs them."""
+"""`dosepred prepare`, `phantom` and `evaluate` end to end, as a user runs them."""
 
 from __future__ import annotations
 
@@ -79,3 +79,12 @@ def test_evaluate_missing_prediction_is_an_error(phantom_split: Path, tmp_path: 
     result = runner.invoke(app, ["evaluate", str(phantom_split), str(predictions)])
     assert result.exit_code == 2
     assert "no prediction for 1 of 2" in result.output and "pt_2" in result.output
+
+
+def test_phantom_writes_each_patient_format_and_refuses_rtdose(tmp_path: Path) -> None:
+    for fmt, reader in (("openkbp-csv", openkbp_csv.read_patient), ("nifti", nifti.read_patient)):
+        result = runner.invoke(app, ["phantom", "-o", str(tmp_path / fmt), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        assert reader(tmp_path / fmt / "phantom").dose is not None
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "dicom"), "--format", "rtdose"])
+    assert result.exit_code == 2 and not (tmp_path / "dicom").exists()  # not silently written as CSV
