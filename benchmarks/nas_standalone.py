@@ -10,6 +10,9 @@ The seed sets the initial weights and the batch order (and the augmentation, wit
 to a JSON file after every run, and a rerun skips the runs it already holds, so the table can be built over
 several sessions.
 
+Under the table: the seed spread, the ANOVAs (do the architectures differ beyond seed noise?) and the tau-b
+ceiling (``tau_ceiling``: how high any estimator's tau-b against the seed mean can go under that noise).
+
 On two cores, two processes (``--seeds 0 --threads 1 --json A``, ``--seeds 1 --threads 1 --json B``) and
 ``--merge A B --json TABLE`` build the table in about half the time of one process on two threads.
 
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import f as f_distribution
-from scipy.stats import f_oneway
+from scipy.stats import f_oneway, kendalltau
 from torch import nn
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
@@ -262,6 +265,33 @@ def blocked_anova(scores: np.ndarray) -> tuple[float, float]:
     return float(statistic), float(f_distribution.sf(statistic, a - 1, error_df))
 
 
+def tau_ceiling(scores: np.ndarray, draws: int = 4000, seed: int = 0) -> dict[str, list[float]]:
+    """How high a Kendall tau-b against the seed mean of ``scores[architecture, seed]`` the seed noise lets any
+    estimator reach, simulated under the blocked model of ``blocked_anova``: each architecture's true score (its
+    observed mean shrunk by the noise the mean still holds) plus normal noise of the residual variance per run.
+    "oracle": an estimator that knows the true scores; "one_more_seed": one more run of the same recipe (a
+    search's finalists trained at the full budget). Each: [mean, 5th percentile, 95th percentile, P(tau-b >= 0.5)];
+    empty where the architectures do not differ beyond the noise."""
+    a, b = scores.shape
+    means = scores.mean(axis=1)
+    residual = scores - means[:, None] - scores.mean(axis=0)[None, :] + scores.mean()
+    noise = (residual ** 2).sum() / ((a - 1) * (b - 1))
+    between = means.var(ddof=1)
+    if between <= noise / b:  # the means vary no more than their noise: nothing to rank
+        return {}
+    shrink = 1 - noise / b / between  # the true scores' share of the means' variance
+    truth = means.mean() + shrink * (means - means.mean())
+    rng = np.random.default_rng(seed)
+    taus: dict[str, list[float]] = {"oracle": [], "one_more_seed": []}
+    for _ in range(draws):
+        runs = truth[:, None] + rng.normal(0.0, np.sqrt(noise), (a, b + 1))
+        table = runs[:, :b].mean(axis=1)
+        taus["oracle"].append(kendalltau(truth, table).statistic)
+        taus["one_more_seed"].append(kendalltau(runs[:, b], table).statistic)
+    return {name: [float(np.mean(values)), *map(float, np.percentile(values, [5, 95])),
+                   float(np.mean(np.array(values) >= 0.5))] for name, values in taus.items()}
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"\n{results['recipe']}")
     print(f"{'arch':>4} {'params':>8} {'dose per seed (Gy)':>30} {'mean':>7} {'spread':>7} {'DVH mean':>9}")
@@ -287,6 +317,9 @@ def print_table(results: dict[str, Any]) -> None:
                 statistic, p_value = blocked_anova(np.array(complete))
                 print(f"two-way ANOVA, seed as block ({len(complete)} architectures with the same seeds): "
                       f"F = {statistic:.2f}, p = {p_value:.3f}")
+                for name, (mean, low, high, reach) in tau_ceiling(np.array(complete)).items():
+                    print(f"tau-b ceiling against the seed mean, {name.replace('_', ' ')}: {mean:.2f} "
+                          f"(5-95 % {low:.2f}-{high:.2f}; P(>= 0.5) {reach:.2f})")
 
 
 def main() -> None:

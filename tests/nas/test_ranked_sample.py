@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from benchmarks.nas_standalone import merge_results, ranked_sample
+from benchmarks.nas_standalone import merge_results, ranked_sample, tau_ceiling
 
 
 def test_the_sample_takes_first_last_and_evenly_spaced_ranks() -> None:
@@ -158,6 +158,17 @@ def test_a_seed_that_favours_every_architecture_is_a_block_not_noise() -> None:
     statistic, p_value = blocked_anova(scores)
     assert p_value < 0.001 and statistic > 100
     assert blocked_anova(np.array([[4.0, 3.7], [3.7, 4.0]]))[1] > 0.5  # orders that disagree: no effect
+
+
+def test_the_tau_ceiling_is_near_one_for_separated_architectures_and_absent_without_any() -> None:
+    rng = np.random.default_rng(0)
+    separated = np.arange(10.0)[:, None] + rng.normal(0.0, 0.05, (10, 2))
+    ceiling = tau_ceiling(separated, draws=200)
+    assert ceiling["oracle"][0] > 0.95 and ceiling["one_more_seed"][3] == 1.0  # every draw reaches 0.5
+    noise = rng.normal(0.0, 1.0, 10)
+    assert tau_ceiling(np.stack([noise, -noise], axis=1), draws=200) == {}  # every mean the same: no order at all
+    overlapping = tau_ceiling(np.arange(10.0)[:, None] * 0.1 + rng.normal(0.0, 0.3, (10, 2)), draws=200)
+    assert overlapping and 0 < overlapping["oracle"][0] < 0.9
 
 
 def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(tiny_packs, tmp_path, monkeypatch,
