@@ -48,6 +48,7 @@ from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
+from dosepred.nas.strategies.base import Progress
 
 #: The strategies and the ablations the comparison asks for, each ``name[:option=value,...]`` (``parse_searcher``).
 VARIANTS = ["lenas", "lenas:sampling=fair", "random", "kshot", "kshot:k=1", "gold", "gold:pruning=hard", "fpnas",
@@ -64,6 +65,16 @@ def searched_networks(config: dict[str, Any]) -> dict[str, Any]:
             "resolution": config["data"]["resolution"], "beam_angles": config["data"]["beam_angles"]}
 
 
+def progress_lines(label: str) -> Progress:
+    """A search's progress as a line on stderr at every tenth of each phase (a search takes 20-50 min here)."""
+    started = time.perf_counter()
+
+    def report(phase: str, done: int, total: int) -> None:
+        if total > 0 and done % max(1, total // 10) == 0:
+            print(f"{label}: {phase} {done}/{total} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return report
+
+
 def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: list[dict[str, Any]],
                 search_seed: int) -> dict[str, Any]:
     """One search of variant ``name``; ``search_seed`` sets its initialisation, batches and paths."""
@@ -76,7 +87,7 @@ def run_variant(name: str, config: dict[str, Any], data: SearchData, sample: lis
                     max_sweeps=settings["max_sweeps"], device=device)
     torch.manual_seed(search_seed)
     started = time.perf_counter()
-    result = get_strategy(strategy, **options).search(space, data, budget)
+    result = get_strategy(strategy, **options).search(space, data, budget, progress_lines(f"{name}, seed {search_seed}"))
     seconds = time.perf_counter() - started
     evaluator = Evaluator(data, device=device)
     # the best found at the full widths: the stand-alone recipe trains those (K-shot also ranks narrower ones)

@@ -205,7 +205,9 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     searched = json.loads((tmp_path / "truth" / "search" / "random_architectures=2_seed0.json").read_text())
     assert searched["networks"] == networks and len(searched["sample_estimates"]) == 3
     assert searched["best"]["parameters"] > 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
+    printed = capsys.readouterr()
+    assert "random:architectures=2, seed 0: " in printed.err  # the search's progress lines
+    row = next(line for line in printed.out.splitlines() if line.startswith("random:architectures=2 "))
     assert row.split()[-4:-2] == ["-", "-"]  # the searches' columns alone: no stand-alone run of the best yet
     comparison = json.loads((tmp_path / "truth" / "comparison.json").read_text())
     assert not comparison["standalone_complete"]
