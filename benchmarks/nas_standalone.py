@@ -170,8 +170,7 @@ class Recipe:
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
         """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, device type,
-        parameters. It
-        prints a progress line at every tenth of its steps."""
+        parameters. It prints a progress line at every tenth of its steps."""
         config = self.config(seed)
         config["network"] = {"name": "searched", "genotype": genotype, "channels": list(self.channels),
                              "stem_stride": self.stem_stride}
