@@ -14,8 +14,8 @@ Each variant is searched once per ``--search-seeds`` seed (its supernet's initia
 table gives the mean ± SD over them. Work is cached in OUT (search/<variant>_seed<seed>.json,
 standalone/<architecture>_seed<seed>.json; the stand-alone runs' checkpoints in runs/nas_comparison/<OUT's name>/),
 so the script can be rerun, split across processes (``--variants``, ``--shard i/n``) and stopped between steps;
-with ``--search-only`` (or while stand-alone runs are left to other shards) the table has the searches' columns
-alone.
+with ``--search-only`` the table has the searches' columns alone, and a variant's stand-alone columns show how many
+of its runs are done until all are (they run variant by variant).
 
 Usage: python -m benchmarks.nas_comparison OUT --config configs/search_compare_cpu.yaml
            --standalone benchmarks/results/nas_standalone_ranked_full500.json --recipe-config configs/full_cpu.yaml
@@ -113,16 +113,17 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
 
 
 def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[str, Any],
-                    results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+                    results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Every search's best found trained with the recipe's seeds (the ground truth's own runs where it has them,
-    else cached ones; with ``--search-only`` nothing is trained), by architecture id; empty while some are left."""
+    else cached ones; with ``--search-only`` nothing is trained): the runs done, by architecture id, and how many
+    are left. The runs go variant by variant, so that a table split over sessions completes a row at a time."""
     known = {architecture_id(a["genotype"]): a["runs"] for a in truth_file["architectures"]}
     shard, shards = (int(part) for part in args.shard.split("/"))
-    to_train = sorted({(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
-                       for searches in results.values() for r in searches for seed in args.seeds}.items())
+    to_train = {(architecture_id(r["best"]["genotype"]), seed): r["best"]["genotype"]
+                for searches in results.values() for r in searches for seed in args.seeds}  # in the variants' order
     runs: dict[str, list[dict[str, Any]]] = {}
     left = 0
-    for position, ((key, seed), genotype) in enumerate(to_train):
+    for position, ((key, seed), genotype) in enumerate(to_train.items()):
         run = next((r for r in known.get(key, []) if r["seed"] == seed), None)
         path = args.out / "standalone" / f"{key}_seed{seed}.json"
         if run is None and (path.is_file() or (position % shards == shard and not args.search_only)):
@@ -134,8 +135,7 @@ def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[s
             runs.setdefault(key, []).append(run)
     if left:
         print(f"{left} stand-alone runs are left{'' if args.search_only else ' to other shards'}", file=sys.stderr)
-        return {}
-    return runs
+    return runs, left
 
 
 def mean_spread(values: list[float], digits: int = 3) -> str:
@@ -207,7 +207,7 @@ def main() -> None:
             low, high = bootstrap_interval(r["sample_estimates"], truth)
             r["kendall_tau_b"] = {"mean": tau_b(r["sample_estimates"], truth), "interval": [low, high],
                                   "per_seed": [tau_b(r["sample_estimates"], per_seed[seed]) for seed in args.seeds]}
-    runs = standalone_runs(args, recipe, truth_file, results)
+    runs, left = standalone_runs(args, recipe, truth_file, results)
     print(f"ground truth: {len(sample)} architectures, {truth_file['recipe']}; search budget "
           f"search.supernet_steps {config['search']['supernet_steps']} at {config['data']['resolution']}^3, "
           f"widths {config['search']['channels']}, stem stride {config['search']['stem_stride']}, "
@@ -222,8 +222,12 @@ def main() -> None:
         taus = [r["kendall_tau_b"]["mean"] for r in searches]
         best_runs = [run for r in searches for run in r["best"]["standalone"]]
         average = lambda key: statistics.mean(r[key] for r in searches)  # noqa: E731
-        best_dose = mean_spread([b["dose_score"] for b in best_runs]) if best_runs else "-"
-        best_dvh = f"{statistics.mean(b['dvh_score'] for b in best_runs):.3f}" if best_runs else "-"
+        expected = len(searches) * len(args.seeds)
+        if len(best_runs) == expected:
+            best_dose = mean_spread([b["dose_score"] for b in best_runs])
+            best_dvh = f"{statistics.mean(b['dvh_score'] for b in best_runs):.3f}"
+        else:  # a row's stand-alone columns wait for all of its runs
+            best_dose, best_dvh = f"{len(best_runs)}/{expected} runs" if best_runs else "-", "-"
         print(f"{name:<22} {mean_spread([r['search_seconds'] / 60 for r in searches], 1):>11} "
               f"{searches[0]['training_forward_passes']:>10} {average('sampled_architectures'):>8.0f} "
               f"{average('evaluated_architectures'):>9.0f} {mean_spread(taus, 2):>11} "
@@ -233,7 +237,7 @@ def main() -> None:
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
     summary = {"ground_truth": truth_file["recipe"], "search": config, "search_seeds": args.search_seeds,
-               "standalone_complete": bool(runs), "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
+               "standalone_complete": left == 0, "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
     (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -229,7 +229,10 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     # shards (the GPU command runs several side by side): each trains its share, the last one completes the table
     shutil.copytree(tmp_path / "config" / "search", tmp_path / "sharded" / "search")
     compare("sharded", "--search-seeds", "0", "1", "--shard", "0/2")
-    assert "left to other shards" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "left to other shards" in printed.err
+    row = next(line for line in printed.out.splitlines() if line.startswith("random:architectures=2 "))
+    assert "/4 runs" in row and " ± " not in row.split("/4 runs")[1]  # the row's runs so far, no stand-alone score yet
     assert not json.loads((tmp_path / "sharded" / "comparison.json").read_text())["standalone_complete"]
     compare("sharded", "--search-seeds", "0", "1", "--shard", "1/2")
     assert json.loads((tmp_path / "sharded" / "comparison.json").read_text())["standalone_complete"]
