@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
 from benchmarks.nas_standalone import Recipe, add_recipe_arguments
@@ -236,7 +237,15 @@ def main() -> None:
               f"{best_dose:>13} {best_dvh:>8} "
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
-    summary = {"ground_truth": truth_file["recipe"], "search": config, "search_seeds": args.search_seeds,
+    # Do the searches' errors cancel? The mean rank every search gives each architecture, against the truth.
+    consensus = [float(r) for r in np.mean([rankdata(r["sample_estimates"]) for searches in results.values()
+                                             for r in searches], axis=0)]
+    consensus_tau = {"mean": tau_b(consensus, truth), "interval": list(bootstrap_interval(consensus, truth)),
+                     "per_seed": [tau_b(consensus, per_seed[seed]) for seed in args.seeds]}
+    print(f"consensus of all {sum(map(len, results.values()))} searches (mean rank of their estimates): tau-b "
+          f"{consensus_tau['mean']:.2f} (95 % interval {consensus_tau['interval'][0]:.2f} … "
+          f"{consensus_tau['interval'][1]:.2f}; per seed {' '.join(f'{t:.2f}' for t in consensus_tau['per_seed'])})")
+    summary = {"ground_truth": truth_file["recipe"], "consensus_kendall_tau_b": consensus_tau, "search": config, "search_seeds": args.search_seeds,
                "standalone_complete": left == 0, "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
     (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 

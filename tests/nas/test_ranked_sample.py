@@ -212,6 +212,7 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     comparison = json.loads((tmp_path / "truth" / "comparison.json").read_text())
     assert not comparison["standalone_complete"]
     assert set(comparison["results"]["random:architectures=2"][0]["kendall_tau_b"]) == {"mean", "interval", "per_seed"}
+    assert "consensus of all 1 searches" in printed.out and "consensus_kendall_tau_b" in comparison
     assert not (tmp_path / "runs").exists()
     compare("config", "--search-seeds", "0", "1")  # the config's own networks: its widths on its grid, no beams
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
