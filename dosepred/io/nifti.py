@@ -14,6 +14,7 @@ folder must lie on the CT's grid: same spacing, orientation and position (affine
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +124,40 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(image.dataobj), image.affine
 
 
+#: The header line naming the file that holds a MetaImage's (.mha/.mhd) or an NRRD's (.nrrd/.nhdr) voxels.
+_DATA_FILE = re.compile(r"\s*(?:ElementDataFile\s*=|data ?file\s*:)(.*)", re.IGNORECASE)
+_HEADER_BYTES = 1 << 16
+
+
+def _check_data_file(path: Path) -> None:
+    """Refuse a header whose voxels lie anywhere but in itself or in one plain file beside it: a header naming
+    another path (``/etc/...``, ``../x.raw``, a device, a link, a LIST or pattern of files) would have the reader
+    read outside the patient's folder."""
+    with path.open("rb") as file:
+        lines = file.read(_HEADER_BYTES).decode("latin-1").splitlines()
+    nrrd = path.name.lower().endswith((".nrrd", ".nhdr"))
+    for line in lines:
+        if nrrd and not line.strip():
+            return  # the end of an NRRD header that names no data file: the voxels follow it
+        named = _DATA_FILE.fullmatch(line)
+        if named is None:
+            continue
+        value = named.group(1).strip()
+        if value.upper() == "LOCAL" and not nrrd:
+            return
+        beside = path.parent / value
+        if not value or any(c in value for c in "/\\%:") or len(value.split()) != 1 or value.upper() == "LIST" \
+                or value in (".", "..") or beside.is_symlink() or not beside.is_file():
+            raise PatientDataError(path, f"the image's voxels must be in its header file or in one file beside "
+                                   f"it, not {value!r}")
+        return
+    raise PatientDataError(path, f"no end of the image header in its first {_HEADER_BYTES // 1024} KiB")
+
+
 def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
+    _check_data_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()

@@ -148,6 +148,28 @@ def test_a_huge_grid_is_refused_by_the_simpleitk_reader_too(tmp_path: Path, monk
         nifti.read_volume(tmp_path / "ct.mhd")
 
 
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_a_detached_header_reads_only_a_plain_file_beside_it(tmp_path: Path, suffix: str) -> None:
+    """A header names the file holding its voxels: anything but one regular file beside it (an absolute path,
+    another folder, a device, a link, a pattern of files) would read outside the patient's folder."""
+    patient = tmp_path / "patient"
+    patient.mkdir()
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkUInt8) + 7, str(patient / f"ct{suffix}"))
+    header = (patient / f"ct{suffix}").read_text()
+    data_file = next(p.name for p in patient.iterdir() if p.suffix != suffix)
+    assert nifti.read_volume(patient / f"ct{suffix}")[0].max() == 7  # as written: the voxels beside it
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(256)) * 2)
+    (patient / "link.raw").symlink_to(secret)
+    for named in (str(secret), "../secret.raw", "/dev/zero", "link.raw", "LIST", "ct_%03d.raw 1 8 1", "missing.raw"):
+        (patient / f"ct{suffix}").write_text(header.replace(data_file, named))
+        with pytest.raises(PatientDataError, match="in one file beside it"):
+            nifti.read_volume(patient / f"ct{suffix}")
+    (patient / f"ct{suffix}").write_text(header.replace(data_file, "\n" * 70000))  # no end of header in reach
+    with pytest.raises(PatientDataError):
+        nifti.read_volume(patient / f"ct{suffix}")
+
+
 def test_complex_voxels_are_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.complex64), nifti.affine_from_spacing((1, 1, 1))),
              tmp_path / "ct.nii.gz")
