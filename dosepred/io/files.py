@@ -62,8 +62,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: Names of the temporaries above and of ``temporary_folder``: the owner's pid, then a random part.
-_TEMPORARY = re.compile(r"^(?:\..+\.|dosepred-)(\d+)-[0-9a-z_]+(?:\.tmp.*)?$")
+#: Exactly the names of the temporaries above and of ``temporary_folder``: the owner's pid, then the random part
+#: (12 hex digits, or tempfile's 8 characters), so that no file of the user's is ever taken for one.
+_TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{12}\.tmp.*|dosepred-(\d+)-[a-z0-9_]{8}")
 
 
 def _running(pid: int) -> bool:
@@ -82,8 +83,9 @@ def remove_stale(folder: str | Path) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in Path(folder).iterdir():
-            match = _TEMPORARY.match(entry.name)
-            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            match = _TEMPORARY.fullmatch(entry.name)
+            pid = int(match.group(1) or match.group(2)) if match else os.getpid()
+            if pid != os.getpid() and not _running(pid):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

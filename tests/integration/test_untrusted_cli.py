@@ -60,8 +60,11 @@ def test_remove_stale_keeps_live_temporaries(tmp_path: Path) -> None:
         live.write_text("x")
         dead = tmp_path / ".out.csv.999999999-0123456789ab.tmp.csv"  # a pid that cannot run
         dead.write_text("half")
+        users = [tmp_path / ".backup.2024-01", tmp_path / ".notes.12-final.tmp", tmp_path / "dosepred-1-notes"]
+        for folder in users:  # the user's own, named almost like a temporary: never touched
+            (folder / "keep").mkdir(parents=True)
         assert remove_stale(tmp_path) == [dead]
-        assert live.exists()
+        assert live.exists() and all((folder / "keep").is_dir() for folder in users)
     assert (tmp_path / "out.csv").read_text() == "x"
 
 
