@@ -61,6 +61,8 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
             report.written.append(patient.id)
         except (PatientDataError, OSError, RuntimeError, ValueError) as error:
             report.failed[name] = str(error)
+        except Exception as error:  # a reader's unforeseen fault stays this patient's: the batch goes on
+            report.failed[name] = f"{path}: unexpected {type(error).__name__} while reading or predicting"
         finally:
             if on_patient is not None:
                 on_patient(name)

@@ -87,6 +87,7 @@ def _write(dose: np.ndarray, grid: Grid, attributes: dict[str, str], path: Path)
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RT_DOSE_STORAGE, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: a patient's name comes back as the CT spelt it, in any script
     now = datetime.datetime.now()
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
                 "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "OperatorsName"):

@@ -191,6 +191,11 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
         raise PatientDataError(folder, "CT slices without valid size, spacing, position or orientation") from None
     if not same:
         raise PatientDataError(folder, "CT slices differ in size or orientation: not one series")
+    x, y = orientation[:3], orientation[3:]
+    if not (np.isfinite(positions).all() and np.isfinite(orientation).all()
+            and np.allclose([x @ x, y @ y, x @ y], [1, 1, 0], atol=2e-3)):
+        raise PatientDataError(folder, "the CT's positions or orientation are not finite, or its rows and columns "
+                               "are not unit vectors at right angles")
     if not (0 < rows <= MAX_CT_EDGE and 0 < columns <= MAX_CT_EDGE and len(slices) <= MAX_CT_EDGE
             and rows * columns * len(slices) <= MAX_CT_VOXELS):
         raise PatientDataError(folder, f"CT of {columns} x {rows} x {len(slices)} voxels is outside what can be read "
@@ -201,7 +206,6 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
     if not all(np.isfinite(pixel)) or min(pixel) <= 0 or steps.min() <= 0 \
             or steps.max() - steps.min() > SLICE_STEP_TOLERANCE_MM:
         raise PatientDataError(folder, "CT slices are not evenly spaced (missing or duplicated slices?)")
-    x, y = orientation[:3], orientation[3:]
     normal = (positions[-1] - positions[0]) / np.linalg.norm(positions[-1] - positions[0])
     if abs(np.dot(normal, np.cross(x, y))) < 0.999:
         raise PatientDataError(folder, "the CT slices are not stacked along their normal (a tilted series)")
@@ -229,11 +233,11 @@ def _read_ct(folder: Path, paths: list[Path]) -> np.ndarray:
 # --- contours --------------------------------------------------------------------------------------
 def _contours_by_name(structure_set, folder: Path) -> dict[str, list[np.ndarray]]:
     """ROI name -> its closed planar contours (N x 3 points, LPS mm)."""
-    names = {int(roi.ROINumber): str(roi.get("ROIName", "")).strip() for roi in structure_set.get("StructureSetROISequence", [])
-             if "ROINumber" in roi}
+    names = {_roi_number(roi.get("ROINumber"), folder): str(roi.get("ROIName", "")).strip()
+             for roi in structure_set.get("StructureSetROISequence", [])}
     contours: dict[str, list[np.ndarray]] = {}
     for item in structure_set.get("ROIContourSequence", []):
-        name = names.get(int(item.get("ReferencedROINumber", -1)))
+        name = names.get(_roi_number(item.get("ReferencedROINumber"), folder))
         if not name:
             continue
         polygons = contours.setdefault(name, [])
@@ -247,6 +251,13 @@ def _contours_by_name(structure_set, folder: Path) -> dict[str, list[np.ndarray]
             if len(points) >= 3 and np.isfinite(points).all():
                 polygons.append(points)
     return contours
+
+
+def _roi_number(value: object, folder: Path) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise PatientDataError(folder, "the RTSTRUCT has an ROI without a valid number") from None
 
 
 def _rasterise(polygons: list[np.ndarray], grid: Grid) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -75,6 +76,26 @@ def test_a_pack_named_otherwise_than_its_id_is_refused(tiny_model: Path, tmp_pat
                                  str(tiny_model), "--no-tta"])
     assert result.exit_code == 1 and "a pack file's name must be its id" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_unforeseen_fault_in_one_patient_leaves_the_batch_going(tiny_model: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from dosepred.inference import batch
+
+    for name in ("pt_bad", "pt_good"):
+        pack.write_patient(dataclasses.replace(make_phantom(), id=name), tmp_path / "in" / f"{name}.dpk")
+    read = batch.sources.read_patient
+
+    def fault_in_one(path: Path, *args):  # noqa: ANN002, ANN202
+        if path.name == "pt_bad.dpk":
+            raise TypeError("int() argument must be ... not 'NoneType'")  # as pydicom's empty values gave
+        return read(path, *args)
+
+    monkeypatch.setattr(batch.sources, "read_patient", fault_in_one)
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
+                                 str(tiny_model), "--no-tta"])
+    assert result.exit_code == 1 and "unexpected TypeError" in result.output, result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_good.csv"]
 
 
 def test_demo_into_a_file_is_a_message(tiny_model: Path, tmp_path: Path) -> None:

@@ -145,6 +145,39 @@ def test_a_broken_patient_folder_is_refused_with_its_fault(phantom_dicom, tmp_pa
         read_quietly(folder)
 
 
+def _edit(folder: Path, pattern: str, change) -> None:  # noqa: ANN001
+    for path in sorted(folder.glob(pattern)):
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # the NaN, written on purpose
+@pytest.mark.parametrize("pattern, change, message", [
+    ("RS.dcm", lambda ds: setattr(ds.ROIContourSequence[0], "ReferencedROINumber", None), "ROI without a valid number"),
+    ("CT_0010.dcm", lambda ds: setattr(ds, "ImagePositionPatient", [*ds.ImagePositionPatient[:2], "NaN"]), "not finite"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0.5, 1, 0]), "at right angles"),
+])
+def test_a_damaged_header_is_refused_with_its_fault(phantom_dicom, tmp_path: Path, pattern: str, change,
+                                                   message: str) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+    _edit(folder, pattern, change)
+    with pytest.raises(PatientDataError, match=message):
+        read_quietly(folder)
+
+
+def test_the_rt_dose_spells_the_patients_name_as_the_ct_does(phantom_dicom, tmp_path: Path) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+
+    def name_in_utf8(ds) -> None:  # noqa: ANN001
+        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "王^小明"
+
+    _edit(folder, "*.dcm", name_in_utf8)
+    read = read_quietly(folder)
+    write_rt_dose(read, np.where(read.possible_dose_mask, 30.0, 0.0).astype(np.float32), tmp_path / "rd.dcm")
+    assert str(pydicom.dcmread(tmp_path / "rd.dcm").PatientName) == "王^小明"
+
+
 def test_a_patient_without_a_usable_target_is_a_clear_error(phantom_dicom, tmp_path: Path) -> None:
     folder = _copy(phantom_dicom[0], tmp_path)
     rs = pydicom.dcmread(folder / "RS.dcm")
