@@ -21,6 +21,11 @@ from dosepred.io.patient import Patient, check_dose
 from dosepred.io.roi_names import RoiNames
 
 _TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
+#: Bounds on what a tarball unpacks to, from its members' headers before each is written (OpenKBP's training
+#: split: 2153 files, 869 MiB, 6.6 times its .tar.xz): no archive fills the disk from a few kilobytes.
+MAX_TAR_UNPACKED_BYTES = 16 * 2**30
+MAX_TAR_ENTRIES = 200_000
+MAX_TAR_RATIO = 100
 
 
 def natural_key(path: Path) -> tuple:
@@ -75,12 +80,29 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         with temporary_folder() as tmp:
             try:
                 with tarfile.open(source) as archive:
-                    archive.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out
+                    archive.extractall(tmp, filter=_bounded_data_filter(source))
             except (tarfile.TarError, EOFError, OSError) as error:
                 raise PatientDataError(source, f"cannot unpack archive ({error})") from None
             yield find_patients(Path(tmp))
     else:
         yield find_patients(source)
+
+
+def _bounded_data_filter(source: Path):  # noqa: ANN202
+    """tarfile's "data" filter (it refuses absolute paths, '..' and links out of the folder), which also
+    refuses the archive once its members add up to more than the bounds above."""
+    limit = min(MAX_TAR_UNPACKED_BYTES, MAX_TAR_RATIO * source.stat().st_size)
+    unpacked, entries = 0, 0
+
+    def bounded(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+        nonlocal unpacked, entries
+        unpacked, entries = unpacked + member.size, entries + 1
+        if unpacked > limit or entries > MAX_TAR_ENTRIES:
+            raise PatientDataError(source, f"unpacks to more than {limit // 2**20} MiB ({MAX_TAR_RATIO} times its "
+                                   f"size at most) or {MAX_TAR_ENTRIES} files")
+        return tarfile.data_filter(member, destination)
+
+    return bounded
 
 
 def read_patient(path: str | Path, roi_names: RoiNames | None = None) -> Patient:

@@ -31,6 +31,26 @@ def test_prepare_from_a_tarball(tmp_path: Path) -> None:
     np.testing.assert_array_equal(converted.dose, original.dose)
 
 
+def test_a_tarball_bomb_stops_before_it_fills_the_disk(tmp_path: Path, monkeypatch) -> None:
+    import io
+    import tempfile
+
+    from dosepred.io import sources
+
+    archive = tmp_path / "bomb.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:  # 40 MiB of zeros in a few kilobytes
+        for name in ("split/pt_1/ct.csv", "split/pt_2/ct.csv"):
+            info = tarfile.TarInfo(name)
+            info.size = 20 * 2**20
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    result = runner.invoke(app, ["prepare", str(archive), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "100 times its size" in " ".join(result.output.split()), result.output
+    assert not any((tmp_path / "tmp").iterdir())  # the little it unpacked is gone too
+    assert sources.MAX_TAR_RATIO * archive.stat().st_size < 20 * 2**20  # the first member alone is over the bound
+
+
 def test_prepare_reports_a_bad_patient_and_converts_the_rest(phantom_split: Path, tmp_path: Path) -> None:
     split = shutil.copytree(phantom_split, tmp_path / "split")
     (split / "pt_2" / "ct.csv").write_text("garbage\n")
