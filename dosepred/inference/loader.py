@@ -8,7 +8,7 @@ import torch
 
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
-from dosepred.models import ModelError, read_model, resolve_model
+from dosepred.models import MODELS_DIR, ModelError, read_model, resolve_model
 
 
 def load_predictor(name_or_path: str | Path | None, *, device: torch.device,
@@ -27,6 +27,17 @@ def load_predictor(name_or_path: str | Path | None, *, device: torch.device,
     members = folder.config.get("members")
     if not isinstance(members, list) or not all(isinstance(member, str) for member in members):
         raise ModelError(f"{folder.path}: an ensemble's config lists its members: {{\"members\": [\"...\", ...]}}")
-    # A member is a folder beside the ensemble's, or a shipped model's name.
-    paths = [folder.path / member if (folder.path / member).is_dir() else resolve_model(member) for member in members]
+    paths = [_member(folder.path, member) for member in members]
     return EnsemblePredictor([Predictor.from_folder(read_model(path, "dose"), device=device, amp=amp) for path in paths])
+
+
+def _member(ensemble: Path, name: str) -> Path:
+    """An ensemble's member: a folder beside its config (not a link), else a shipped model. Only plain names, so
+    an ensemble loads the same weights wherever it is run and reaches no folder it does not hold."""
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ModelError(f"{ensemble}: member {name!r} must be a plain name (a folder beside the ensemble's "
+                         "config.json, or a shipped model)")
+    for candidate in (ensemble / name, MODELS_DIR / name):
+        if candidate.is_dir() and not candidate.is_symlink():
+            return candidate
+    raise ModelError(f"{ensemble}: no member {name!r} beside the ensemble's config.json or among the shipped models")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,10 @@ from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_le
 from dosepred.devices import fast_path
 from dosepred.models import ModelError, ModelFolder
 from dosepred.networks import create_network
+
+
+#: The working grids a model config may ask for (OpenKBP's is 128³).
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 256
 
 
 class Predictor:
@@ -35,16 +41,18 @@ class Predictor:
         """The dose network of a model folder read by ``dosepred.models.read_model``."""
         config = folder.config
         try:
-            network = create_network(**config["network"])
             resolution, beam_angles = config["data"]["resolution"], config["data"].get("beam_angles")
-        except (KeyError, TypeError, ValueError) as error:
+            patch_size = config.get("inference", {}).get("patch_size")
+            _check_settings(resolution, patch_size, beam_angles)
+            network = create_network(**config["network"])
+        except Exception as error:  # noqa: BLE001 - a config builds any network: its faults are the config's
             raise ModelError(f"{folder.path}: invalid dose model config ({type(error).__name__}: {error})") from None
         try:
             network.load_state_dict(folder.weights())
         except RuntimeError as error:
             raise ModelError(f"{folder.path}: the weights do not fit the network ({error})") from None
         return cls(network, resolution=resolution, device=device, amp=amp, beam_angles=beam_angles,
-                   patch_size=config.get("inference", {}).get("patch_size"))
+                   patch_size=patch_size)
 
     def predict(self, patient: Patient, *, tta: bool = True, inputs: torch.Tensor | None = None) -> np.ndarray:
         """The predicted dose (Gy) on the patient's grid; test-time augmentation averages in the mirror image.
@@ -92,3 +100,15 @@ class Predictor:
             else:
                 output = self.network(batch)
         return output.float()
+
+
+def _check_settings(resolution: object, patch_size: object, beam_angles: object) -> None:
+    """A model config's grid, patch and beams, checked before anything is built or allocated from them."""
+    if type(resolution) is not int or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"data.resolution must be a whole number of voxels from {MIN_RESOLUTION} to "
+                         f"{MAX_RESOLUTION}, not {resolution!r}")
+    if patch_size is not None and (type(patch_size) is not int or not 8 <= patch_size <= resolution):
+        raise ValueError(f"inference.patch_size must be a whole number from 8 to data.resolution, not {patch_size!r}")
+    if beam_angles is not None and not (isinstance(beam_angles, list) and 0 < len(beam_angles) <= 360 and all(
+            type(angle) in (int, float) and math.isfinite(angle) for angle in beam_angles)):
+        raise ValueError(f"data.beam_angles must be a list of angles in degrees, not {beam_angles!r}")

@@ -17,6 +17,7 @@ from dosepred.engine.distillation import DistillationTrainer
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
+from dosepred.models import ModelError
 from tests.conftest import TINY_NETWORK, tiny_config
 
 runner = CliRunner()
@@ -30,8 +31,32 @@ def teachers(tiny_packs, tiny_model, tmp_path_factory) -> list[Path]:
     return [tiny_model, run / "best"]
 
 
+def ensemble_of(teachers: list[Path], folder: Path) -> None:
+    """An ensemble model folder holding copies of the teachers beside its config."""
+    for number, teacher in enumerate(teachers):
+        shutil.copytree(teacher, folder / f"member_{number}")
+    (folder / "config.json").write_text(json.dumps({"kind": "ensemble", "members": ["member_0", "member_1"]}))
+
+
+def test_ensemble_members_are_plain_names_beside_it_or_shipped(teachers: list[Path], tmp_path: Path,
+                                                               monkeypatch) -> None:
+    ensemble_of(teachers, tmp_path / "ensemble")
+    monkeypatch.chdir(tmp_path / "ensemble")  # where it is run from changes nothing
+    assert len(load_predictor(tmp_path / "ensemble", device=torch.device("cpu")).members) == 2
+    for members, message in [([str(teachers[0]), "member_1"], "must be a plain name"),
+                             (["../ensemble/member_0", "member_1"], "must be a plain name"),
+                             (["member_0", "elsewhere"], "no member 'elsewhere'")]:
+        (tmp_path / "ensemble" / "config.json").write_text(json.dumps({"kind": "ensemble", "members": members}))
+        with pytest.raises(ModelError, match=message):
+            load_predictor(tmp_path / "ensemble", device=torch.device("cpu"))
+    (tmp_path / "ensemble" / "linked").symlink_to(teachers[0])  # a link beside it reaches elsewhere too
+    (tmp_path / "ensemble" / "config.json").write_text(json.dumps({"kind": "ensemble", "members": ["linked", "member_1"]}))
+    with pytest.raises(ModelError, match="no member 'linked'"):
+        load_predictor(tmp_path / "ensemble", device=torch.device("cpu"))
+
+
 def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
+    ensemble_of(teachers, tmp_path)
     ensemble = load_predictor(str(tmp_path), device=torch.device("cpu"))
     patient = make_phantom((32, 32, 32))
     mean, spread = ensemble.predict_with_uncertainty(patient, tta=False)
@@ -42,7 +67,7 @@ def test_ensemble_mean_and_spread(teachers: list[Path], tmp_path: Path) -> None:
 
 
 def test_ensemble_members_on_the_same_grid_share_the_inputs(teachers: list[Path], tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
+    ensemble_of(teachers, tmp_path)
     ensemble = load_predictor(str(tmp_path), device=torch.device("cpu"))
     calls = []
     original = Predictor.inputs
@@ -158,8 +183,7 @@ def test_distill_cli_and_ensemble_predict_writes_uncertainty(tiny_packs, teacher
                                  "distill.critic.channels=4", "distill.critic.num_layers_d=2"])
     assert result.exit_code == 0, result.output
     ensemble = tmp_path / "ensemble"
-    ensemble.mkdir()
-    (ensemble / "config.json").write_text(json.dumps({"kind": "ensemble", "members": [str(p) for p in teachers]}))
+    ensemble_of(teachers, ensemble)
     shutil.copytree(phantom_split / "pt_1", tmp_path / "in" / "pt_1")
     result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "-m", str(ensemble),
                                  "--format", "nifti", "--no-tta"])

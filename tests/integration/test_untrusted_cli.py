@@ -122,17 +122,26 @@ def test_the_viewer_hands_its_process_to_streamlit(monkeypatch: pytest.MonkeyPat
     assert calls and calls[0][1:4] == ["-m", "streamlit", "run"]
 
 
-def test_a_model_config_without_data_is_a_message(tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", [
+    lambda config: config.pop("data"),
+    lambda config: config.update(inference=[]),
+    lambda config: config.update(inference={"patch_size": "64"}),
+    lambda config: config["data"].update(resolution="128"),
+    lambda config: config["data"].update(resolution=2**20),  # would allocate terabytes
+    lambda config: config["data"].update(beam_angles=["north"]),
+    lambda config: config["network"].update(channels=[-4, 8]),
+])
+def test_a_damaged_model_config_is_a_message(tiny_model: Path, tmp_path: Path, damage) -> None:
     import json
     import shutil
 
     broken = tmp_path / "model"
     shutil.copytree(tiny_model, broken)
     config = json.loads((broken / "config.json").read_text())
-    del config["data"]
+    damage(config)
     (broken / "config.json").write_text(json.dumps(config))
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "-m", str(broken)])
-    assert result.exit_code == 2 and "invalid dose model config" in result.output
+    assert result.exit_code == 2 and "invalid dose model config" in result.output, result.output
 
 
 def test_evaluate_a_pack_named_otherwise_than_its_id(tmp_path: Path) -> None:
