@@ -38,17 +38,26 @@ def prepare(
 ) -> None:
     """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
     failures: list[str] = []
+    written: set[str] = set()  # ids (as a case-blind file system sees them) this run has written
     try:
         with sources.open_patients(source) as paths, progress_bar() as progress:
             for path in progress.track(paths, description=f"prepare ({format.value})"):
                 try:
                     patient = sources.read_patient(path)
+                    if pack.is_pack_file(path) and path.stem != patient.id:
+                        raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its id")
+                    if patient.id.casefold() in written:
+                        raise PatientDataError(path, f"another patient of {source} has the id {patient.id!r}: "
+                                               "both would be written to one place")
+                    written.add(patient.id.casefold())
                     if format is PrepareFormat.nifti:
                         nifti.write_patient(patient, output / patient.id)
                     else:
                         pack.write_patient(patient, output / f"{patient.id}{pack.SUFFIX}", ct_tolerance_hu=ct_tolerance)
                 except PatientDataError as error:
                     failures.append(str(error))
+                except OSError as error:  # a full disk, no permission, a file where a folder goes
+                    failures.append(f"{path}: {error}")
     except PatientDataError as error:
         raise fail(str(error)) from None
     done = len(paths) - len(failures)

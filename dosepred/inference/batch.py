@@ -37,10 +37,14 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
     """
     report = BatchReport()
     remove_stale(output)
+    names: set[str] = set()  # as a case-blind file system sees them
     for path in paths:
         name = path.name.removesuffix(".dpk")
         chosen = output_format or default_format(dicom_in.is_dicom_folder(path))
         try:
+            if name.casefold() in names:  # a folder pt_1 beside a pt_1.dpk: one would overwrite the other's output
+                raise PatientDataError(path, f"another input has the name {name!r}: both would be written to one place")
+            names.add(name.casefold())
             if resume and output_path(output, name, chosen).is_file():
                 report.skipped.append(name)
                 continue

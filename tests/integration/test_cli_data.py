@@ -60,6 +60,23 @@ def test_prepare_reports_a_bad_patient_and_converts_the_rest(phantom_split: Path
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1"]  # nothing half-written
 
 
+def test_prepare_writes_no_patient_over_another(phantom_split: Path, tmp_path: Path) -> None:
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["prepare", str(phantom_split), "-o", str(packs), "--format", "pack"]).exit_code == 0
+    (packs / "pt_1.dpk").rename(packs / "pt_9.dpk")  # holds pt_1, named otherwise
+    shutil.copy(packs / "pt_2.dpk", packs / "pt_3.dpk")
+    result = runner.invoke(app, ["prepare", str(packs), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "a pack file's name must be its id" in " ".join(result.output.split())
+    mixed = shutil.copytree(phantom_split, tmp_path / "mixed")
+    shutil.copy(packs / "pt_2.dpk", mixed / "pt_2.dpk")  # a folder pt_2 and a pack pt_2: one id twice
+    result = runner.invoke(app, ["prepare", str(mixed), "-o", str(tmp_path / "mixed_out")])
+    assert result.exit_code == 1 and "has the id 'pt_2'" in " ".join(result.output.split()), result.output
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "pt_1").write_text("a file where the patient's folder goes")
+    result = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "blocked")])
+    assert result.exit_code == 1 and "wrote 1 of 2" in result.output and "Traceback" not in result.output
+
+
 def test_prepare_pack_round_trip(phantom_split: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "pack"), "--format", "pack"])
     assert result.exit_code == 0, result.output

@@ -98,6 +98,17 @@ def test_an_unforeseen_fault_in_one_patient_leaves_the_batch_going(tiny_model: P
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_good.csv"]
 
 
+def test_two_inputs_of_one_name_do_not_share_an_output(tiny_model: Path, phantom_split: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(phantom_split / "pt_1", tmp_path / "in" / "pt_1")
+    pack.write_patient(dataclasses.replace(make_phantom(), id="pt_1"), tmp_path / "in" / "pt_1.dpk")
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
+                                 str(tiny_model), "--no-tta"])
+    assert result.exit_code == 1 and "another input has the name 'pt_1'" in " ".join(result.output.split())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1.csv"]
+
+
 def test_demo_into_a_file_is_a_message(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "file"), "-m", str(tiny_model)])
