@@ -77,7 +77,7 @@ class Patient:
         self.structures = {roi: mask for roi, mask in masks.items() if mask.any()}
         try:
             spacing = tuple(float(s) for s in np.asarray(self.spacing, dtype=float).ravel())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             spacing = ()
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
             raise PatientDataError(where, "voxel spacing must be 3 positive finite numbers (mm)"

@@ -65,7 +65,7 @@ class RoiNames:
             raise PatientDataError(path, "the ROI name table must be a mapping (see dosepred/io/roi_names.yaml)")
         synonyms: dict[str, str] = {}
         structures = content.get("structures") or {}
-        unknown = set(structures) - set(OARS)
+        unknown = set(structures) - set(OARS) if isinstance(structures, dict) else set()
         if not isinstance(structures, dict) or unknown:
             raise PatientDataError(path, f"'structures' maps each of {', '.join(OARS)} to a list of names"
                                    + (f"; unknown: {sorted(unknown)}" if unknown else ""))
@@ -76,7 +76,10 @@ class RoiNames:
                 taken = synonyms.setdefault(normalise(name), structure)
                 if taken != structure:
                     raise PatientDataError(path, f"the name {name!r} stands for both {taken} and {structure}")
-        targets = {**(content.get("targets") or {}), **(prescriptions or {})}
+        listed = content.get("targets") or {}
+        if not isinstance(listed, dict) or not all(isinstance(name, str) for name in listed):
+            raise PatientDataError(path, "'targets' maps each target's name to its prescription (Gy)")
+        targets = {**listed, **(prescriptions or {})}
         tolerance = content.get("target_tolerance_gy", 3.5)
         if not all(isinstance(gy, (int, float)) and gy > 0 for gy in targets.values()) \
                 or not isinstance(tolerance, (int, float)) or tolerance < 0:

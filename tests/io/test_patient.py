@@ -40,7 +40,8 @@ def test_grids_outside_the_bounds(shape) -> None:
         check_grid(shape, "here")
 
 
-def test_spacing_that_is_not_numbers(phantom_small) -> None:
+@pytest.mark.parametrize("spacing", [["a", {}, None], [10**400, 1, 1]])  # the second overflows a float
+def test_spacing_that_is_not_numbers(phantom_small, spacing: list) -> None:
     with pytest.raises(PatientDataError, match="voxel spacing must be 3 positive finite numbers"):
         Patient(id="p", ct=phantom_small.ct, structures={}, possible_dose_mask=phantom_small.possible_dose_mask,
-                spacing=["a", {}, None])
+                spacing=spacing)

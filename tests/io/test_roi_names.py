@@ -46,6 +46,8 @@ def test_prescriptions_given_by_name_and_a_clinic_table(tmp_path: Path) -> None:
     ("structures:\n  Larynx: [Cord]\n  SpinalCord: [Cord]\n", "stands for both"),
     ("targets: {PTV_High: -70}\n", "positive numbers"),
     ("structures: [\n", "cannot read the ROI name table"),
+    ("targets: [PTV_High]\n", "'targets' maps each target's name"),
+    ("structures: [{Larynx: [L]}]\n", "'structures' maps each of"),
 ])
 def test_a_broken_table_is_refused_with_its_fault(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "t.yaml").write_text(content)
