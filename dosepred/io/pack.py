@@ -1,7 +1,9 @@
 """The compact pack: one small file per patient, so the whole OpenKBP set travels with the code.
 
-Format (``.dpk``): ``DPK1``, a little-endian uint32 header length, a JSON header (id, shape,
-spacing, contoured ROIs, crop boxes, offsets, stream lengths), then three streams:
+Format (``.dpk``): ``DPK2``, a little-endian uint32 header length, a JSON header (id, shape,
+spacing, contoured ROIs, crop boxes, offsets, stream lengths), three streams, then the CRC-32 of all that
+(little-endian uint32), so a file damaged after it was written is refused rather than read with changed voxels
+(``DPK1`` files, written before the checksum, are the same without it and are still read):
 
 - CT: HU shifted to non-negative integers, cropped to the non-air box, JPEG-LS near-lossless with
   NEAR = 1 (every voxel within 1 HU; CT that is not whole HU is rounded and coded losslessly instead).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import lzma
 import struct
+import zlib
 from pathlib import Path
 
 import jpeg_ls
@@ -34,7 +37,8 @@ from dosepred.io.errors import PatientDataError
 from dosepred.io.files import atomic_file
 from dosepred.io.patient import ROIS, Patient, check_grid, check_patient_id
 
-MAGIC = b"DPK1"
+MAGIC = b"DPK2"
+_UNCHECKED_MAGIC = b"DPK1"  # no checksum
 SUFFIX = ".dpk"
 CT_TOLERANCE_HU = 1
 DOSE_STEP_MGY = 20
@@ -81,7 +85,13 @@ def write_patient(patient: Patient, path: str | Path, *, ct_tolerance_hu: int = 
     header["lengths"] = [len(stream) for stream in streams]
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     with atomic_file(path) as tmp:
-        tmp.write_bytes(b"".join([MAGIC, struct.pack("<I", len(header_bytes)), header_bytes, *streams]))
+        tmp.write_bytes(sealed(header_bytes, b"".join(streams)))
+
+
+def sealed(header_bytes: bytes, streams: bytes) -> bytes:
+    """A pack file's bytes: magic, header length, header, streams and their checksum."""
+    body = MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def read_patient(path: str | Path) -> Patient:
@@ -102,7 +112,11 @@ def read_patient(path: str | Path) -> Patient:
 
 
 def _decode(data: bytes, path: Path) -> Patient:
-    if data[:4] != MAGIC:
+    if data[:4] == MAGIC:
+        if len(data) < 12 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+            raise PatientDataError(path, "checksum mismatch: the file was damaged or cut off after it was written")
+        data = data[:-4]
+    elif data[:4] != _UNCHECKED_MAGIC:
         raise PatientDataError(path, f"not a dosepred pack file (expected {MAGIC!r} at the start)")
     if len(data) < 8:
         raise PatientDataError(path, "file length does not match its header (truncated?)")

@@ -99,9 +99,7 @@ def test_unsafe_patients_under_the_data_root_are_refused(monkeypatch, tmp_path: 
     header_length = int.from_bytes((root / "evil.dpk").read_bytes()[4:8], "little")
     data = (root / "evil.dpk").read_bytes()
     header = {**json.loads(data[8 : 8 + header_length]), "id": f"../{escape}"}  # downloads would land outside
-    header_bytes = json.dumps(header).encode()
-    (root / "evil.dpk").write_bytes(pack.MAGIC + len(header_bytes).to_bytes(4, "little") + header_bytes
-                                    + data[8 + header_length :])
+    (root / "evil.dpk").write_bytes(pack.sealed(json.dumps(header).encode(), data[8 + header_length : -4]))
     openkbp_csv.write_patient(make_phantom(), root / "pt_link")
     (tmp_path / "secret.csv").write_text("SECRET first line\n")
     (root / "pt_link" / "dose.csv").unlink()

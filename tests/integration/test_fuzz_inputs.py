@@ -184,12 +184,11 @@ def mutate_nifti(folder: Path, mutation: tuple) -> None:
 
 def split_pack(data: bytes) -> tuple[dict, bytes]:
     (length,) = struct.unpack_from("<I", data, 4)
-    return json.loads(data[8 : 8 + length]), data[8 + length :]
+    return json.loads(data[8 : 8 + length]), data[8 + length : -4]  # without the checksum
 
 
-def join_pack(header: dict, streams: bytes) -> bytes:
-    header_bytes = json.dumps(header).encode()
-    return pack.MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams
+def join_pack(header: dict, streams: bytes) -> bytes:  # a valid checksum: the checks behind it are fuzzed
+    return pack.sealed(json.dumps(header).encode(), streams)
 
 
 def mutate_pack(path: Path, mutation: tuple) -> None:

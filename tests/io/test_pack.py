@@ -68,16 +68,36 @@ def test_corrupt_pack_file(phantom_small, tmp_path: Path, damage: str) -> None:
         pack.read_patient(path)
 
 
+def test_any_single_bit_flipped_after_writing_is_caught(phantom_small, tmp_path: Path) -> None:
+    path = tmp_path / "p.dpk"
+    pack.write_patient(phantom_small, path)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for at in [*rng.integers(0, len(data), 40), len(data) - 1]:  # header, streams and the checksum itself
+        flipped = bytearray(data)
+        flipped[at] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(PatientDataError):
+            pack.read_patient(path)
+    path.write_bytes(data)
+    expected = pack.read_patient(path)
+    path.write_bytes(b"DPK1" + data[4:-4])  # as written before the checksum: still read, alike
+    read = pack.read_patient(path)
+    np.testing.assert_array_equal(read.ct, expected.ct)
+    np.testing.assert_array_equal(read.dose, expected.dose)
+
+
 # --- nothing in a pack file is trusted ------------------------------------------------------------
 
 def split(data: bytes) -> tuple[dict, bytes]:
+    """A pack's header and streams (without its checksum)."""
     (length,) = struct.unpack_from("<I", data, 4)
-    return json.loads(data[8 : 8 + length]), data[8 + length :]
+    return json.loads(data[8 : 8 + length]), data[8 + length : -4]
 
 
 def joined(header: dict, streams: bytes) -> bytes:
-    header_bytes = json.dumps(header).encode()
-    return pack.MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams
+    """A pack with a valid checksum around whatever header it is given: the checks behind the checksum run."""
+    return pack.sealed(json.dumps(header).encode(), streams)
 
 
 @pytest.fixture
@@ -136,7 +156,6 @@ def test_a_mask_stream_that_inflates_beyond_its_box_is_refused(packed: Path) -> 
 
 def test_a_json_header_nested_too_deeply_is_refused(packed: Path) -> None:
     _, streams = split(packed.read_bytes())
-    header_bytes = b"[" * 100_000
-    packed.write_bytes(pack.MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + streams)
+    packed.write_bytes(pack.sealed(b"[" * 100_000, streams))
     with pytest.raises(PatientDataError, match="not valid JSON"):
         pack.read_patient(packed)
