@@ -50,7 +50,7 @@ def detect_eval(
     data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
     slice_step: Annotated[int, typer.Option("--slice-step", help="Evaluate every n-th slice holding a structure.")] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")] = None,
 ) -> None:
     """ZSD (unseen classes: Recall@100 at IoU 0.4/0.5/0.6, mAP@0.5) and GZSD (seen/unseen recall, harmonic mean)."""
     import torch

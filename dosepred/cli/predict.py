@@ -38,7 +38,7 @@ def predict(
                                                   "its prescription, e.g. --ptv PTV_High=70 (repeatable).",
                                                   show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: every core].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
                                        "the numbers of model cards measured in float32).")] = False,
 ) -> None:

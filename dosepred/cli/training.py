@@ -73,6 +73,8 @@ def _searched_network(path: Path, network: dict) -> dict:
     try:
         content = json.loads(path.read_text())
         genotype = content["genotype"]
+        if not isinstance(genotype, dict):
+            raise TypeError("'genotype' must be a mapping of encoder and decoder blocks")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {error})") from None
     channels = content.get("channels") or network.get("channels")
@@ -85,8 +87,8 @@ def distill(
     output: RunFolder,
     teachers: Annotated[list[str] | None, typer.Option("--teachers", "-t", help="A teacher model (name or folder); "
                                                        "repeat for each [default: the config's distill.teachers].")] = None,
-    student: Annotated[str, typer.Option("--student", help="A registered network name (e.g. unet) or a "
-                                         "genotype JSON file.")] = "unet",
+    student: Annotated[str | None, typer.Option("--student", help="A registered network name (e.g. unet) or a "
+                                                "genotype JSON file [default: the config's network].")] = None,
     config: ConfigFile = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as distill.adversarial_weight=0.")] = None,
     resume: Resume = False,
@@ -111,9 +113,9 @@ def distill(
             settings["distill"]["teachers"] = list(teachers or settings["distill"]["teachers"])
             if not settings["distill"]["teachers"]:
                 raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ... (or distill.teachers)")
-            if Path(student).is_file():
+            if student is not None and Path(student).is_file():
                 settings["network"] = _searched_network(Path(student), settings["network"])
-            elif student != settings["network"]["name"]:
+            elif student is not None and student != settings["network"]["name"]:
                 settings["network"] = {"name": student}
             if init is not None:
                 settings["init"] = init
@@ -159,9 +161,12 @@ def search(
     if output is None and not space_size:
         raise fail("give --output for the search's results")
     try:
-        chosen = [f"search.strategy={strategy}"] if strategy else []
-        settings = run_settings(output or Path(), config, [*(overrides or []), *chosen], resume=resume and not chosen,
+        chosen = [f"search.strategy={strategy}"] if strategy and not resume else []
+        settings = run_settings(output or Path(), config, [*(overrides or []), *chosen], resume=resume,
                                 defaults=SEARCH_DEFAULTS)
+        if resume and strategy and strategy != settings["search"]["strategy"]:
+            raise ConfigError(f"{output} holds a {settings['search']['strategy']} search: --resume continues it "
+                              "(give no --strategy, or the same one)")
     except ConfigError as error:
         raise fail(str(error)) from None
     if space_size:

@@ -110,6 +110,27 @@ FEWSHOT_DEFAULTS: dict[str, Any] = {
 
 #: Sections whose keys are the consumer's to check (a builder's or a strategy's arguments).
 _FREE_FORM = ("search.options", "detector")
+#: Keys that take null beside their default's type (null: no clipping, no skipping); a key whose default is null
+#: takes null or the type given here.
+_NULLABLE = ("optim.grad_clip", "optim.skip_grad_norm")
+_NULL_DEFAULT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "init": str, "threads": int, "data.beam_angles": list, "data.max_validation_patients": int,
+    "optim.max_minutes": (int, float), "optim.grad_clip": (int, float), "optim.skip_grad_norm": (int, float),
+    "distill.teacher_targets": str}
+#: Values a key's type admits but its meaning does not (checked for every key whose value is not null).
+_VALID: dict[str, tuple[Any, str]] = {
+    **{key: (lambda v: v > 0, "a positive number") for key in (
+        "optim.lr", "optim.grad_clip", "optim.skip_grad_norm", "optim.max_minutes", "search.lr", "distill.critic_lr")},
+    **{key: (lambda v: v >= 1, "at least 1") for key in (
+        "threads", "data.max_validation_patients", "search.supernet_steps", "search.batch_size", "search.max_sweeps",
+        "search.validation_patients", "search.teachers", "search.pool")},
+    **{key: (lambda v: v >= 0, "at least 0") for key in (
+        "optim.weight_decay", "optim.warmup_steps", "loss.dvh_weight", "data.workers", "search.diversity_weight")},
+    "data.beam_rotation": (lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
+    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction from 0 to 1"),
+    "data.resolution": (lambda v: 8 <= v <= 512, "a grid edge from 8 to 512 voxels"),
+    "data.beam_angles": (lambda v: len(v) > 0 and all(type(a) in (int, float) for a in v), "a list of angles (deg)"),
+}
 
 
 class ConfigError(ValueError):
@@ -137,7 +158,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         *parents, leaf = key.split(".")
         for part in parents:
             cursor = cursor.setdefault(part, {})
-        cursor[leaf] = yaml.safe_load(value)
+        try:
+            cursor[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {override!r}: its value is not valid YAML") from None
         _merge(config, nested, f"override {override!r}")
     return config
 
@@ -145,7 +169,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
     for key, value in update.items():
         name = f"{prefix}{key}"
-        if name == "network" and "network" in base:  # free-form: the builder's arguments; another network name starts afresh
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {name!r}")
+        if name == "network":  # free-form: the builder's arguments; another network name starts afresh
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: network must be a mapping")
             same_network = value.get("name", base[key]["name"]) == base[key]["name"]
@@ -154,25 +180,37 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {name} must be a mapping")
             base[key] = {**base[key], **value}
-        elif key not in base:
-            raise ConfigError(f"{where}: unknown key {name!r}")
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {name} must be a mapping")
             _merge(base[key], value, where, f"{name}.")
         else:
-            _check_type(base[key], value, f"{where}: {name}")
-            base[key] = value
+            base[key] = _checked(name, base[key], value, where)
 
 
-def _check_type(default: Any, value: Any, where: str) -> None:
-    """A value must have its default's type (an int may stand for a float; null is always allowed, and a key
-    whose default is null takes any value)."""
-    if default is None or value is None:
-        return
-    expected = (int, float) if type(default) is float else type(default)
-    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
-        raise ConfigError(f"{where} must be of type {type(default).__name__}, not {value!r}")
+def _checked(name: str, default: Any, value: Any, where: str) -> Any:
+    """``value`` for the key ``name`` if it has its default's type (an int may stand for a float; YAML's ``1e-3``,
+    which it reads as text, stands for a number) and a meaning; null only where the key takes it."""
+    if value is None:
+        if default is None or name in _NULLABLE:
+            return None
+        raise ConfigError(f"{where}: {name} cannot be null")
+    expected = _NULL_DEFAULT_TYPES.get(name, object) if default is None else (
+        (int, float) if type(default) is float else type(default))
+    if isinstance(value, str) and expected in (int, float, (int, float)):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and (expected != int or number.is_integer()):
+            value = int(number) if expected == int else number
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        shown = type(default).__name__ if default is not None else getattr(expected, "__name__", "number")
+        raise ConfigError(f"{where}: {name} must be of type {shown}, not {value!r}")
+    check, meaning = _VALID.get(name, (None, ""))
+    if check is not None and not check(value):
+        raise ConfigError(f"{where}: {name} must be {meaning}, not {value!r}")
+    return value
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:

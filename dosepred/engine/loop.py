@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dosepred.devices import resolve_device, set_threads
 from dosepred.engine.config import save_config
 from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed, leave
+from dosepred.io.files import remove_outputs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class TrainingLoop:
     metric_fields: tuple[str, ...] = ("step", "train_loss", "lr", "elapsed_s")
     #: The validation value that picks the exported model (lower is better); None: every validation exports.
     selection_metric: str | None = None
+    #: What a run writes in its folder: a run that replaces another removes them first (a distillation's kept
+    #: teacher targets are stamped with what they came from, so they stay).
+    outputs: tuple[str, ...] = ("config.yaml", "checkpoints", "best", "metrics.csv", "curves.png")
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False) -> None:
@@ -86,9 +90,10 @@ class TrainingLoop:
                config["checkpoint_every"]) < 1:
             raise ValueError("optim.steps, optim.batch_size, validate_every and checkpoint_every must be at least 1")
         self.run_dir = Path(run_dir)
-        self.resuming = resume
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         if not resume and not overwrite and (self.run_dir / "config.yaml").exists():
             raise FileExistsError(f"{self.run_dir} holds a run already: --resume continues it, --overwrite replaces it")
+        self.resuming = resume and self.checkpoint_path.is_file()  # stopped before its first checkpoint: afresh
         self.topology: Topology = init_distributed()
         set_threads(config.get("threads"))
         self.device = self.build_device()
@@ -105,10 +110,11 @@ class TrainingLoop:
         self.step_log: dict[str, float] = {}
         self.best_score = math.inf
         self.history: list[dict[str, float]] = []
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
-        if resume:
+        if self.resuming:
             self.load_checkpoint(self.checkpoint_path)
         elif self.topology.is_main:
+            if overwrite:  # set up without a fault: only now do the replaced run's files go
+                remove_outputs(self.run_dir, self.outputs)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
 
@@ -207,7 +213,7 @@ class TrainingLoop:
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         try:
             self.restore_state(torch.load(path, map_location=self.device, weights_only=True))
-        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as error:
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, OSError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path}: corrupt or incompatible checkpoint ({type(error).__name__})") from None
 
     # --- loop ------------------------------------------------------------------------------------

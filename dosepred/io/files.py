@@ -67,6 +67,17 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
 _TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{12}\.tmp.*|dosepred-(\d+)-[a-z0-9_]{8}")
 
 
+def remove_outputs(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove the files and folders a command writes in ``folder`` (and nothing else there), so that a run that
+    replaces another keeps none of its files."""
+    for name in names:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,11 +12,17 @@ import torch
 from safetensors.torch import save_file
 
 from dosepred.engine.config import save_config
+from dosepred.io.files import remove_outputs
 from dosepred.devices import resolve_device
 from dosepred.nas import selection
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
+
+
+#: What a search writes in its run folder.
+OUTPUTS = ("config.yaml", "ranked.json", "teachers", "diversity.json", "log.json", "supernet.safetensors", "supernet",
+           "scores.jsonl")
 
 
 def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, overwrite: bool = False,
@@ -36,10 +42,12 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
     torch.manual_seed(config["seed"])
     device = resolve_device(config["device"])
     search = get_strategy(strategy, **settings.get("options", {}))
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(config, output / "config.yaml")
     started = time.perf_counter()
     data = SearchData.from_config(config["data"], seed=config["seed"], validation_patients=settings["validation_patients"])
+    if overwrite and not resume:  # the data read without a fault: only now do the replaced search's files go
+        remove_outputs(output, OUTPUTS)
+    output.mkdir(parents=True, exist_ok=True)
+    save_config(config, output / "config.yaml")
     space = SearchSpace.from_config(config)
     budget = Budget(supernet_steps=settings["supernet_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
                     max_sweeps=settings["max_sweeps"], device=device, run_dir=output, resume=resume)

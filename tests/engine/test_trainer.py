@@ -68,7 +68,36 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.augment must be of type bool"):
         load_config(None, ["data.augment=1"])
     assert load_config(None, ["optim.lr=1"])["optim"]["lr"] == 1  # an int stands for a float
-    assert load_config(None, ["data.beam_angles=[0, 180]"])["data"]["beam_angles"] == [0, 180]  # default null: any
+    assert load_config(None, ["data.beam_angles=[0, 180]"])["data"]["beam_angles"] == [0, 180]  # default null
+
+
+def test_numbers_as_yaml_reads_them_and_meaningless_values_are_refused(tmp_path: Path) -> None:
+    config = load_config(None, ["optim.lr=1e-3", "optim.steps=1e3", "optim.grad_clip=null", "optim.max_minutes=2"])
+    assert (config["optim"]["lr"], config["optim"]["steps"], config["optim"]["grad_clip"]) == (0.001, 1000, None)
+    (tmp_path / "c.yaml").write_text("optim: {lr: 5e-4}\n")  # YAML 1.1 reads 5e-4 as text: still a number here
+    assert load_config(tmp_path / "c.yaml")["optim"]["lr"] == 0.0005
+    for override, message in [
+        ("optim.steps=null", "optim.steps cannot be null"), ("seed=null", "seed cannot be null"),
+        ("optim.steps=2.5e0", "must be of type int"), ("optim.lr=fast", "must be of type float"),
+        ("optim.grad_clip=-1", "must be a positive number"), ("data.beam_rotation=2.0", "a probability"),
+        ("data.max_validation_patients=abc", "must be of type int"), ("data.beam_angles=north", "of type list"),
+        ("optim.max_minutes=abc", "of type number"), ("threads=-1", "at least 1"), ("data.resolution=0", "grid edge"),
+        ("detector.x=1", "unknown key 'detector'"), ("data.train=[", "not valid YAML"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [override])
+
+
+def test_overwrite_replaces_a_run_and_a_run_stopped_before_its_checkpoint_resumes_afresh(tiny_packs,
+                                                                                      tmp_path: Path) -> None:
+    Trainer(tiny_config(tiny_packs), tmp_path / "run").fit()
+    replaced = Trainer(tiny_config(tiny_packs, "optim.steps=6", "checkpoint_every=6", "validate_every=6"),
+                       tmp_path / "run", overwrite=True)
+    assert not any((tmp_path / "run" / name).exists() for name in ("best", "checkpoints", "metrics.csv", "curves.png"))
+    assert replaced.step == 0  # stopped here, before its first checkpoint ...
+    resumed = Trainer(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
+    assert resumed.step == 0 and not resumed.resuming  # ... --resume starts it afresh with its own config
+    assert resumed.config["optim"]["steps"] == 6
 
 
 @pytest.mark.parametrize("config, defaults", [

@@ -47,3 +47,16 @@ def test_a_folder_is_replaced_whole(tmp_path: Path) -> None:
     with atomic_folder(tmp_path / "pt_1") as tmp:
         (tmp / "new.csv").write_text("new")
     assert [p.name for p in (tmp_path / "pt_1").iterdir()] == ["new.csv"]
+
+
+def test_remove_outputs_takes_only_what_it_names(tmp_path: Path) -> None:
+    from dosepred.io.files import remove_outputs
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.safetensors").write_text("x")
+    (tmp_path / "metrics.csv").write_text("x")
+    (tmp_path / "notes.txt").write_text("the user's")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "checkpoints").symlink_to(tmp_path / "elsewhere")  # a link goes, not what it points to
+    remove_outputs(tmp_path, ("best", "metrics.csv", "checkpoints", "curves.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "notes.txt"]

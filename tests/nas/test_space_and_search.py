@@ -262,3 +262,15 @@ def test_the_hinge_searches_finds_join_the_teacher_pool(tiny_packs, tmp_path: Pa
     assert resumed.exit_code == 0, resumed.output
     assert saved == [] and len((run / "scores.jsonl").read_text().splitlines()) > len(ranked)
     assert json.loads((run / "log.json").read_text())["log"][1:] == log[1:]  # the same sweeps and finds
+
+
+def test_resume_keeps_the_searchs_own_strategy_and_config(tmp_path: Path) -> None:
+    from dosepred.engine.config import SEARCH_DEFAULTS, load_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None, ["search.supernet_steps=7"], defaults=SEARCH_DEFAULTS), run / "config.yaml")
+    before = (run / "config.yaml").read_text()
+    result = runner.invoke(app, ["search", "-o", str(run), "--resume", "--strategy", "random"])
+    assert result.exit_code == 2 and "holds a lenas search" in " ".join(result.output.split()), result.output
+    assert (run / "config.yaml").read_text() == before  # untouched: a plain --resume still continues it
