@@ -39,6 +39,10 @@ class Trainer(TrainingLoop):
 
     def build_network(self) -> nn.Module:
         network = create_network(**self.network_config()).to(self.device)
+        multiple, resolution = getattr(network, "grid_multiple", 1), self.config["data"]["resolution"]
+        if resolution % multiple:
+            raise ValueError(f"data.resolution {resolution} is no multiple of {multiple}, which this network's "
+                             "downsampling needs")
         if self.amp:
             network.to(memory_format=torch.channels_last_3d)
         if self.config.get("init") and not self.resuming:
@@ -124,10 +128,13 @@ class Trainer(TrainingLoop):
 
     def load_init_weights(self, network: nn.Module) -> None:
         """Warm start: the network begins with the ``init`` model's weights (same architecture), schedule afresh."""
-        try:
-            network.load_state_dict(self.init_model.weights())
-        except RuntimeError as error:
-            raise ValueError(f"--init {self.config['init']}: its weights do not fit this network ({error})") from None
+        weights, own = self.init_model.weights(), network.state_dict()
+        unfit = sorted((own.keys() ^ weights.keys()) | {k for k in own.keys() & weights.keys()
+                                                        if own[k].shape != weights[k].shape})
+        if unfit:
+            raise ValueError(f"--init {self.config['init']}: its weights do not fit this network ({len(unfit)} tensors "
+                             f"missing, extra or of another shape, e.g. {unfit[0]}): give its network section")
+        network.load_state_dict(weights)
 
     def export(self, folder: Path) -> None:
         """Write a model folder (weights as safetensors + config) that ``Predictor`` and ``predict`` load."""

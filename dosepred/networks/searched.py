@@ -89,6 +89,7 @@ class UNetSpaceNet(nn.Module):
             raise ValueError(f"detached_uncertainty needs two output channels (dose, uncertainty), got {out_channels}")
         self.genotype = genotype
         self.detached_uncertainty = detached_uncertainty
+        self.grid_multiple = stem_stride * 2**depth  # the grid edges it takes: the skips must meet the upsampled maps
         self.stem = conv_norm_act(in_channels, channels[0], stride=stem_stride)
         self.encoder = nn.ModuleList(SearchBlock("encoder", channels[i], channels[i + 1], candidates["encoder"][i])
                                      for i in range(depth))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from monai.networks.nets import UNet
@@ -16,5 +17,7 @@ def unet(*, in_channels: int = len(INPUT_CHANNELS), out_channels: int = 1,
          channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] = (2, 2, 2),
          num_res_units: int = 2, norm: str = "instance", dropout: float = 0.0) -> nn.Module:
     """MONAI's residual U-Net: strided-conv downsampling, transposed-conv upsampling, skip connections."""
-    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-                strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+    network = UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                   strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+    network.grid_multiple = math.prod(strides)  # the grid edges it takes: the skips must meet the upsampled maps
+    return network

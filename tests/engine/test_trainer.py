@@ -100,6 +100,14 @@ def test_overwrite_replaces_a_run_and_a_run_stopped_before_its_checkpoint_resume
     assert resumed.config["optim"]["steps"] == 6
 
 
+def test_a_network_that_cannot_take_the_grid_or_the_init_weights_is_a_message(tiny_packs, tiny_model,
+                                                                              tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="data.resolution 32 is no multiple of 3"):
+        Trainer(tiny_config(tiny_packs, "network.strides=[3]"), tmp_path / "strides")
+    with pytest.raises(ValueError, match="tensors missing, extra or of another shape, e.g. "):
+        Trainer(tiny_config(tiny_packs, f"init={tiny_model}", "network.channels=[4,16]"), tmp_path / "init")
+
+
 @pytest.mark.parametrize("config, defaults", [
     ("baseline_cpu.yaml", "DEFAULTS"), ("full_cpu.yaml", "DEFAULTS"), ("gpu_full.yaml", "DEFAULTS"),
     ("distill_cpu32.yaml", "DISTILL_DEFAULTS"), ("distill_cpu128.yaml", "DISTILL_DEFAULTS"),
