@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ _NULL_DEFAULT_TYPES: dict[str, type | tuple[type, ...]] = {
     "distill.teacher_targets": str}
 #: Values a key's type admits but its meaning does not (checked for every key whose value is not null).
 _VALID: dict[str, tuple[Any, str]] = {
-    **{key: (lambda v: v > 0, "a positive number") for key in (
+    **{key: (lambda v: 0 < v < math.inf, "a positive number") for key in (
         "optim.lr", "optim.grad_clip", "optim.skip_grad_norm", "optim.max_minutes", "search.lr", "distill.critic_lr")},
     **{key: (lambda v: v >= 1, "at least 1") for key in (
         "threads", "data.max_validation_patients", "search.supernet_steps", "search.batch_size", "search.max_sweeps",
@@ -202,9 +203,9 @@ def _checked(name: str, default: Any, value: Any, where: str) -> Any:
             number = float(value)
         except ValueError:
             number = None
-        if number is not None and (expected != int or number.is_integer()):
+        if number is not None and math.isfinite(number) and (expected != int or number.is_integer()):
             value = int(number) if expected == int else number
-    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+    if expected is not object and (isinstance(value, bool) != (expected is bool) or not isinstance(value, expected)):
         shown = type(default).__name__ if default is not None else getattr(expected, "__name__", "number")
         raise ConfigError(f"{where}: {name} must be of type {shown}, not {value!r}")
     check, meaning = _VALID.get(name, (None, ""))

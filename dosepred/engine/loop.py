@@ -113,7 +113,7 @@ class TrainingLoop:
         if self.resuming:
             self.load_checkpoint(self.checkpoint_path)
         elif self.topology.is_main:
-            if overwrite:  # set up without a fault: only now do the replaced run's files go
+            if overwrite or resume:  # set up without a fault: only now do a replaced (or restarted) run's files go
                 remove_outputs(self.run_dir, self.outputs)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
