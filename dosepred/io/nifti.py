@@ -177,6 +177,26 @@ def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
+def _voxel_count(path: Path) -> int:
+    """The voxels an image's header promises (nothing else is read)."""
+    try:
+        if path.name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return int(np.prod(nib.load(path).shape))
+        import SimpleITK as sitk
+
+        _check_data_file(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    except PatientDataError:
+        raise
+    except Exception as error:  # as in read_volume: the readers raise many types
+        raise PatientDataError(path, f"cannot read image: corrupt, truncated or not an image ({type(error).__name__})") from None
+
+
 def _mm(spacing: tuple[float, ...] | np.ndarray) -> tuple[float, float, float]:
     """Spacing as the shortest decimal of its float32 value: headers store float32, 4.688 as 4.6880002."""
     as_decimal = [float(str(np.float32(s))) for s in spacing]
@@ -218,6 +238,8 @@ def read_patient(folder: str | Path) -> Patient:
             if stem in ("ct", "possible_dose_mask"):
                 raise PatientDataError(folder, f"missing {stem}{NIFTI_SUFFIX} (or another image format)")
             continue
+        if ct_frame is not None and _voxel_count(path) != volumes["ct"].size:  # before its voxels are read
+            raise PatientDataError(path, f"holds another number of voxels than the CT's {volumes['ct'].shape}")
         volumes[stem], frame = read_volume(path)
         if ct_frame is None:
             ct_frame = frame

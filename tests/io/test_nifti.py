@@ -55,10 +55,18 @@ def test_corrupt_image(tmp_path: Path) -> None:
         nifti.read_volume(tmp_path / "ct.nii.gz")
 
 
-def test_mismatched_shapes_in_a_folder(phantom_small, tmp_path: Path) -> None:
+def test_mismatched_shapes_in_a_folder(phantom_small, tmp_path: Path, monkeypatch) -> None:
     nifti.write_patient(phantom_small, tmp_path / "p")
     nifti.write_volume(np.zeros((8, 8, 8), dtype=bool), phantom_small.spacing, tmp_path / "p" / "Larynx.nii.gz")
-    with pytest.raises(PatientDataError, match="Larynx has shape"):
+    read = nifti.read_volume
+    monkeypatch.setattr(nifti, "read_volume", lambda path: pytest.fail("voxels read") if "Larynx" in path.name
+                        else read(path))  # a volume of another size is refused from its header alone
+    with pytest.raises(PatientDataError, match="Larynx.nii.gz: holds another number of voxels than the CT's"):
+        nifti.read_patient(tmp_path / "p")
+    monkeypatch.undo()
+    x, y, z = phantom_small.shape
+    nifti.write_volume(np.zeros((x // 2, y * 2, z), dtype=bool), phantom_small.spacing, tmp_path / "p" / "Larynx.nii.gz")
+    with pytest.raises(PatientDataError, match="Larynx has shape"):  # as many voxels, another shape
         nifti.read_patient(tmp_path / "p")
 
 
