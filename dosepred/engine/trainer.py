@@ -120,11 +120,19 @@ class Trainer(TrainingLoop):
         return bool(self.config["amp"]) and fast_path(self.device)
 
     def init_lineage(self) -> list[dict[str, Any]]:
-        """The training stages behind the ``init`` model (empty when training from scratch)."""
-        if not self.config.get("init"):
+        """The training stages behind the ``init`` model (empty when training from scratch; a resumed run's come
+        from its checkpoint, so the ``init`` model may have moved since)."""
+        if not self.config.get("init") or self.resuming:
             return []
         self.init_model = read_model(resolve_model(self.config["init"]), "dose")
         return list(self.init_model.config.get("lineage", []))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return super().checkpoint_state() | {"lineage": self.lineage}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        self.lineage = state["lineage"]
 
     def load_init_weights(self, network: nn.Module) -> None:
         """Warm start: the network begins with the ``init`` model's weights (same architecture), schedule afresh."""

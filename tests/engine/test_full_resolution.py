@@ -46,6 +46,9 @@ def test_warm_start_keeps_weights_and_records_the_lineage(tiny_packs, tmp_path: 
     lineage = json.loads((tmp_path / "second" / "best" / "config.json").read_text())["lineage"]
     assert [stage["init"] for stage in lineage] == [None, str(model)]
     assert all(stage["steps"] > 0 and "hardware" in stage and "wall_s" in stage for stage in lineage)
+    model.rename(tmp_path / "moved")  # a resumed run keeps its lineage from its checkpoint, wherever its init went
+    resumed = Trainer(load_config(tmp_path / "second" / "config.yaml"), tmp_path / "second", resume=True)
+    assert resumed.lineage == lineage[:1]
 
 
 def test_exported_weights_are_float16_and_predict_like_the_network(tiny_packs, phantom_small, tmp_path: Path) -> None:
