@@ -121,9 +121,9 @@ _NULL_DEFAULT_TYPES: dict[str, type | tuple[type, ...]] = {
 #: Values a key's type admits but its meaning does not (checked for every key whose value is not null).
 _VALID: dict[str, tuple[Any, str]] = {
     **{key: (lambda v: 0 < v < math.inf, "a positive number") for key in (
-        "optim.grad_clip", "optim.skip_grad_norm", "optim.max_minutes")},
-    **{key: (lambda v: 0 <= v < math.inf, "a finite number from 0 up (0: the weights stay)") for key in (
-        "optim.lr", "search.lr", "distill.critic_lr")},
+        "optim.grad_clip", "optim.skip_grad_norm")},
+    **{key: (lambda v: 0 <= v < math.inf, "a finite number from 0 up") for key in (
+        "optim.lr", "search.lr", "distill.critic_lr", "optim.max_minutes")},  # lr 0: weights kept; 0 min: one step
     **{key: (lambda v: v >= 1, "at least 1") for key in (
         "threads", "data.max_validation_patients", "search.supernet_steps", "search.batch_size", "search.max_sweeps",
         "search.validation_patients", "search.teachers", "search.pool")},
