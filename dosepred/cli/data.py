@@ -44,8 +44,6 @@ def prepare(
             for path in progress.track(paths, description=f"prepare ({format.value})"):
                 try:
                     patient = sources.read_patient(path)
-                    if pack.is_pack_file(path) and path.stem != patient.id:
-                        raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its id")
                     if patient.id.casefold() in written:
                         raise PatientDataError(path, f"another patient of {source} has the id {patient.id!r}: "
                                                "both would be written to one place")

@@ -53,8 +53,6 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
                 patient = sources.read_patient(path, roi_names)
             if caught:
                 report.warnings[name] = [str(w.message) for w in caught]
-            if patient.id != name:  # outputs are named by id: another name would break --continue and collide
-                raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its id")
             require_grid(patient)
             dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
             if uncertainty is not None:

@@ -67,19 +67,19 @@ def write_on_grid(array_zyx: np.ndarray, grid: Grid, path: Path) -> None:
     nib.save(image, path)
 
 
-def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_volume(path: Path, *, voxels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image (NIfTI via nibabel, other formats via SimpleITK), reoriented to axes P, L, I.
 
-    The header is checked first (3D, a grid within ``check_grid``, numeric voxels), so no voxel is
-    read from an image that cannot be a patient volume.
+    The header is checked first (3D, a grid within ``check_grid``, numeric voxels, and ``voxels`` of them
+    where given), so no voxel is read from an image that cannot be a patient volume.
 
     Returns:
         The voxel array and its RAS+ affine (mm) on those axes.
     """
     try:
         if path.name.endswith((".nii", ".nii.gz")):
-            return _read_nifti(path)
-        return _read_with_simpleitk(path)
+            return _read_nifti(path, voxels)
+        return _read_with_simpleitk(path, voxels)
     except PatientDataError:
         raise
     except Exception as error:  # nibabel and SimpleITK raise many types; their messages may quote the file
@@ -104,18 +104,24 @@ def check_same_frame(path: Path, affine: np.ndarray, reference: np.ndarray, whos
                                "the volumes would not line up")
 
 
+def _check_voxel_count(size: tuple[int, ...], voxels: int | None, path: Path) -> None:
+    if voxels is not None and int(np.prod(size)) != voxels:
+        raise PatientDataError(path, f"holds {int(np.prod(size))} voxels where {voxels} were expected")
+
+
 def _check_voxel_type(dtype: np.dtype, path: Path) -> None:
     if dtype.kind not in "biuf":
         raise PatientDataError(path, "voxels must be single real numbers (not colour, complex or other types)")
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(path: Path, voxels: int | None) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib  # here, not at the top: a job that reads only packs does without it
 
     image = nib.load(path)
     if len(image.shape) != 3:
         raise PatientDataError(path, f"expected a 3D image, got a {len(image.shape)}D one")
     check_grid(image.shape, path)
+    _check_voxel_count(image.shape, voxels, path)
     _check_voxel_type(image.get_data_dtype(), path)
     to_canonical = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(image.affine), nib.orientations.axcodes2ornt(AXIS_CODES)
@@ -154,7 +160,7 @@ def _check_data_file(path: Path) -> None:
     raise PatientDataError(path, f"no end of the image header in its first {_HEADER_BYTES // 1024} KiB")
 
 
-def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_with_simpleitk(path: Path, voxels: int | None) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     _check_data_file(path)
@@ -164,6 +170,7 @@ def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if reader.GetDimension() != 3:
         raise PatientDataError(path, f"expected a 3D image, got a {reader.GetDimension()}D one")
     check_grid(reader.GetSize(), path)
+    _check_voxel_count(reader.GetSize(), voxels, path)
     if reader.GetNumberOfComponents() != 1:
         raise PatientDataError(path, "voxels must be single real numbers (not colour, complex or other types)")
     # SimpleITK arrays are indexed (z, y, x): orient the image axes to I, L, P so the array is P, L, I.
@@ -175,26 +182,6 @@ def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     lps = np.eye(4)
     lps[:3, :3], lps[:3, 3] = steps[:, ::-1], image.GetOrigin()
     return array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def _voxel_count(path: Path) -> int:
-    """The voxels an image's header promises (nothing else is read)."""
-    try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            return int(np.prod(nib.load(path).shape))
-        import SimpleITK as sitk
-
-        _check_data_file(path)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
-    except PatientDataError:
-        raise
-    except Exception as error:  # as in read_volume: the readers raise many types
-        raise PatientDataError(path, f"cannot read image: corrupt, truncated or not an image ({type(error).__name__})") from None
 
 
 def _mm(spacing: tuple[float, ...] | np.ndarray) -> tuple[float, float, float]:
@@ -238,9 +225,7 @@ def read_patient(folder: str | Path) -> Patient:
             if stem in ("ct", "possible_dose_mask"):
                 raise PatientDataError(folder, f"missing {stem}{NIFTI_SUFFIX} (or another image format)")
             continue
-        if ct_frame is not None and _voxel_count(path) != volumes["ct"].size:  # before its voxels are read
-            raise PatientDataError(path, f"holds another number of voxels than the CT's {volumes['ct'].shape}")
-        volumes[stem], frame = read_volume(path)
+        volumes[stem], frame = read_volume(path, voxels=None if ct_frame is None else volumes["ct"].size)
         if ct_frame is None:
             ct_frame = frame
         else:

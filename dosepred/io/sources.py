@@ -108,11 +108,16 @@ def _bounded_data_filter(source: Path):  # noqa: ANN202
 def read_patient(path: str | Path, roi_names: RoiNames | None = None) -> Patient:
     """Read one patient from an OpenKBP CSV folder, an image folder, a DICOM folder or a pack file.
 
+    The patient's id is the folder's or the pack file's name (a pack whose header says otherwise is refused).
+
     ``roi_names`` maps a DICOM patient's ROI names (the shipped table by default).
     """
     path = Path(path)
     if pack.is_pack_file(path):
-        return pack.read_patient(path)
+        patient = pack.read_patient(path)
+        if patient.id != path.stem:  # outputs are named by id: another name would collide and break --continue
+            raise PatientDataError(path, f"holds patient {patient.id!r}; a pack file's name must be its patient id")
+        return patient
     if path.is_dir() and not openkbp_csv.is_openkbp_folder(path):
         if nifti.is_image_folder(path):
             return nifti.read_patient(path)

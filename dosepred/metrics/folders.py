@@ -27,8 +27,9 @@ def score_predictions(reference: Path, predictions: Path, *,
         raise PatientDataError(predictions, "not a folder of predictions")
     scorer = OpenKBPScorer()
     with sources.open_patients(reference) as paths:
-        ids = [path.name.removesuffix(pack.SUFFIX) for path in paths]
-        missing = [pid for pid in ids if sources.find_dose_file(predictions, pid) is None]
+        ids = [path.name.removesuffix(pack.SUFFIX) for path in paths]  # a patient's id is its name (sources)
+        dose_files = {pid: sources.find_dose_file(predictions, pid) for pid in ids}
+        missing = [pid for pid, dose_file in dose_files.items() if dose_file is None]
         if missing:
             raise PatientDataError(predictions, f"no prediction for {len(missing)} of {len(ids)} patient(s): "
                                    f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
@@ -36,10 +37,7 @@ def score_predictions(reference: Path, predictions: Path, *,
             patient = sources.read_patient(path)
             if patient.dose is None:
                 raise PatientDataError(path, "reference patient has no dose")
-            dose_file = sources.find_dose_file(predictions, patient.id)
-            if dose_file is None:
-                raise PatientDataError(path, f"holds patient {patient.id!r}, whose prediction is not in {predictions} "
-                                       "(a pack file's name must be its patient id)")
+            dose_file = dose_files[patient.id]
             predicted = sources.read_dose_file(dose_file, patient.shape, patient.spacing)
             scorer.add(patient.id, patient.dose, predicted, structures=patient.structure_stack(),
                        possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)

@@ -66,7 +66,7 @@ def test_prepare_writes_no_patient_over_another(phantom_split: Path, tmp_path: P
     (packs / "pt_1.dpk").rename(packs / "pt_9.dpk")  # holds pt_1, named otherwise
     shutil.copy(packs / "pt_2.dpk", packs / "pt_3.dpk")
     result = runner.invoke(app, ["prepare", str(packs), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "a pack file's name must be its id" in " ".join(result.output.split())
+    assert result.exit_code == 1 and "a pack file's name must be its patient id" in " ".join(result.output.split())
     mixed = shutil.copytree(phantom_split, tmp_path / "mixed")
     shutil.copy(packs / "pt_2.dpk", mixed / "pt_2.dpk")  # a folder pt_2 and a pack pt_2: one id twice
     result = runner.invoke(app, ["prepare", str(mixed), "-o", str(tmp_path / "mixed_out")])

@@ -74,7 +74,7 @@ def test_a_pack_named_otherwise_than_its_id_is_refused(tiny_model: Path, tmp_pat
     pack.write_patient(patient, tmp_path / "in" / "pt_other.dpk")
     result = runner.invoke(app, ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
                                  str(tiny_model), "--no-tta"])
-    assert result.exit_code == 1 and "a pack file's name must be its id" in result.output
+    assert result.exit_code == 1 and "a pack file's name must be its patient id" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
