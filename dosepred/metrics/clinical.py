@@ -22,6 +22,7 @@ import yaml
 
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import PRESCRIPTION_GY, ROIS, Patient
+from dosepred.metrics.openkbp import dose_at_volume_cc
 
 DEFAULT_CONSTRAINTS = Path(__file__).with_name("constraints.yaml")
 _OBJECTIVE = re.compile(r"(?P<roi>\w+)\s+(?P<metric>Dmean|Dmax|D[\d.]+cc|D[\d.]+%|V[\d.]+Gy|V[\d.]+%)\s*"
@@ -31,12 +32,6 @@ _OBJECTIVE = re.compile(r"(?P<roi>\w+)\s+(?P<metric>Dmean|Dmax|D[\d.]+cc|D[\d.]+
 def dose_at_volume_percent(dose: np.ndarray, percent: float) -> float:
     """Dx: the dose at least ``percent`` % of the voxels receive."""
     return float(np.percentile(dose, 100.0 - percent))
-
-
-def dose_at_volume_cc(dose: np.ndarray, cc: float, voxel_volume_mm3: float) -> float:
-    """Dcc: the dose the hottest ``cc`` receive (OpenKBP's D_0.1cc rule: at least one voxel)."""
-    voxels = max(1.0, float(np.round(1000.0 * cc / voxel_volume_mm3)))
-    return float(np.percentile(dose, max(0.0, 100.0 - voxels / dose.size * 100.0)))
 
 
 def volume_at_dose(dose: np.ndarray, gy: float) -> float:

@@ -43,16 +43,22 @@ def dvh_metrics(dose: np.ndarray, structures: np.ndarray, voxel_volume_mm3: floa
     return _dvh_metrics(dose.ravel(), [np.flatnonzero(mask) for mask in structures], voxel_volume_mm3)
 
 
+def dose_at_volume_cc(dose: np.ndarray, cc: float, voxel_volume_mm3: float) -> float:
+    """Dcc: the dose the hottest ``cc`` receive (OpenKBP's D_0.1cc rule: at least one voxel; an organ smaller
+    than ``cc`` gives its coldest voxel's dose, where OpenKBP's own code fails)."""
+    voxels = max(1.0, float(np.round(1000.0 * cc / voxel_volume_mm3)))
+    return float(np.percentile(dose, max(0.0, 100.0 - voxels / dose.size * 100.0)))
+
+
 def _dvh_metrics(dose: np.ndarray, roi_voxels: list[np.ndarray], voxel_volume_mm3: float) -> np.ndarray:
     """``dvh_metrics`` on a flat dose with each ROI given as its flat voxel indices."""
     values = np.full(len(METRIC_COLUMNS), np.nan)
-    voxels_in_tenth_cc = max(1.0, float(np.round(100.0 / voxel_volume_mm3)))
     for roi, voxels in zip(ROIS, roi_voxels):
         roi_dose = dose[voxels].astype(np.float64)
         if roi_dose.size == 0:
             continue
         if roi in OARS:
-            values[_COLUMN["D_0.1_cc", roi]] = np.percentile(roi_dose, 100.0 - voxels_in_tenth_cc / roi_dose.size * 100.0)
+            values[_COLUMN["D_0.1_cc", roi]] = dose_at_volume_cc(roi_dose, 0.1, voxel_volume_mm3)
             values[_COLUMN["mean", roi]] = roi_dose.mean()
         else:
             d99, d95, d1 = np.percentile(roi_dose, _TARGET_PERCENTILES)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from dosepred.io.errors import PatientDataError
-from dosepred.metrics.clinical import (check_objectives, dose_at_volume_cc, dose_at_volume_percent, homogeneity_index,
-                                       load_objectives, paddick_conformity_index, volume_at_dose)
+from dosepred.metrics.clinical import (check_objectives, dose_at_volume_percent, homogeneity_index, load_objectives,
+                                       paddick_conformity_index, volume_at_dose)
 from dosepred.metrics.gamma import gamma_index
+from dosepred.metrics.openkbp import dose_at_volume_cc
 from tests.conftest import SAMPLE, requires_openkbp
 
 

@@ -78,6 +78,14 @@ def test_d01cc_on_a_hand_made_roi() -> None:
     assert np.isnan(column["mean", "SpinalCord"])  # not contoured
 
 
+def test_an_organ_smaller_than_a_tenth_of_a_cc_gets_its_coldest_dose_as_d01cc() -> None:
+    dose = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    structures = np.zeros((10, 10, 10, 10), dtype=bool)
+    structures[0, 0, 0, 3:6] = True  # Brainstem: 3 voxels of 10 mm³, below 0.1 cc (OpenKBP's code fails here)
+    column = dict(zip(METRIC_COLUMNS, dvh_metrics(dose, structures, voxel_volume_mm3=10.0)))
+    assert column["D_0.1_cc", "Brainstem"] == 3.0 and column["mean", "Brainstem"] == 4.0
+
+
 def test_matches_straightforward_computation_on_real_patients(sample_patients) -> None:
     rng = np.random.default_rng(1)
     cases = []
