@@ -22,10 +22,9 @@ import torch
 
 from dosepred.devices import resolve_device
 from dosepred.engine.config import load_config
-from dosepred.engine.trainer import Trainer
+from dosepred.engine.trainer import Trainer, validation_scores
 from dosepred.inference.loader import load_predictor
 from dosepred.io import sources
-from dosepred.metrics.openkbp import OpenKBPScorer
 
 BASE_CONFIG = Path("configs/full_cpu.yaml")
 
@@ -51,16 +50,10 @@ def train_variant(run: Path, overrides: list[str], steps: int) -> None:
 def score_model(folder: Path, validation: Path) -> dict[str, float]:
     """Dose and DVH scores of the exported model (float16 weights, as shipped), without and with TTA."""
     predictor = load_predictor(folder, device=resolve_device("auto"))
-    scorers = {False: OpenKBPScorer(), True: OpenKBPScorer()}
-    for path in sources.find_patients(validation):
-        patient = sources.read_patient(path)
-        for tta, scorer in scorers.items():
-            scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=tta),
-                       structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
-                       voxel_volume_mm3=patient.voxel_volume_mm3)
-    return {"patients": scorers[False].evaluation.n,
-            "dose": scorers[False].evaluation.dose_score, "dvh": scorers[False].evaluation.dvh_score,
-            "dose_tta": scorers[True].evaluation.dose_score, "dvh_tta": scorers[True].evaluation.dvh_score}
+    paths = sources.find_patients(validation)
+    plain, mirrored = (validation_scores(predictor, paths, tta=tta) for tta in (False, True))
+    return {"patients": len(paths), "dose": plain["val_dose_score"], "dvh": plain["val_dvh_score"],
+            "dose_tta": mirrored["val_dose_score"], "dvh_tta": mirrored["val_dvh_score"]}
 
 
 def main() -> None:

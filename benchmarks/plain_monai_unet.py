@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from monai.networks.nets import UNet
 
-from dosepred.io import sources
-from dosepred.data.dataset import PatientSamples, stack
+from dosepred.data.dataset import PatientSamples
+from dosepred.engine.trainer import validation_scores
 from dosepred.inference.predictor import Predictor
-from dosepred.metrics import OpenKBPScorer
+from dosepred.io import sources
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
-    data = PatientSamples.from_source(args.train, resolution=args.resolution, augment=False)
+    data = PatientSamples.from_source(args.train, resolution=args.resolution)
     network = UNet(spatial_dims=3, in_channels=10, out_channels=1, channels=(16, 32, 64, 128, 256),
                    strides=(2, 2, 2, 2), num_res_units=2)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
@@ -45,7 +45,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     steps = 0
     while time.perf_counter() - started < args.minutes * 60:
-        batch = stack([data.sample(int(i), seed=0) for i in rng.choice(len(data), size=2, replace=False)])
+        batch = data.batch([int(i) for i in rng.choice(len(data), size=2, replace=False)], None)
         loss = loss_function(network(batch["image"]), batch["dose"])
         optimizer.zero_grad()
         loss.backward()
@@ -53,14 +53,10 @@ def main() -> None:
         steps += 1
     trained_seconds = time.perf_counter() - started
     predictor = Predictor(network, resolution=args.resolution, device=torch.device("cpu"))
-    scorer = OpenKBPScorer()
-    for path in sources.find_patients(Path(args.validation)):
-        patient = sources.read_patient(path)
-        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False), structures=patient.structure_stack(),
-                   possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
+    scores = validation_scores(predictor, sources.find_patients(Path(args.validation)))
     result = {"steps": steps, "train_seconds": round(trained_seconds, 1),
               "parameters": sum(p.numel() for p in network.parameters()),
-              "val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}
+              **scores}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

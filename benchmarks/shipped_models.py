@@ -21,9 +21,9 @@ from dosepred.devices import resolve_device
 from dosepred.fewshot.data import load_patches
 from dosepred.fewshot.evaluate import evaluate as evaluate_fewshot
 from dosepred.fewshot.train import load_encoder
+from dosepred.engine.trainer import validation_scores
 from dosepred.inference.loader import load_predictor
 from dosepred.io import sources
-from dosepred.metrics.openkbp import OpenKBPScorer
 from dosepred.models import MODELS_DIR, read_model, shipped_models
 
 FEWSHOT = ("fewshot-ct/protonet", "fewshot-ct/random-views", "fewshot-ct/learned-views")
@@ -31,13 +31,9 @@ FEWSHOT = ("fewshot-ct/protonet", "fewshot-ct/random-views", "fewshot-ct/learned
 
 def dose_scores(name: str, validation: Path) -> str:
     predictor = load_predictor(name, device=resolve_device("auto"))
-    scorer = OpenKBPScorer()
-    for path in sources.find_patients(validation):
-        patient = sources.read_patient(path)
-        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=True), structures=patient.structure_stack(),
-                   possible_dose_mask=patient.possible_dose_mask, voxel_volume_mm3=patient.voxel_volume_mm3)
-    evaluation = scorer.evaluation
-    return f"dose {evaluation.dose_score:.4f} Gy, DVH {evaluation.dvh_score:.4f} Gy ({evaluation.n} patients, TTA)"
+    paths = sources.find_patients(validation)
+    scores = validation_scores(predictor, paths, tta=True)
+    return f"dose {scores['val_dose_score']:.4f} Gy, DVH {scores['val_dvh_score']:.4f} Gy ({len(paths)} patients, TTA)"
 
 
 def detector_scores(name: str, validation: Path) -> str:

@@ -177,12 +177,12 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def validation_scores(predictor: Predictor, paths: list[Path]) -> dict[str, float]:
-    """OpenKBP dose and DVH scores of ``predictor`` (no mirroring) on these patients, on their full grid."""
+def validation_scores(predictor: Predictor, paths: list[Path], *, tta: bool = False) -> dict[str, float]:
+    """OpenKBP dose and DVH scores of ``predictor`` (with mirroring if ``tta``) on these patients, on their full grid."""
     scorer = OpenKBPScorer()
     for path in paths:
         patient = sources.read_patient(path)
-        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=False),
+        scorer.add(patient.id, patient.dose, predictor.predict(patient, tta=tta),
                    structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
                    voxel_volume_mm3=patient.voxel_volume_mm3)
     return {"val_dose_score": scorer.evaluation.dose_score, "val_dvh_score": scorer.evaluation.dvh_score}
