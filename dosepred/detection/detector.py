@@ -17,12 +17,10 @@ from torch import nn
 from dosepred.detection.anchors import pyramid_anchors
 from dosepred.detection.boxes import BoxCoder, batched_nms
 from dosepred.detection.data import SEEN, WINDOWS_HU, class_index
-from dosepred.detection.network import Backbone, DetectorConfig, RPNHead, SemanticStage, cosine_logits
+from dosepred.detection.network import STAGE_BOX_WEIGHTS, Backbone, DetectorConfig, RPNHead, SemanticStage, cosine_logits
 from dosepred.detection.roi import pyramid_roi_align
 from dosepred.detection.targets import assign, sample
 
-#: Cascade R-CNN's regression weights: later stages see better boxes, so their deltas are scaled up.
-STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 RPN_POSITIVE_IOU, RPN_NEGATIVE_IOU = 0.6, 0.3
 CANDIDATES_PER_IMAGE = 1000
 
@@ -182,7 +180,7 @@ class BLCDetector(nn.Module):
             stage_deltas, _ = self._semantic_chain(self._roi_features(levels, boxes, image_index), t)[-1]
             boxes = self.stage_coders[t].decode_single(stage_deltas, boxes).clamp(0, config.image_size)
         chain = self._semantic_chain(self._roi_features(levels, boxes, image_index), len(self.stages) - 1)
-        final_boxes = self.stage_coders[-1].decode_single(chain[-1][0], boxes).clamp(0, config.image_size)
+        final_boxes = self.stage_coders[len(self.stages) - 1].decode_single(chain[-1][0], boxes).clamp(0, config.image_size)
         classes = torch.cat([self.background[None], self.class_embeddings[class_ids]])
         probabilities = torch.stack([cosine_logits(semantic, classes, stage.log_scale).softmax(dim=1)
                                      for stage, (_, semantic) in zip(self.stages, chain, strict=True)]).mean(0)[:, 1:]

@@ -11,6 +11,10 @@ from monai.networks.blocks import FeaturePyramidNetwork, ResidualUnit
 from torch import nn
 
 
+#: Cascade R-CNN's regression weights, one per stage: later stages see better boxes, so their deltas are scaled up.
+STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything that fixes the network's shape and its training targets; saved beside the weights."""
@@ -33,6 +37,12 @@ class DetectorConfig:
     roi_batch: int = 128
     detections_per_image: int = 100
     class_nms: float = 0.5
+
+    def __post_init__(self) -> None:
+        stages = len(self.stage_ious)
+        if not 1 <= stages <= len(STAGE_BOX_WEIGHTS) or len(self.stage_loss_weights) != stages:
+            raise ValueError(f"stage_ious and stage_loss_weights: one entry per cascade stage, 1 to "
+                             f"{len(STAGE_BOX_WEIGHTS)} stages (got {stages} and {len(self.stage_loss_weights)})")
 
     @property
     def strides(self) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ class DetectorTrainer(TrainingLoop):
             raise ValueError("data.slice_step must be at least 1")
         try:
             self.detector_config = DetectorConfig.from_dict(self.config["detector"])
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(f"detector: {error}") from None
         stages = [f"stage{t + 1}_{part}" for t in range(len(self.detector_config.stage_ious)) for part in ("class", "box")]
         self.metric_fields = ("step", "train_loss", "lr", "rpn_class", "rpn_box", *stages, "elapsed_s")

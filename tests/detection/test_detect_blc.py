@@ -62,11 +62,11 @@ def test_blc_sampling_caps_count_and_positive_share():
     assert len(chosen.unique()) == 40
 
 
-def tiny_detector(blrpn: bool = True, semantic_flow: bool = True, dim: int = 16) -> BLCDetector:
+def tiny_detector(blrpn: bool = True, semantic_flow: bool = True, dim: int = 16, **settings) -> BLCDetector:
     torch.manual_seed(0)
     classes = torch.nn.functional.normalize(torch.randn(len(ROIS), dim), dim=1)
     background = torch.nn.functional.normalize(torch.randn(dim), dim=0)
-    return BLCDetector(DetectorConfig(blrpn=blrpn, semantic_flow=semantic_flow, **TINY), classes, background)
+    return BLCDetector(DetectorConfig(blrpn=blrpn, semantic_flow=semantic_flow, **TINY | settings), classes, background)
 
 
 def tiny_batch():
@@ -109,6 +109,19 @@ def test_blc_semantic_flow_links_the_stages():
     images, targets = tiny_batch()
     with_flow.losses(images, targets)["stage3_class"].backward()
     assert with_flow.stages[0].project.weight.grad.abs().sum() > 0  # stage 3's loss reaches stage 1's semantics
+
+
+def test_blc_a_shorter_cascade_decodes_each_stage_with_its_own_box_weights():
+    detector = tiny_detector(stage_ious=(0.5, 0.6), stage_loss_weights=(1.0, 0.5)).eval()
+    decoded = []
+    for t, coder in enumerate(detector.stage_coders):
+        coder.decode_single = lambda deltas, boxes, t=t, decode=coder.decode_single: decoded.append(t) or decode(deltas, boxes)
+    images, _ = tiny_batch()
+    detector.detect(images, class_index(SEEN))
+    assert decoded == [0, 1]  # the third stage's weights belong to no stage of this cascade
+    for stages, weights in (((0.5, 0.6, 0.7, 0.8), (1.0, 0.5, 0.25, 0.1)), ((0.5, 0.6), (1.0,)), ((), ())):
+        with pytest.raises(ValueError, match="one entry per cascade stage"):
+            DetectorConfig.from_dict({"stage_ious": stages, "stage_loss_weights": weights})
 
 
 def test_blc_zero_shot_scoring_on_constructed_embeddings():
