@@ -32,6 +32,9 @@ class DetectorTrainer(TrainingLoop):
         super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def setup(self) -> None:
+        if self.device.type != "cpu":
+            raise ValueError(f"device {self.device.type!r}: the detector trains on the CPU only (its box targets are "
+                             "made there)")
         if self.config["data"]["slice_step"] < 1:
             raise ValueError("data.slice_step must be at least 1")
         try:

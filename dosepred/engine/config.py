@@ -77,7 +77,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
 #: ``dosepred detect train``: the BLC detector on axial slices, through the same training loop.
 DETECT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "device": "auto",
+    "device": "cpu",  # the only one: the box targets and NMS are CPU code
     "threads": None,
     "data": {"train": "data/pack/train", "slice_step": 2},  # every n-th slice that holds a structure
     "detector": {},  # DetectorConfig's fields (dosepred/detection/network.py); empty: its defaults
@@ -91,7 +91,7 @@ DETECT_DEFAULTS: dict[str, Any] = {
 #: without weight decay, no warm-up and a constant rate (min_lr_ratio 1) is Adam at a fixed rate.
 FEWSHOT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "device": "cpu",
+    "device": "cpu",  # the only one: episodes, views and the contrastive targets are made on the CPU
     "threads": None,
     "data": {"dataset": "ct",  # ct: CT patches of the base structures; digits: scikit-learn's digits 0-4
              "patients": "data/pack/train", "patch_size": 32, "slices": 4},  # slices per structure and patient

@@ -57,6 +57,9 @@ class FewShotTrainer(TrainingLoop):
         super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def setup(self) -> None:
+        if self.device.type != "cpu":
+            raise ValueError(f"device {self.device.type!r}: few-shot training runs on the CPU only (its episodes and "
+                             "views are made there)")
         self.settings = self.config["fewshot"]
         if self.settings["method"] not in METHODS:
             raise ValueError(f"unknown method {self.settings['method']!r}; choose one of {', '.join(METHODS)}")

@@ -42,6 +42,10 @@ def test_detect_cli_rejects_bad_input(tmp_path):
     assert not (tmp_path / "m").exists()
     steps = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "optim.steps=0"])
     assert steps.exit_code == 2 and "at least 1" in steps.output
+    device = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "device=meta"])
+    assert device.exit_code == 2 and "on the CPU only" in device.output
+    stages = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.stage_ious=[0.5, 0.6]"])
+    assert stages.exit_code == 2 and "one entry per cascade stage" in " ".join(stages.output.split())
     unknown = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.no_such_setting=1"])
     assert unknown.exit_code == 2 and "no_such_setting" in unknown.output
     not_a_model = runner.invoke(app, ["detect", "eval", str(tmp_path)])

@@ -57,6 +57,7 @@ def test_fewshot_cli_train_and_eval_digits(digit_models, digit_best, tmp_path) -
     (["train", "-o", "{tmp}/x", "data.dataset=digits", "fewshot.ways=6"], "only 5 have them"),
     (["train", "-o", "{tmp}/x", "data.dataset=digits", "data.patch_size=20"], "multiple of 16"),
     (["train", "-o", "{tmp}/x", "fewshot.wayz=3"], "unknown key 'fewshot.wayz'"),
+    (["train", "-o", "{tmp}/x", "data.dataset=digits", "device=meta"], "on the CPU only"),
     (["eval", "{tmp}", "--data", "digits"], "not a model folder"),
     (["eval", "{models}/protonet/best", "--data", "digits", "--shots", "0"], "--shots >= 1"),
     (["eval", "{models}/protonet/best", "--data", "ct"], "trained on digits"),
