@@ -50,7 +50,7 @@ def main() -> None:
     supernet.load_state_dict(load_file(str(args.run / "supernet.safetensors")))
     data = config["data"]
     paths = sources.find_patients(Path(data["validation"]))[: config["search"]["validation_patients"]]
-    validation = PatientSamples(paths, resolution=data["resolution"])
+    validation = PatientSamples(paths, resolution=data["resolution"], beam_angles=data["beam_angles"])
     evaluator = Evaluator(SearchData(None, validation.batch(range(len(validation)), None)), device=torch.device("cpu"))
 
     predictions: dict[int, torch.Tensor] = {}
