@@ -138,7 +138,8 @@ def distill(
             trainer.fit(lambda step, row: progress.update(task, completed=step))
         finally:
             trainer.close()
-    console.print(f"best validation dose score {trainer.best_score:.4f} Gy; student in {output / 'best'}")
+    if trainer.topology.is_main:
+        console.print(f"best validation dose score {trainer.best_score:.4f} Gy; student in {output / 'best'}")
 
 
 @app.command()

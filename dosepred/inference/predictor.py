@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import Patient
 from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
 from dosepred.devices import fast_path
@@ -74,8 +73,6 @@ class Predictor:
 
     def inputs(self, patient: Patient) -> torch.Tensor:
         """The model's input volume (C, r, r, r) for a patient, on the predictor's device."""
-        if patient.ct.ndim != 3:
-            raise PatientDataError(patient.source or patient.id, "expected a 3D patient")
         sample = patient_to_sample(patient, beam_angles=self.beam_angles)
         sample.pop("dose", None)
         batch = {key: value[None].to(self.device) for key, value in sample.items()}

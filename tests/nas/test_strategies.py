@@ -343,3 +343,5 @@ def test_relative_distance_is_the_difference_over_the_mean_dose() -> None:
 def test_a_random_search_that_would_score_nothing_is_refused_before_it_trains() -> None:
     with pytest.raises(ValueError, match="scores no architecture"):
         get_strategy("random").search(SearchSpace((2, 4)), None, Budget(supernet_steps=2, max_sweeps=0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scores no architecture"):  # 0 asked for is 0, not the default
+        get_strategy("random", architectures=0).search(SearchSpace((2, 4)), None, Budget(supernet_steps=2))  # type: ignore[arg-type]

@@ -23,8 +23,9 @@ class RandomSearch(Strategy):
 
     def search(self, space: SearchSpace, data: SearchData, budget: Budget, progress: Progress | None = None) -> SearchResult:
         report = progress or silent
-        count = self.settings["architectures"] or budget.max_sweeps * sum(len(space.block_choices(kind))
-                                                                           for kind, _ in space.blocks)
+        count = self.settings["architectures"]
+        if count is None:
+            count = budget.max_sweeps * sum(len(space.block_choices(kind)) for kind, _ in space.blocks)
         if count < 1:  # before the supernet's training, not after it
             raise ValueError("random search scores no architecture: give search.max_sweeps >= 1 or "
                              "search.options.architectures >= 1")
