@@ -44,6 +44,7 @@ from scipy.stats import rankdata
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
 from benchmarks.nas_standalone import Recipe, add_recipe_arguments
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
+from dosepred.io.files import atomic_file
 from dosepred.devices import resolve_device
 from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, SearchData
@@ -107,9 +108,8 @@ def cached(path: Path, compute) -> dict[str, Any]:  # noqa: ANN001
         return json.loads(path.read_text())
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".part")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
     return value
 
 

@@ -49,6 +49,7 @@ from torch import nn
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.engine.config import ConfigError, load_config
 from dosepred.engine.trainer import Trainer
+from dosepred.io.files import atomic_file
 from dosepred.nas.space import SearchSpace, genotype_key
 
 CHANNELS = (8, 16, 32, 64)  # the search's widths (configs/search_*.yaml)
@@ -218,9 +219,8 @@ def load_results(path: Path) -> dict[str, Any]:
 def save_results(path: Path, results: dict[str, Any]) -> None:
     """Write through a temporary file, so an interrupted run never leaves a half-written table."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(results, indent=1) + "\n")
-    partial.replace(path)
+    with atomic_file(path) as partial:
+        partial.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def merge_results(results: dict[str, Any], part: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from dosepred.engine.trainer import Trainer
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
+from dosepred.io.files import atomic_file
 from dosepred.networks import create_network
 
 TARGETS_FILE = "teacher_targets.safetensors"
@@ -55,7 +56,7 @@ class DistillationTrainer(Trainer):
     metric_fields = Trainer.metric_fields + ("truth_loss", "soft_loss", "uncertainty_loss", "adversarial_loss",
                                              "critic_loss")
 
-    def __init__(self, config: dict[str, Any], run_dir, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
         """``progress(phase, done, total)`` reports the teachers' passes over the training patients."""
         self.progress = progress
@@ -193,7 +194,6 @@ def read_targets(path: Path, fingerprint: str, count: int) -> list[torch.Tensor]
 def write_targets(path: Path, fingerprint: str, targets: list[torch.Tensor]) -> None:
     """Keep the targets in ``path`` (written beside it, then moved: never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({str(index): target.contiguous() for index, target in enumerate(targets)}, str(partial),
-              metadata={"fingerprint": fingerprint})
-    partial.replace(path)
+    with atomic_file(path) as partial:
+        save_file({str(index): target.contiguous() for index, target in enumerate(targets)}, str(partial),
+                  metadata={"fingerprint": fingerprint})

@@ -5,8 +5,8 @@ resumed or overwritten), threads, device, seed, AdamW with linear warm-up then c
 clipping with a skip for garbage gradients, validation and checkpoints on schedule, a wall-clock budget,
 ``metrics.csv`` and exact resume. A model's training is a subclass that fills in the hooks: the network,
 its batches, one optimisation step, validation and the exported model folder (the dose trainer,
-distillation, the detector and the few-shot encoders). Search strategies, whose loops interleave
-architecture updates, use the same recipe through ``warmup_cosine`` and ``clip_and_step``.
+distillation, the detector, the few-shot encoders, and the search strategies' supernet trainers, whose steps
+interleave architecture updates).
 
 Exact resume: a subclass makes each step's batch a function of (seed, step) alone, and a checkpoint holds
 the network, optimiser, scheduler, torch RNG, step and history (plus what a subclass adds).
@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dosepred.devices import resolve_device, set_threads
 from dosepred.engine.config import save_config
 from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed, leave
-from dosepred.io.files import remove_outputs
+from dosepred.io.files import atomic_file, remove_outputs
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,8 @@ class TrainingLoop:
 
     def save_checkpoint(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.checkpoint_state(), tmp)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            torch.save(self.checkpoint_state(), tmp)
 
     def load_checkpoint(self, path: Path) -> None:
         if not path.is_file():

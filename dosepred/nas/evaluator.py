@@ -22,6 +22,7 @@ from dosepred.data.augment import Augmentation
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
 from dosepred.data.transforms import REFERENCE_DOSE_GY
 from dosepred.devices import fast_path
+from dosepred.io.files import atomic_file
 from dosepred.nas.space import genotype_key
 
 
@@ -63,14 +64,15 @@ class Evaluator:
     the device computes bf16 natively (``dosepred.devices.fast_path``): about 1.7x faster on this project's CPU,
     estimates moved by hundredths of a Gy, their order kept (``benchmarks/estimate_precision.py``; README)."""
 
-    def __init__(self, data: SearchData, *, device: torch.device, chunk: int = 8, fast: bool | None = None) -> None:
+    chunk = 8  # validation patients a forward pass
+
+    def __init__(self, data: SearchData, *, device: torch.device, fast: bool | None = None) -> None:
         self.batch = {key: value.to(device) for key, value in data.validation.items()}
         self.amp = fast_path(device) if fast is None else fast
         if self.amp:
             self.batch["image"] = self.batch["image"].contiguous(memory_format=torch.channels_last_3d)
         self.mask = self.batch["possible_dose_mask"]
         self.reference = self.batch["dose"] * REFERENCE_DOSE_GY
-        self.chunk = chunk
 
     @torch.inference_mode()
     def predict(self, network: nn.Module) -> torch.Tensor:
@@ -117,9 +119,8 @@ class ScoreStore:
 
     def _rewrite(self, lines: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_text("".join(line + "\n" for line in lines))
-        partial.replace(self.path)
+        with atomic_file(self.path) as partial:
+            partial.write_text("".join(line + "\n" for line in lines))
 
 
 class ScoreBook:
