@@ -31,6 +31,8 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
+#: A trainer's data progress: ``report(phase, done, total)``.
+PhaseProgress = Callable[[str, int, int], None]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: the config's "
                                              "threads, else every core].")]
 Init = Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
@@ -113,25 +115,33 @@ def run_settings(output: Path, config: Path | None, overrides: list[str] | None,
 
 def train_with_progress(output: Path, config: Path | None, overrides: list[str] | None, *, resume: bool,
                         threads: int | None, defaults: dict[str, Any], label: str,
-                        build: Callable[[dict[str, Any], Callable[[str, int, int], None]], TrainingLoop]) -> TrainingLoop:
+                        build: Callable[[dict[str, Any], PhaseProgress], TrainingLoop]) -> TrainingLoop:
     """Load a training command's settings, ``build(settings, data_progress)`` its trainer and fit it, with
     progress bars for the data and the steps; every expected failure becomes a message."""
     from dosepred.devices import DeviceError
     from dosepred.engine.config import ConfigError
     from dosepred.io.errors import PatientDataError
+    from dosepred.models import ModelError
 
     with progress_bar() as progress:
-        loading = progress.add_task("data", total=None)
+        loading = progress.add_task("data", total=None)  # a distillation's teacher passes take minutes
         try:
             settings = run_settings(output, config, overrides, resume=resume, defaults=defaults)
             if threads is not None:
                 settings["threads"] = threads
-            trainer = build(settings, lambda phase, done, total: progress.update(loading, completed=done, total=total))
-        except (ConfigError, PatientDataError, DeviceError, OSError, ValueError) as error:
+            trainer = build(settings, lambda phase, done, total: progress.update(
+                loading, description=phase, completed=done, total=total))
+        except (ConfigError, PatientDataError, ModelError, DeviceError, OSError, KeyError, ValueError) as error:
             raise fail(str(error)) from None
         task = progress.add_task(label, total=settings["optim"]["steps"], completed=trainer.step)
+
+        def on_step(step: int, row: dict[str, float]) -> None:
+            if "val_dose_score" in row:
+                progress.update(task, description=f"{label} (val dose {row['val_dose_score']:.2f} Gy)")
+            progress.update(task, completed=step)
+
         try:
-            trainer.fit(lambda step, row: progress.update(task, completed=step))
+            trainer.fit(on_step)
         except FloatingPointError as error:
             raise fail(str(error), code=1) from None
         finally:

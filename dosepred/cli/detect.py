@@ -50,16 +50,14 @@ def detect_eval(
     data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
     slice_step: Annotated[int, typer.Option("--slice-step", help="Evaluate every n-th slice holding a structure.")] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
 ) -> None:
     """ZSD (unseen classes: Recall@100 at IoU 0.4/0.5/0.6, mAP@0.5) and GZSD (seen/unseen recall, harmonic mean)."""
-    import torch
-
     from dosepred.detection.evaluation import RECALL_IOUS, evaluate_detector
     from dosepred.detection.training import load_detector
+    from dosepred.devices import set_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         detectors = {str(folder): load_detector(folder) for folder in models}
     except (FileNotFoundError, ValueError, RuntimeError) as error:
@@ -101,6 +99,3 @@ def detect_embed(
 
     source = write_cache(output or CACHE)
     console.print(f"class embeddings from {source} written to {output or CACHE}")
-
-
-# --- few-shot classification (supporting module): dosepred fewshot train | eval -------------------------------

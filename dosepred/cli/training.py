@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from dosepred.cli.common import (ConfigFile, Init, Overrides, Overwrite, Resume, RunFolder, Threads, app, console,
-                                 fail, progress_bar, run_settings)
+from dosepred.cli.common import (ConfigFile, Init, Overrides, Overwrite, PhaseProgress, Resume, RunFolder, Threads,
+                                 app, console, fail, progress_bar, run_settings, train_with_progress)
 from dosepred.io.errors import PatientDataError
 
 @app.command()
@@ -26,41 +26,21 @@ def train(
     threads: Threads = None,
 ) -> None:
     """Train a dose model; the best network by validation dose score is exported to OUTPUT/best."""
-    from dosepred.devices import DeviceError
-    from dosepred.engine.config import ConfigError, load_config
+    from dosepred.engine.config import DEFAULTS
     from dosepred.engine.trainer import Trainer
-    from dosepred.models import ModelError
 
-    try:
-        if resume:
-            if config is not None or overrides or genotype is not None or init is not None:
-                raise ConfigError("--resume continues with the run's own config; give no --config, --genotype, "
-                                  "--init or overrides")
-            settings = load_config(output / "config.yaml")
-        else:
-            settings = load_config(config, overrides or [])
-            if genotype is not None:
-                settings["network"] = _searched_network(genotype, settings["network"])
-            if init is not None:
-                settings["init"] = init
-        if threads is not None:
-            settings["threads"] = threads
-        trainer = Trainer(settings, output, resume=resume, overwrite=overwrite)
-    except (ConfigError, PatientDataError, ModelError, DeviceError, OSError, KeyError, ValueError) as error:
-        raise fail(str(error)) from None
-    total = settings["optim"]["steps"]
-    with progress_bar() as progress:
-        task = progress.add_task("train", total=total, completed=trainer.step)
+    if resume and (genotype is not None or init is not None):
+        raise fail("--resume continues with the run's own config; give no --genotype or --init")
 
-        def on_step(step: int, row: dict[str, float]) -> None:
-            if "val_dose_score" in row:
-                progress.update(task, description=f"train (val dose {row['val_dose_score']:.2f} Gy)")
-            progress.update(task, completed=step)
+    def build(settings: dict[str, Any], report: PhaseProgress) -> Trainer:
+        if genotype is not None:
+            settings["network"] = _searched_network(genotype, settings["network"])
+        if init is not None:
+            settings["init"] = init
+        return Trainer(settings, output, resume=resume, overwrite=overwrite)
 
-        try:
-            trainer.fit(on_step)
-        finally:
-            trainer.close()
+    trainer = train_with_progress(output, config, overrides, resume=resume, threads=threads, defaults=DEFAULTS,
+                                  label="train", build=build)
     if trainer.topology.is_main:
         console.print(f"best validation dose score {trainer.best_score:.4f} Gy; model in {output / 'best'}")
 
@@ -97,19 +77,14 @@ def distill(
     threads: Threads = None,
 ) -> None:
     """Distil the teachers' ensemble into a student with a dose and an uncertainty output (a trained critic)."""
-    from dosepred.engine.config import DISTILL_DEFAULTS, ConfigError, load_config
+    from dosepred.engine.config import DISTILL_DEFAULTS, ConfigError
     from dosepred.engine.distillation import DistillationTrainer
-    from dosepred.models import ModelError
 
-    defaults = DISTILL_DEFAULTS
-    try:
-        if resume:
-            if teachers or config is not None or overrides or init is not None:
-                raise ConfigError("--resume continues with the run's own config; give no --teachers, --config, --init "
-                                  "or overrides")
-            settings = load_config(output / "config.yaml", defaults=defaults)
-        else:
-            settings = load_config(config, overrides or [], defaults=defaults)
+    if resume and (teachers or student is not None or init is not None):
+        raise fail("--resume continues with the run's own config; give no --teachers, --student or --init")
+
+    def build(settings: dict[str, Any], report: PhaseProgress) -> DistillationTrainer:
+        if not resume:
             settings["distill"]["teachers"] = list(teachers or settings["distill"]["teachers"])
             if not settings["distill"]["teachers"]:
                 raise ConfigError("give the teachers: --teachers MODEL --teachers MODEL ... (or distill.teachers)")
@@ -119,25 +94,10 @@ def distill(
                 settings["network"] = {"name": student}
             if init is not None:
                 settings["init"] = init
-        if threads is not None:
-            settings["threads"] = threads
-    except (ConfigError, ModelError, OSError, KeyError, ValueError) as error:
-        raise fail(str(error)) from None
-    with progress_bar() as progress:
-        preparing = progress.add_task("data", total=None)  # the teachers' passes take minutes at 128^3
+        return DistillationTrainer(settings, output, resume=resume, overwrite=overwrite, progress=report)
 
-        def report(phase: str, done: int, total: int) -> None:
-            progress.update(preparing, description=phase, completed=done, total=total)
-
-        try:
-            trainer = DistillationTrainer(settings, output, resume=resume, overwrite=overwrite, progress=report)
-        except (ConfigError, ModelError, PatientDataError, OSError, KeyError, ValueError) as error:
-            raise fail(str(error)) from None
-        task = progress.add_task("distill", total=settings["optim"]["steps"], completed=trainer.step)
-        try:
-            trainer.fit(lambda step, row: progress.update(task, completed=step))
-        finally:
-            trainer.close()
+    trainer = train_with_progress(output, config, overrides, resume=resume, threads=threads, defaults=DISTILL_DEFAULTS,
+                                  label="distill", build=build)
     if trainer.topology.is_main:
         console.print(f"best validation dose score {trainer.best_score:.4f} Gy; student in {output / 'best'}")
 

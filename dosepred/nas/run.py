@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from dosepred.engine.config import save_config
 from dosepred.io.files import remove_outputs
-from dosepred.devices import resolve_device
+from dosepred.devices import resolve_device, set_threads
 from dosepred.nas import selection
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
@@ -37,8 +37,7 @@ def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, ov
         raise FileExistsError(f"{output} holds a search already: --resume continues it, --overwrite replaces it")
     settings = config["search"]
     strategy = settings["strategy"]
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    set_threads(config.get("threads"))
     torch.manual_seed(config["seed"])
     device = resolve_device(config["device"])
     search = get_strategy(strategy, **settings.get("options", {}))
