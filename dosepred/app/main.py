@@ -32,12 +32,12 @@ from dosepred.inference.predictor import Predictor
 from dosepred.inference.writers import OutputFormat, write_dose
 from dosepred.metrics.clinical import check_objectives, load_objectives
 from dosepred.metrics.gamma import gamma_index
-from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_rows
-from dosepred.visual.report import write_report
-from dosepred.visual.panels import DISPLAY_AXES, Readout, crosshair_of, legend, slice_panel, voxel_of
-from dosepred.visual.slices import PLANES, ROI_COLOURS, WINDOW_PRESETS, SliceView, plane_axis, wash_scale
+from dosepred.visual.dvh import dvh_chart, dvh_records, metrics_csv, metrics_rows
+from dosepred.visual.report import NOTICE, write_report
+from dosepred.visual.panels import Readout, crosshair_of, legend, slice_panel, voxel_of
+from dosepred.visual.slices import (DISPLAY_AXES, PLANES, ROI_COLOURS, WINDOW_PRESETS, SliceView, plane_axis,
+                                    wash_scale)
 
-NOTICE = "Research use only — not for clinical decisions."
 HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (Gy)", "reference_gy": "reference (Gy)",
            "difference_gy": "predicted − reference (Gy)"}
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
@@ -335,12 +335,11 @@ def show_downloads(patient: Patient, dose: np.ndarray, rows: list[dict[str, obje
                (OutputFormat.rtdose, f"{patient.id}_rtdose.dcm", "Dose (DICOM RT Dose)")]
     if patient.clinic is None:  # an OpenKBP CSV exists on OpenKBP's grid only
         formats.insert(1, (OutputFormat.openkbp, f"{patient.id}.csv", "Dose (OpenKBP CSV)"))
-    table = ",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in row.values()) for row in rows) + "\n"
     columns = st.columns(len(formats) + 1)
     for column, (output_format, name, label) in zip(columns, formats):
         column.download_button(label, lambda f=output_format, n=name: dose_bytes(patient, dose, n, f), name,
                                on_click="ignore")
-    columns[-1].download_button("DVH metrics (CSV)", table, f"{patient.id}_dvh_metrics.csv", on_click="ignore")
+    columns[-1].download_button("DVH metrics (CSV)", metrics_csv(rows), f"{patient.id}_dvh_metrics.csv", on_click="ignore")
     if patient.clinic is not None:
         st.caption("NIfTI and RT Dose lie on the patient's own CT, in its frame of reference (same "
                    "FrameOfReferenceUID and study as the CT).")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dosepred.io import dicom_in, sources
+from dosepred.io import dicom_in, pack, sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import remove_stale
 from dosepred.io.patient import require_grid
@@ -39,7 +39,7 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
     remove_stale(output)
     names: set[str] = set()  # as a case-blind file system sees them
     for path in paths:
-        name = path.name.removesuffix(".dpk")
+        name = path.name.removesuffix(pack.SUFFIX)
         chosen = output_format or default_format(dicom_in.is_dicom_folder(path))
         try:
             if name.casefold() in names:  # a folder pt_1 beside a pt_1.dpk: one would overwrite the other's output

@@ -27,6 +27,8 @@ from dosepred.io.roi_names import warn_unmapped
 
 AXIS_CODES = ("P", "L", "I")
 NIFTI_SUFFIX = ".nii.gz"
+#: The images of a patient folder, each ``<stem><suffix>``; the CT first, as the others are checked against it.
+IMAGE_STEMS = ("ct", "possible_dose_mask", "dose", *ROIS)
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: Two volumes lie on one grid when their affines agree this closely (mm); headers store float32, which
 #: keeps positions of a few hundred mm to about 1e-5 mm.
@@ -213,13 +215,12 @@ def read_patient(folder: str | Path) -> Patient:
     folder = Path(folder)
     if not folder.is_dir():
         raise PatientDataError(folder, "not a folder")
-    stems = ("ct", "possible_dose_mask", "dose", *ROIS)
     warn_unmapped(sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(".")
-                         and entry.name.lower().endswith(_IMAGE_SUFFIXES) and _stem(entry.name) not in stems), folder,
-                  f"the images of a patient folder are named {', '.join(stems)}")
+                         and entry.name.lower().endswith(_IMAGE_SUFFIXES) and _stem(entry.name) not in IMAGE_STEMS), folder,
+                  f"the images of a patient folder are named {', '.join(IMAGE_STEMS)}")
     volumes: dict[str, np.ndarray] = {}
     ct_frame: np.ndarray | None = None
-    for stem in stems:
+    for stem in IMAGE_STEMS:
         path = find_image(folder, stem)
         if path is None:
             if stem in ("ct", "possible_dose_mask"):

@@ -21,9 +21,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from dosepred.io import sources
+from dosepred.io.nifti import IMAGE_STEMS
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import atomic_folder
-from dosepred.io.patient import ROIS
 
 MAX_ARCHIVE_BYTES = 300 * 2**20
 MAX_UNPACKED_BYTES = 1500 * 2**20
@@ -31,7 +31,6 @@ MAX_ENTRIES = 4000  # a clinic CT can hold several hundred slice files
 MAX_RATIO = 100  # unpacked / archive bytes, over the whole archive (OpenKBP CSV folders: ~3, NIfTI: ~10, DICOM: ~3)
 MAX_NAME_BYTES = 255  # one part of a path, as file systems allow
 MAX_PATH_CHARS = 1024
-IMAGE_STEMS = ("ct", "dose", "possible_dose_mask", *ROIS)
 # What zipfile and its decompressors raise for a corrupt, truncated, encrypted or unsupported archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, struct.error, EOFError,
                NotImplementedError, RuntimeError, ValueError, OSError)

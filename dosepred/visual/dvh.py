@@ -6,6 +6,7 @@ The predicted dose is drawn solid and the reference (when the patient has one) d
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,11 +38,17 @@ def metrics_rows(patient: Patient, predicted: np.ndarray) -> tuple[list[dict[str
     return rows, scores
 
 
+def metrics_csv(rows: list[dict[str, object]]) -> str:
+    """``metrics_rows`` as CSV text (a header line, then a line a row)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def write_metrics_csv(rows: list[dict[str, object]], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path.write_text(metrics_csv(rows))
 
 
 def dvh_records(patient: Patient, predicted: np.ndarray, *, bin_width_gy: float = 0.5) -> list[dict[str, object]]:

@@ -19,10 +19,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 from dosepred.io.patient import Patient
-from dosepred.visual.slices import ROI_COLOURS, SliceView, WashScale, pixel_aspect, plane_axis, take_slice
+from dosepred.visual.slices import (DISPLAY_AXES, ROI_COLOURS, SliceView, WashScale, pixel_aspect, plane_axis,
+                                    take_slice)
 
-#: (row axis, column axis) of each plane's displayed image, in the patient's axes
-DISPLAY_AXES = {"axial": (0, 1), "coronal": (2, 1), "sagittal": (2, 0)}
 NO_VALUE = -32768  # int16 readout of a voxel without a value (outside the possible-dose mask, say)
 ISODOSE_COLOUR = "#ffffff"
 

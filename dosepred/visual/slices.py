@@ -89,9 +89,13 @@ def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     return image if plane == "axial" else image.T
 
 
+#: (row axis, column axis) of each plane's displayed image, in the patient's axes
+DISPLAY_AXES = {"axial": (0, 1), "coronal": (2, 1), "sagittal": (2, 0)}
+
+
 def pixel_aspect(spacing: tuple[float, float, float], plane: str) -> float:
     """Height / width of one displayed pixel."""
-    row_axis, column_axis = {"axial": (0, 1), "coronal": (2, 1), "sagittal": (2, 0)}[plane]
+    row_axis, column_axis = DISPLAY_AXES[plane]
     return spacing[row_axis] / spacing[column_axis]
 
 
