@@ -1,1 +1,1 @@
-"""MONAI dictionary transforms that turn patients into model inputs and targets, datasets and caching."""
+"""Patients as compact training samples, their batch-side augmentation and the beam geometry inputs."""

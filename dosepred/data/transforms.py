@@ -101,10 +101,10 @@ def model_inputs(batch: dict[str, torch.Tensor], *, resolution: int | None = Non
     return out
 
 
-def flip_left_right(image: torch.Tensor, *, channels: tuple[int, int] = LEFT_RIGHT_CHANNELS) -> torch.Tensor:
+def flip_left_right(image: torch.Tensor) -> torch.Tensor:
     """Mirror a channel-first volume (C, ...) across the sagittal plane; the parotid channels trade places."""
     flipped = torch.flip(image, dims=(LEFT_RIGHT_AXIS + 1,))
-    right, left = channels
+    right, left = LEFT_RIGHT_CHANNELS
     order = list(range(flipped.shape[0]))
     order[right], order[left] = left, right
     return flipped[order]

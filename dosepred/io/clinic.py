@@ -20,11 +20,15 @@ every structure) and outside the body it is 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dosepred.io.errors import PatientDataError
-from dosepred.io.patient import GRID_SHAPE
+from dosepred.io.patient import GRID_SHAPE, Patient
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 #: The voxel sizes of OpenKBP's training split (mm): in plane, and between slices.
 IN_PLANE_RANGE_MM = (2.734, 5.078)
@@ -61,7 +65,7 @@ class Grid:
         inverse = np.linalg.inv(self.matrix)
         return np.asarray(points, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]
 
-    def image(self, array: np.ndarray):
+    def image(self, array: np.ndarray) -> sitk.Image:
         """A SimpleITK image of ``array`` (indexed [z, y, x]) on this grid."""
         import SimpleITK as sitk
 
@@ -82,7 +86,7 @@ def patient_grid(origin: np.ndarray, spacing: tuple[float, float, float],
                 (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0), (shape[1], shape[0], shape[2]))
 
 
-def own_frame_grid(patient) -> Grid:
+def own_frame_grid(patient: Patient) -> Grid:
     """Where an OpenKBP patient (no DICOM frame) sits in dosepred's own frame: voxel (0, 0, 0) at the origin."""
     return patient_grid(np.zeros(3), patient.spacing, patient.shape)
 

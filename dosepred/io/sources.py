@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         yield find_patients(source)
 
 
-def _bounded_data_filter(source: Path):  # noqa: ANN202
+def _bounded_data_filter(source: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
     """tarfile's "data" filter (it refuses absolute paths, '..' and links out of the folder), which also
     refuses the archive once its members add up to more than the bounds above."""
     limit = min(MAX_TAR_UNPACKED_BYTES, MAX_TAR_RATIO * source.stat().st_size)
@@ -138,7 +138,7 @@ def read_dose_file(path: Path, shape: tuple[int, int, int], spacing: tuple[float
     """Read a dose volume (OpenKBP sparse CSV or NIfTI) that must lie on a grid of ``shape``.
 
     An image also carries its voxel spacing and orientation: a dose on another ``spacing`` than the reference
-    patient's, or another orientation or orientation is refused, as its voxels would be scored against the
+    patient's, or another orientation, is refused, as its voxels would be scored against the
     wrong ones. (Patients keep no position, so the image's own origin is not compared.)
     """
     if path.suffix == ".csv":

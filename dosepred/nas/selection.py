@@ -1,7 +1,7 @@
 """Choosing K teachers that are strong and diverse.
 
-Rule (greedy): the best-scoring architecture first; then, repeatedly, the candidate of the pool (the
-``pool`` best by estimated score) that minimises ``score - lambda * d_min``, where ``d_min`` is its
+Rule (greedy): the best-scoring architecture first; then, repeatedly, the candidate (of the pool the caller
+gives: the search takes the ``search.pool`` best by estimated score) that minimises ``score - lambda * d_min``, where ``d_min`` is its
 smallest prediction distance to the teachers already chosen (mean |dose difference| over the
 possible-dose voxels of the validation patients, in Gy, as is the score). lambda = 0 gives the plain
 top K; a larger lambda trades estimated score for different predictions.
@@ -41,12 +41,12 @@ def describe_set(indices: list[int], predictions: list[torch.Tensor], mask: torc
 
 
 def select_teachers(scores: list[float], predictions: list[torch.Tensor], mask: torch.Tensor, *, k: int,
-                    diversity_weight: float, pool: int | None = None) -> Selection:
+                    diversity_weight: float) -> Selection:
     """Greedy strong-and-diverse choice among candidates sorted best first (see the module docstring)."""
     if not scores:
         raise ValueError("no candidates to choose teachers from")
     k = min(k, len(scores))
-    candidates = list(range(min(len(scores), pool or len(scores))))
+    candidates = range(len(scores))
     chosen = [0]
     distance = {}
     while len(chosen) < k:
