@@ -50,7 +50,7 @@ from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
-from dosepred.nas.strategies.base import Progress
+from dosepred.progress import Progress
 
 #: The strategies and the ablations the comparison asks for, each ``name[:option=value,...]`` (``parse_searcher``).
 VARIANTS = ["lenas", "lenas:sampling=fair", "random", "kshot", "kshot:k=1", "gold", "gold:pruning=hard", "fpnas",

@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from dosepred.progress import Progress as PhaseProgress  # rich's Progress draws it
+
 if TYPE_CHECKING:
     from dosepred.engine.loop import TrainingLoop
 
@@ -31,8 +33,6 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides such as optim.steps=500.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
-#: A trainer's data progress: ``report(phase, done, total)``.
-PhaseProgress = Callable[[str, int, int], None]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: the config's "
                                              "threads, else every core].")]
 Init = Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "

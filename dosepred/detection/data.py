@@ -7,7 +7,7 @@ boxes are (x0, y0, x1, y1) in its pixels. Components under ``MIN_PIXELS`` pixels
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 
 from dosepred.io import sources
 from dosepred.io.patient import ROIS, Patient
+from dosepred.progress import Progress
 
 #: Seen classes train the detector; each unseen class has a semantic sibling among them
 #: (left/right parotid, larynx/esophagus, PTV63 between PTV56 and PTV70).
@@ -26,7 +27,6 @@ MIN_PIXELS = 4
 #: Two CT windows as input channels: the whole head (bone and air) and soft tissue (glands, cord).
 WINDOWS_HU: tuple[tuple[float, float], ...] = ((-1000.0, 1500.0), (-160.0, 240.0))
 
-Progress = Callable[[str, int, int], None]
 
 
 def class_index(names: Sequence[str]) -> torch.Tensor:

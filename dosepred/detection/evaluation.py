@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from dosepred.io.patient import ROIS
-from dosepred.detection.data import SEEN, UNSEEN, Progress, SliceSet, class_index, network_input
+from dosepred.detection.data import SEEN, UNSEEN, SliceSet, class_index, network_input
 from dosepred.detection.detector import BLCDetector, Detections
 from dosepred.detection.metrics import average_precision, harmonic_mean, recall_at
+from dosepred.progress import Progress
 
 RECALL_IOUS = (0.4, 0.5, 0.6)
 

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dosepred.detection.data import Progress, SliceSet, network_input
+from dosepred.detection.data import SliceSet, network_input
 from dosepred.detection.detector import BLCDetector
 from dosepred.detection.embeddings import load_embeddings
 from dosepred.detection.network import DetectorConfig
 from dosepred.devices import hardware
 from dosepred.engine.loop import TrainingLoop, sample_seed
 from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
+from dosepred.progress import Progress
 
 LOG = "log.json"
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from dosepred.inference.loader import load_predictor
 from dosepred.inference.predictor import Predictor
 from dosepred.io.files import atomic_file
 from dosepred.networks import create_network
+from dosepred.progress import Progress
 
 TARGETS_FILE = "teacher_targets.safetensors"
 
@@ -57,7 +57,7 @@ class DistillationTrainer(Trainer):
                                              "critic_loss")
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Progress | None = None) -> None:
         """``progress(phase, done, total)`` reports the teachers' passes over the training patients."""
         self.progress = progress
         self.distill = {**DISTILL_DEFAULTS["distill"], **config.get("distill", {})}

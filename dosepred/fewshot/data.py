@@ -7,7 +7,7 @@ their orientation: no mirroring anywhere, since a left-right flip would turn one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dosepred.io import sources
+from dosepred.progress import Progress
 
 #: Meta-training classes (taken from training patients) and novel classes (evaluated on validation patients).
 CT_BASE: tuple[str, ...] = ("Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70")
@@ -25,7 +26,6 @@ DIGITS_NOVEL: tuple[str, ...] = ("5", "6", "7", "8", "9")
 #: CT window in HU mapped to [0, 1]: soft tissue and bone stay apart, air (and padding) is 0.
 HU_WINDOW: tuple[float, float] = (-400.0, 600.0)
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

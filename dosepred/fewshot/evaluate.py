@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dosepred.fewshot.data import EpisodeSampler, PatchSet, Progress
+from dosepred.fewshot.data import EpisodeSampler, PatchSet
+from dosepred.progress import Progress
 from dosepred.fewshot.losses import prototypes, proto_logits
 
 

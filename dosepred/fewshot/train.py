@@ -21,11 +21,12 @@ from torch.func import functional_call
 
 from dosepred.devices import hardware
 from dosepred.engine.loop import TrainingLoop, sample_seed
-from dosepred.fewshot.data import Episode, EpisodeSampler, Progress, load_patches
+from dosepred.fewshot.data import Episode, EpisodeSampler, load_patches
 from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
 from dosepred.fewshot.views import ViewFamily, apply_views, random_params
 from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
+from dosepred.progress import Progress
 
 METHODS: tuple[str, ...] = ("protonet", "random", "learned")
 GENERATOR_FILE = "generator.safetensors"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -12,3 +14,14 @@ class PatientDataError(ValueError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Report the operating system's complaints about reading ``path`` as a PatientDataError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise PatientDataError(path, "file not found") from None
+    except OSError as error:
+        raise PatientDataError(path, f"cannot read ({error.strerror})") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dosepred.io.errors import PatientDataError
+from dosepred.io.errors import PatientDataError, reading
 from dosepred.io.files import atomic_file, atomic_folder
 from dosepred.io.patient import CT_FILE_OFFSET, GRID_SHAPE, ROIS, Patient, check_dose, require_grid
 from dosepred.io.roi_names import warn_unmapped
@@ -69,18 +69,13 @@ def read_sparse(path: Path, *, values: bool, n_voxels: int) -> tuple[np.ndarray,
 
 def _header_size_and_ending(path: Path) -> tuple[bytes, int, bool]:
     """The first line (read up to a bound), the file size, and whether the file ends with a line break."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.readline(len(HEADER) + 16)
-            size = handle.seek(0, 2)
-            if size <= len(header):
-                return header, size, True
-            handle.seek(-1, 2)
-            return header, size, handle.read(1) == b"\n"
-    except FileNotFoundError:
-        raise PatientDataError(path, "file not found") from None
-    except OSError as error:
-        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
+    with reading(path), open(path, "rb") as handle:
+        header = handle.readline(len(HEADER) + 16)
+        size = handle.seek(0, 2)
+        if size <= len(header):
+            return header, size, True
+        handle.seek(-1, 2)
+        return header, size, handle.read(1) == b"\n"
 
 
 def _garbled(message: str, values: bool) -> str:
@@ -111,13 +106,8 @@ def read_mask(path: Path, shape: tuple[int, ...] = GRID_SHAPE) -> np.ndarray:
 def read_spacing(path: Path) -> tuple[float, float, float]:
     """Read ``voxel_dimensions.csv``: three positive numbers in mm, one per line."""
     expected = "expected 3 positive voxel sizes in mm, one per line"
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SPACING_BYTES + 1)
-    except FileNotFoundError:
-        raise PatientDataError(path, "file not found") from None
-    except OSError as error:
-        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
+    with reading(path), open(path, "rb") as handle:
+        data = handle.read(MAX_SPACING_BYTES + 1)
     if len(data) > MAX_SPACING_BYTES:
         raise PatientDataError(path, f"{expected}; the file is far longer")
     try:

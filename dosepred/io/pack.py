@@ -33,7 +33,7 @@ from pathlib import Path
 import jpeg_ls
 import numpy as np
 
-from dosepred.io.errors import PatientDataError
+from dosepred.io.errors import PatientDataError, reading
 from dosepred.io.files import atomic_file
 from dosepred.io.patient import ROIS, Patient, check_grid, check_patient_id
 
@@ -97,16 +97,14 @@ def sealed(header_bytes: bytes, streams: bytes) -> bytes:
 def read_patient(path: str | Path) -> Patient:
     """Read one ``.dpk`` file back into a Patient."""
     path = Path(path)
-    try:
+    with reading(path):
         if path.stat().st_size > MAX_PACK_BYTES:
             raise PatientDataError(path, f"larger than any pack file ({MAX_PACK_BYTES // 2**20} MiB)")
-        return _decode(path.read_bytes(), path)
+        data = path.read_bytes()
+    try:
+        return _decode(data, path)
     except PatientDataError:
         raise
-    except FileNotFoundError:
-        raise PatientDataError(path, "file not found") from None
-    except OSError as error:
-        raise PatientDataError(path, f"cannot read ({error.strerror})") from None
     except (ValueError, lzma.LZMAError, RuntimeError) as error:  # the stream decoders' own complaints
         raise PatientDataError(path, f"corrupt pack file ({error})") from None
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from dosepred.nas.space import SearchSpace
 from dosepred.networks.searched import Genotype
+from dosepred.progress import Progress
 
 
 def blockwise_search(space: SearchSpace, estimate: Callable[[Genotype], float], *, max_sweeps: int,
-                     report: Callable[[str, int, int], None]) -> tuple[Genotype, list[dict[str, Any]]]:
+                     report: Progress) -> tuple[Genotype, list[dict[str, Any]]]:
     """The best architecture found and the log of each sweep."""
     current = space.reference()
     log = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from dosepred.nas import selection
 from dosepred.nas.evaluator import Evaluator, SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
 from dosepred.nas.strategies import Budget, get_strategy
+from dosepred.progress import Progress
 
 
 #: What a search writes in its run folder.
@@ -26,7 +26,7 @@ OUTPUTS = ("config.yaml", "ranked.json", "teachers", "diversity.json", "log.json
 
 
 def run_search(config: dict[str, Any], output: Path, *, resume: bool = False, overwrite: bool = False,
-               progress: Callable[[str, int, int], None] | None = None) -> str:
+               progress: Progress | None = None) -> str:
     """Search, select teachers, write ranked.json, teachers/teacher_*.json, diversity.json, log.json.
 
     A folder that holds a search is refused unless ``resume`` continues it (the supernet from its last

@@ -14,9 +14,9 @@ from torch import nn
 
 from dosepred.nas.evaluator import Evaluator, ScoreBook, ScoreStore, SearchData, fingerprint
 from dosepred.nas.space import SearchSpace
+from dosepred.progress import Progress
 
 #: ``progress(phase, done, total)``: how a strategy reports long work.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from dosepred.engine.loop import lr_factor
 from dosepred.nas.cost import architecture_cost
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
-from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
+from dosepred.progress import Progress
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, paths_of
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype

@@ -28,7 +28,8 @@ from torch import nn
 from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
-from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
+from dosepred.progress import Progress
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Gate, Genotype, UNetSpaceNet

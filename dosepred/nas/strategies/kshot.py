@@ -31,7 +31,8 @@ from dosepred.engine.loop import warmup_cosine
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
-from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
+from dosepred.progress import Progress
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, training_batch
 from dosepred.networks.ops import SLOT_OPS, resampling
 from dosepred.networks.searched import Genotype

@@ -9,7 +9,8 @@ from typing import Any
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
-from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
+from dosepred.progress import Progress
 from dosepred.nas.supernet import FairSupernetTrainer, SupernetTrainer, fit_supernet, paths_of
 from dosepred.networks.ops import SLOT_OPS
 from dosepred.networks.searched import Genotype, UNetSpaceNet

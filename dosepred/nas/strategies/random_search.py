@@ -11,7 +11,8 @@ import numpy as np
 
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
-from dosepred.nas.strategies.base import Budget, Progress, SearchResult, Strategy, register_strategy, silent
+from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
+from dosepred.progress import Progress
 from dosepred.nas.strategies.lenas import train_supernet
 from dosepred.nas.supernet import paths_of
 
