@@ -37,7 +37,7 @@ def train(
             settings["network"] = _searched_network(genotype, settings["network"])
         if init is not None:
             settings["init"] = init
-        return Trainer(settings, output, resume=resume, overwrite=overwrite)
+        return Trainer(settings, output, resume=resume, overwrite=overwrite, progress=report)
 
     trainer = train_with_progress(output, config, overrides, resume=resume, threads=threads, defaults=DEFAULTS,
                                   label="train", build=build)

@@ -12,6 +12,7 @@ import torch
 from dosepred.io import sources
 from dosepred.data.augment import Augmentation
 from dosepred.data.transforms import model_inputs, patient_to_sample
+from dosepred.progress import Progress
 
 
 class PatientSamples:
@@ -19,20 +20,20 @@ class PatientSamples:
 
     def __init__(self, paths: list[Path], *, resolution: int, augmentation: Augmentation | None = None,
                  beam_angles: Sequence[float] | None = None, device: torch.device | str = "cpu",
-                 workers: int = 0) -> None:
-        """Read ``paths`` (in ``workers`` threads when > 1: decoding and geometry run in C and release the GIL)
+                 workers: int = 0, progress: Progress | None = None) -> None:
+        """Read ``paths`` in ``workers`` threads (at least one: decoding and geometry run in C and release the GIL)
         and keep the samples on ``device``: on a GPU the whole split lives in its memory and batches never
-        cross the bus."""
+        cross the bus. ``progress("patients", done, total)`` follows the reading."""
         self.paths = paths
         self.resolution = resolution
         self.augmentation = augmentation
         load = partial(_load, beam_angles=beam_angles)
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                samples = list(pool.map(load, paths))
-        else:
-            samples = [load(path) for path in paths]
-        self.samples = [{key: value.to(device) for key, value in sample.items()} for sample in samples]
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            self.samples = []
+            for sample in pool.map(load, paths):
+                self.samples.append({key: value.to(device) for key, value in sample.items()})
+                if progress is not None:
+                    progress("patients", len(self.samples), len(paths))
         self.attached: dict[str, list[torch.Tensor]] = {}
 
     @classmethod

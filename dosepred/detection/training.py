@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +15,6 @@ from dosepred.detection.network import DetectorConfig
 from dosepred.devices import hardware
 from dosepred.engine.loop import TrainingLoop, sample_seed
 from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
-from dosepred.progress import Progress
 
 LOG = "log.json"
 
@@ -26,11 +24,6 @@ class DetectorTrainer(TrainingLoop):
 
     ``progress(phase, done, total)`` reports the slices' extraction, which takes minutes on the full set.
     """
-
-    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 progress: Progress | None = None) -> None:
-        self.progress = progress
-        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def setup(self) -> None:
         if self.device.type != "cpu":

@@ -58,8 +58,7 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  progress: Progress | None = None) -> None:
-        """``progress(phase, done, total)`` reports the teachers' passes over the training patients."""
-        self.progress = progress
+        """``progress(phase, done, total)`` also reports the teachers' passes over the training patients."""
         self.distill = {**DISTILL_DEFAULTS["distill"], **config.get("distill", {})}
         network = {**config["network"], "out_channels": 2}  # dose + uncertainty
         if self.distill["detach_uncertainty"]:
@@ -68,7 +67,7 @@ class DistillationTrainer(Trainer):
                                  f"not the network {network.get('name')!r}")
             network["detached_uncertainty"] = True
         config = {**config, "network": network}
-        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
+        super().__init__(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
 
     def build_network(self) -> nn.Module:
         critic = {"in_channels": self.network_config()["in_channels"] + 1, **self.distill["critic"]}

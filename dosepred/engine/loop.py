@@ -34,6 +34,7 @@ from dosepred.devices import resolve_device, set_threads
 from dosepred.engine.config import save_config
 from dosepred.engine.distributed import Topology, any_rank, barrier, init_distributed, leave
 from dosepred.io.files import atomic_file, remove_outputs
+from dosepred.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class TrainingLoop:
     outputs: tuple[str, ...] = ("config.yaml", "checkpoints", "best", "metrics.csv", "curves.png")
 
     def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, progress: Progress | None = None) -> None:
+        """``progress(phase, done, total)`` reports the data preparation before the first step."""
         self.config = config
+        self.progress = progress
         if min(config["optim"]["steps"], config["optim"]["batch_size"], config["validate_every"],
                config["checkpoint_every"]) < 1:
             raise ValueError("optim.steps, optim.batch_size, validate_every and checkpoint_every must be at least 1")

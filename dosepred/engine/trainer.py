@@ -70,7 +70,8 @@ class Trainer(TrainingLoop):
         self.train_data = PatientSamples.from_source(data["train"], resolution=data["resolution"],
                                                      augmentation=Augmentation.for_data(data),
                                                      beam_angles=data["beam_angles"],
-                                                     device=self.device, workers=data["workers"])
+                                                     device=self.device, workers=data["workers"],
+                                                     progress=self.progress)
         self.build_validation_paths()
 
     def build_validation_paths(self) -> None:

@@ -26,7 +26,6 @@ from dosepred.fewshot.losses import info_nce, protonet_loss
 from dosepred.fewshot.networks import ConvEncoder, ProjectionHead, ViewGenerator
 from dosepred.fewshot.views import ViewFamily, apply_views, random_params
 from dosepred.models import WEIGHTS_FILE, ModelError, read_model, resolve_model, write_model
-from dosepred.progress import Progress
 
 METHODS: tuple[str, ...] = ("protonet", "random", "learned")
 GENERATOR_FILE = "generator.safetensors"
@@ -51,11 +50,6 @@ class FewShotTrainer(TrainingLoop):
 
     metric_fields = ("step", "train_loss", "lr", "accuracy", "contrastive_loss", "outer_loss", "outer_accuracy",
                      "elapsed_s")
-
-    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 progress: Progress | None = None) -> None:
-        self.progress = progress
-        super().__init__(config, run_dir, resume=resume, overwrite=overwrite)
 
     def setup(self) -> None:
         if self.device.type != "cpu":

@@ -100,7 +100,9 @@ def test_teacher_targets_are_kept_and_reused_only_for_the_same_teachers(tiny_pac
     first = DistillationTrainer(config, tmp_path / "first", progress=lambda *report: reported.append(report))
     first = first.train_data.attached["teacher_dose"]
     assert shared.is_file() and not (tmp_path / "first" / "teacher_targets.safetensors").exists()
-    assert reported == [("teacher targets", done, len(first)) for done in range(1, len(first) + 1)]
+    steps = range(1, len(first) + 1)  # the patients are read, then the teachers predict each
+    assert reported == [("patients", done, len(first)) for done in steps] + [("teacher targets", done, len(first))
+                                                                             for done in steps]
 
     calls = []
     original = distillation.teacher_targets
