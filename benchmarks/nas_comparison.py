@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 import hashlib
 import itertools
 import json
@@ -237,6 +238,11 @@ def main() -> None:
               f"{best_dose:>13} {best_dvh:>8} "
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
+    # How the finds were trained: a CPU without native bf16 trains in fp32, the truth's own runs may not have.
+    trained = Counter(f"{run.get('precision', 'precision not recorded')} on {run.get('hardware', run['device'])}"
+                      for found in runs.values() for run in found)
+    if trained:
+        print(f"stand-alone runs of the finds: {'; '.join(f'{n} {how}' for how, n in sorted(trained.items()))}")
     # Do the searches' errors cancel? The mean rank every search gives each architecture, against the truth.
     consensus = [float(r) for r in np.mean([rankdata(r["sample_estimates"]) for searches in results.values()
                                              for r in searches], axis=0)]

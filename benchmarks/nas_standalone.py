@@ -47,6 +47,7 @@ from scipy.stats import f_oneway, kendalltau
 from torch import nn
 
 from dosepred.data.dataset import ExpandedSamples, PatientSamples
+from dosepred.devices import hardware
 from dosepred.engine.config import ConfigError, load_config
 from dosepred.engine.trainer import Trainer
 from dosepred.io.files import atomic_file
@@ -171,7 +172,8 @@ class Recipe:
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
         """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, device type,
-        parameters. It prints a progress line at every tenth of its steps."""
+        parameters, precision (bf16 only where the hardware computes it natively, so a CPU without AMX or
+        AVX512-BF16 trains in fp32) and hardware. It prints a progress line at every tenth of its steps."""
         config = self.config(seed)
         config["network"] = {"name": "searched", "genotype": genotype, "channels": list(self.channels),
                              "stem_stride": self.stem_stride}
@@ -187,7 +189,8 @@ class Recipe:
         last = trainer.fit(report)[-1]
         return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
                 "seconds": round(time.perf_counter() - started, 1), "device": trainer.device.type,
-                "parameters": sum(p.numel() for p in trainer.network.parameters())}
+                "parameters": sum(p.numel() for p in trainer.network.parameters()),
+                "precision": "bf16" if trainer.amp else "fp32", "hardware": hardware(trainer.device)}
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:

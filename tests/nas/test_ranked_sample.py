@@ -4,12 +4,14 @@ and the merge of its per-seed results files; a search's own estimates read from 
 from __future__ import annotations
 
 import math
+import re
 import shutil
 
 import numpy as np
 import pytest
 
 from benchmarks.nas_standalone import merge_results, ranked_sample, tau_ceiling
+from dosepred.devices import cpu_has_bf16
 
 
 def test_the_sample_takes_first_last_and_evenly_spaced_ranks() -> None:
@@ -122,6 +124,7 @@ def test_a_recipe_from_a_training_config_trains_with_it(tiny_packs, tmp_path) ->
     genotype = SearchSpace((4, 8, 16, 32)).reference()
     run = recipe.run(genotype, 3, tmp_path / "run")
     assert run["seed"] == 3 and run["dose_score"] > 0
+    assert run["precision"] == ("bf16" if cpu_has_bf16() else "fp32") and run["hardware"].startswith("CPU ")
     described = recipe.describe()
     file.write_text(file.read_text() + "# edited\n")
     assert recipe.describe() != described  # another config file is another recipe
@@ -215,7 +218,10 @@ def test_the_comparison_searches_in_the_networks_asked_for_once_per_search_seed(
     assert "consensus of all 1 searches" in printed.out and "consensus_kendall_tau_b" in comparison
     assert not (tmp_path / "runs").exists()
     compare("config", "--search-seeds", "0", "1")  # the config's own networks: its widths on its grid, no beams
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("random:architectures=2 "))
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("random:architectures=2 "))
+    precision = "bf16" if cpu_has_bf16() else "fp32"
+    assert re.search(rf"stand-alone runs of the finds: [24] {precision} on CPU ", printed)  # 1-2 finds, 2 seeds
     assert row.count(" ± ") == 3  # search time, tau-b and the best found's dose: mean ± SD over the searches
     comparison = json.loads((tmp_path / "config" / "comparison.json").read_text())
     assert comparison["standalone_complete"] and (tmp_path / "runs" / "nas_comparison" / "config").is_dir()
