@@ -28,7 +28,6 @@ MIN_PIXELS = 4
 WINDOWS_HU: tuple[tuple[float, float], ...] = ((-1000.0, 1500.0), (-160.0, 240.0))
 
 
-
 def class_index(names: Sequence[str]) -> torch.Tensor:
     """Positions of ``names`` in ``ROIS`` (labels are ROI indices throughout)."""
     return torch.tensor([ROIS.index(name) for name in names], dtype=torch.long)

@@ -27,7 +27,6 @@ DIGITS_NOVEL: tuple[str, ...] = ("5", "6", "7", "8", "9")
 HU_WINDOW: tuple[float, float] = (-400.0, 600.0)
 
 
-
 @dataclass
 class PatchSet:
     """Images (N, 1, H, W) in [0, 1], integer labels into ``classes``, and the source (patient) of each."""

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from dosepred.fewshot.data import EpisodeSampler, PatchSet
-from dosepred.progress import Progress
 from dosepred.fewshot.losses import prototypes, proto_logits
+from dosepred.progress import Progress
 
 
 @dataclass(frozen=True)
