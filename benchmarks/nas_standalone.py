@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from scipy.stats import f as f_distribution
 from scipy.stats import f_oneway, kendalltau
 from torch import nn
@@ -55,6 +56,7 @@ from dosepred.nas.space import SearchSpace, genotype_key
 
 CHANNELS = (8, 16, 32, 64)  # the search's widths (configs/search_*.yaml)
 INHERITED = "starting from the supernet weights of"  # in a recipe's description: nas_ranking.py reads it
+CHECKPOINT_EVERY = 50  # steps: a run stopped (a session's end, a timeout) resumes from its last checkpoint
 
 
 class SharedDataTrainer(Trainer):
@@ -72,6 +74,12 @@ class SharedDataTrainer(Trainer):
             augmented = self.config["data"]["augment"]
             SharedDataTrainer.shared[key] = self.train_data if augmented else ExpandedSamples(self.train_data)
         self.train_data = SharedDataTrainer.shared[key]
+
+
+def same_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a run of exactly ``config`` (as the trainer wrote it)."""
+    saved = run_dir / "config.yaml"
+    return saved.is_file() and yaml.safe_load(saved.read_text()) == json.loads(json.dumps(config))
 
 
 def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> list[dict[str, Any]]:
@@ -164,16 +172,18 @@ class Recipe:
     def config(self, seed: int) -> dict[str, Any]:
         common = [f"seed={seed}", f"threads={self.threads}", f"device={self.device}", f"data.train={self.train}",
                   f"data.validation={self.validation}", f"optim.steps={self.steps}", f"validate_every={self.steps}",
-                  f"checkpoint_every={self.steps}"]
+                  f"checkpoint_every={min(self.steps, CHECKPOINT_EVERY)}"]
         if self.config_file is not None:
             return load_config(self.config_file, common)
         return load_config(None, [*common, f"data.resolution={self.resolution}", f"data.augment={self.augment}",
                                   f"optim.lr={self.lr}", "optim.warmup_steps=20", "optim.batch_size=2"])
 
     def run(self, genotype: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
-        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds, device type,
-        parameters, precision (bf16 only where the hardware computes it natively, so a CPU without AMX or
-        AVX512-BF16 trains in fp32) and hardware. It prints a progress line at every tenth of its steps."""
+        """One stand-alone run, scored at its last step: seed, dose and DVH scores, seconds (of training and
+        scoring, summed over resumes), device type, parameters, precision (bf16 only where the hardware computes it
+        natively, so a CPU without AMX or AVX512-BF16 trains in fp32) and hardware. A run folder that holds a
+        checkpoint of this very config resumes from it, any other is replaced. It prints a progress line at every
+        tenth of its steps."""
         config = self.config(seed)
         config["network"] = {"name": "searched", "genotype": genotype, "channels": list(self.channels),
                              "stem_stride": self.stem_stride}
@@ -183,12 +193,14 @@ class Recipe:
             if step % max(1, self.steps // 10) == 0:
                 print(f"{run_dir.name}: step {step}/{self.steps} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-        trainer = SharedDataTrainer(config, run_dir, overwrite=True)
-        if self.inherit is not None:
+        trainer = SharedDataTrainer(config, run_dir, resume=same_config(run_dir, config), overwrite=True)
+        if self.inherit is not None and not trainer.resuming:
             inherit_weights(trainer.network, Path(self.inherit))
+        if trainer.resuming:
+            print(f"{run_dir.name}: resumed at step {trainer.step}", flush=True)
         last = trainer.fit(report)[-1]
         return {"seed": seed, "dose_score": last["val_dose_score"], "dvh_score": last["val_dvh_score"],
-                "seconds": round(time.perf_counter() - started, 1), "device": trainer.device.type,
+                "seconds": round(trainer.trained_seconds, 1), "device": trainer.device.type,
                 "parameters": sum(p.numel() for p in trainer.network.parameters()),
                 "precision": "bf16" if trainer.amp else "fp32", "hardware": hardware(trainer.device)}
 

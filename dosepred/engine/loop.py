@@ -113,6 +113,8 @@ class TrainingLoop:
         self.step_log: dict[str, float] = {}
         self.best_score = math.inf
         self.history: list[dict[str, float]] = []
+        #: Seconds of ``fit`` so far, carried across resumes: the ``max_minutes`` budget counts them.
+        self.trained_seconds = 0.0
         if self.resuming:
             self.load_checkpoint(self.checkpoint_path)
         elif self.topology.is_main:
@@ -190,7 +192,7 @@ class TrainingLoop:
         return {
             "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "best_score": self.best_score,
-            "history": self.history, "torch_rng": torch.get_rng_state(),
+            "history": self.history, "trained_seconds": self.trained_seconds, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
@@ -201,6 +203,8 @@ class TrainingLoop:
         self.step = state["step"]
         self.best_score = state["best_score"]
         self.history = state["history"]
+        # A checkpoint from before trained_seconds was kept: its last validation row's time.
+        self.trained_seconds = float(state.get("trained_seconds", self.history[-1]["elapsed_s"] if self.history else 0))
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
@@ -224,7 +228,7 @@ class TrainingLoop:
         checkpointing on schedule and at the end; returns the metrics history."""
         total = self.config["optim"]["steps"]
         logged: list[dict[str, float]] = []
-        started = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        started = time.perf_counter() - self.trained_seconds
         minutes = self.config["optim"]["max_minutes"]
         budget_s = math.inf if minutes is None else 60 * minutes
         while self.step < total:
@@ -239,6 +243,7 @@ class TrainingLoop:
                 row = self._log_validation({**row, **means}, time.perf_counter() - started)
                 logged = []
             if self.step % self.config["checkpoint_every"] == 0 or last:
+                self.trained_seconds = time.perf_counter() - started
                 if self.topology.is_main:
                     self.save_checkpoint(self.checkpoint_path)
                 barrier(self.topology)

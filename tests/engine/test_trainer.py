@@ -50,6 +50,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_packs, tmp_path: Path) -> None:
         interrupted.fit(stop_after_checkpoint)
     resumed = Trainer(config, tmp_path / "resumed", resume=True)
     assert resumed.step == 3
+    assert resumed.trained_seconds == interrupted.trained_seconds > 0  # the time budget counts the first part
     resumed.fit()
     assert resumed.step == straight.step == 6
     for (name, a), (_, b) in zip(straight.network.state_dict().items(), resumed.network.state_dict().items()):

@@ -132,6 +132,46 @@ def test_a_recipe_from_a_training_config_trains_with_it(tiny_packs, tmp_path) ->
         Recipe.from_args(recipe_args("--recipe-config", str(file), "--lr", "0.1", "--resolution", "64"))
 
 
+def test_a_stopped_stand_alone_run_resumes_from_its_checkpoint(tiny_packs, tmp_path, monkeypatch) -> None:
+    from benchmarks import nas_standalone
+    from benchmarks.nas_standalone import Recipe, SharedDataTrainer
+    from dosepred.nas.space import SearchSpace
+
+    monkeypatch.setattr(nas_standalone, "CHECKPOINT_EVERY", 2)
+    recipe = Recipe.from_args(recipe_args("--steps", "4", "--resolution", "32", "--widths", "4", "8", "16", "32",
+                                          "--threads", "1", "--train", str(tiny_packs / "train"),
+                                          "--validation", str(tiny_packs / "validation")))
+    genotype = SearchSpace((4, 8, 16, 32)).reference()
+    straight = recipe.run(genotype, 0, tmp_path / "straight")
+
+    class SessionEnd(Exception):
+        pass
+
+    trained, stop = [], [True]
+    train_step = SharedDataTrainer.train_step
+
+    def stopped_in_step_3(self, batch):  # noqa: ANN001, ANN202
+        if self.step == 2 and stop:  # the session ends after the checkpoint at step 2
+            stop.clear()
+            raise SessionEnd
+        trained.append(self.step + 1)
+        return train_step(self, batch)
+
+    monkeypatch.setattr(SharedDataTrainer, "train_step", stopped_in_step_3)
+    with pytest.raises(SessionEnd):
+        recipe.run(genotype, 0, tmp_path / "run")
+    resumed = recipe.run(genotype, 0, tmp_path / "run")
+    assert trained == [1, 2, 3, 4]  # steps 1 and 2 were not trained again
+    assert (resumed["dose_score"], resumed["dvh_score"]) == (straight["dose_score"], straight["dvh_score"])
+    assert resumed["seconds"] > 0
+    other = Recipe.from_args(recipe_args("--steps", "3", "--resolution", "32", "--widths", "4", "8", "16", "32",
+                                         "--threads", "1", "--train", str(tiny_packs / "train"),
+                                         "--validation", str(tiny_packs / "validation")))
+    trained.clear()
+    other.run(genotype, 0, tmp_path / "run")  # another recipe: the folder's run is replaced, not continued
+    assert trained == [1, 2, 3]
+
+
 def test_the_proxies_run_on_the_ground_truths_networks_and_inputs(tiny_packs) -> None:
     from benchmarks.nas_ranking import proxy_estimates
     from dosepred.data.dataset import PatientSamples
