@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections import Counter
 import hashlib
 import itertools
 import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
