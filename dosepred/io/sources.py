@@ -75,17 +75,31 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         from dosepred.io.uploads import unpack_zip  # uploads reads patients through this module
 
         with temporary_folder() as tmp:
-            yield find_patients(unpack_zip(source, Path(tmp)))
+            yield find_patients(unpack_zip(source, Path(tmp), folder=_archive_stem(source)))
     elif source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
         with temporary_folder() as tmp:
+            unpacked = Path(tmp) / _archive_stem(source)
             try:
                 with tarfile.open(source) as archive:
-                    archive.extractall(tmp, filter=_bounded_data_filter(source))
+                    archive.extractall(unpacked, filter=_bounded_data_filter(source))
             except (tarfile.TarError, EOFError, OSError) as error:
                 raise PatientDataError(source, f"cannot unpack archive ({error})") from None
-            yield find_patients(Path(tmp))
+            yield find_patients(unpacked)
     else:
         yield find_patients(source)
+
+
+def _archive_stem(archive: Path) -> str:
+    """The archive's name without its suffix: the patient id of an archive that holds one patient's files at
+    its top (``pt_201.zip`` -> ``pt_201``), as a folder's name is its patient's."""
+    name = archive.name
+    for suffix in (".zip", *_TARBALL_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if not name or name.startswith("."):
+        raise PatientDataError(archive, "an archive's name gives its patient's id: name it like pt_201.zip")
+    return name
 
 
 def _bounded_data_filter(source: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:

@@ -78,23 +78,23 @@ def extract_zip(data: bytes, destination: Path) -> Path:
     return patients[0]
 
 
-def unpack_zip(archive_file: bytes | Path, destination: Path) -> Path:
-    """Check and unpack a zip (its bytes or its path) into ``destination/upload``, which is returned."""
+def unpack_zip(archive_file: bytes | Path, destination: Path, folder: str = "upload") -> Path:
+    """Check and unpack a zip (its bytes or its path) into ``destination/folder``, which is returned."""
     size = len(archive_file) if isinstance(archive_file, bytes) else archive_file.stat().st_size
     if size > MAX_ARCHIVE_BYTES:
         raise UploadError("upload", f"archive larger than {MAX_ARCHIVE_BYTES // 2**20} MiB")
     try:
         with zipfile.ZipFile(io.BytesIO(archive_file) if isinstance(archive_file, bytes) else archive_file) as archive:
             members = _checked_members(archive, size)
-            with atomic_folder(destination / "upload") as folder:
+            with atomic_folder(destination / folder) as unpacked:
                 for parts, entry in members:
-                    _unpack(archive, entry, folder.joinpath(*parts))
+                    _unpack(archive, entry, unpacked.joinpath(*parts))
     except UploadError:
         raise
     except _ZIP_ERRORS as error:
         raise UploadError("upload", "not a zip archive, or a corrupt, truncated, encrypted or unsupported one "
                           f"({type(error).__name__}: {_shown(str(error))})") from None
-    return destination / "upload"
+    return destination / folder
 
 
 def _checked_members(archive: zipfile.ZipFile, archive_bytes: int) -> list[tuple[tuple[str, ...], zipfile.ZipInfo]]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +32,28 @@ def test_every_sub_folder_of_a_split_is_a_patient_entry(phantom_split: Path, tmp
 def test_a_split_one_level_down_is_still_found(phantom_split: Path, tmp_path: Path) -> None:
     shutil.copytree(phantom_split, tmp_path / "extracted" / "train-pats")
     assert [path.name for path in sources.find_patients(tmp_path / "extracted")] == ["pt_1", "pt_2"]
+
+
+@pytest.mark.parametrize("archive", ["pt_9.zip", "pt_9.tar.gz"])
+def test_an_archive_of_one_patients_files_names_the_patient_after_the_archive(phantom_split: Path, tmp_path: Path,
+                                                                              archive: str) -> None:
+    # Two such archives must not share an id: outputs are named by it, and --continue skips by it.
+    files = sorted((phantom_split / "pt_1").iterdir())
+    if archive.endswith(".zip"):
+        with zipfile.ZipFile(tmp_path / archive, "w") as zipped:
+            for file in files:
+                zipped.write(file, file.name)
+    else:
+        with tarfile.open(tmp_path / archive, "w:gz") as tarred:
+            for file in files:
+                tarred.add(file, file.name)
+    with sources.open_patients(tmp_path / archive) as paths:
+        assert [path.name for path in paths] == ["pt_9"]
+        assert sources.read_patient(paths[0]).id == "pt_9"
+    hidden = tmp_path / ("." + archive)  # a hidden name would hide the patient from find_patients
+    hidden.write_bytes((tmp_path / archive).read_bytes())
+    with pytest.raises(PatientDataError, match="name it like"), sources.open_patients(hidden):
+        pass
 
 
 def test_a_folder_of_no_patient_is_refused(tmp_path: Path) -> None:
