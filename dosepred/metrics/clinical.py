@@ -8,7 +8,8 @@ includes the higher targets inside it, which a simultaneous boost also brings to
 
 Plan objectives (``constraints.yaml``, shipped and editable) are one line each, e.g. ``SpinalCord D0.1cc <
 45 Gy`` or ``PTV70 V95% >= 95 %``: a structure, a metric (``Dmean``, ``Dmax``, ``D<n>cc``, ``D<n>%``,
-``V<n>Gy``, ``V<n>%`` of the prescription), a comparison and a value.
+``V<n>Gy``, ``V<n>%`` of the prescription), a comparison and a value: a dose in Gy or, for a target, in % of
+its prescription (``PTV70 D95% >= 95 %``); a volume in % of the structure.
 """
 
 from __future__ import annotations
@@ -66,19 +67,22 @@ class Objective:
         return f"{self.roi} {self.metric} {self.op} {self.value:g} {self.unit}"
 
     def measure(self, dose: np.ndarray, mask: np.ndarray, voxel_volume_mm3: float) -> float:
-        """The objective's metric for one structure (Gy for D..., % for V...)."""
+        """The objective's metric for one structure, in the objective's unit: a dose in Gy or in % of the
+        structure's prescription, a volume in % of the structure."""
         values = dose[mask].astype(np.float64)
         number = float(re.sub(r"[^\d.]", "", self.metric) or 0)
-        prescription = PRESCRIPTION_GY.get(self.roi, 0.0)
+        if self.metric.startswith("V"):
+            gy = number if self.metric.endswith("Gy") else PRESCRIPTION_GY[self.roi] * number / 100
+            return volume_at_dose(values, gy)
         if self.metric == "Dmean":
-            return float(values.mean())
-        if self.metric == "Dmax":
-            return float(values.max())
-        if self.metric.endswith("cc"):
-            return dose_at_volume_cc(values, number, voxel_volume_mm3)
-        if self.metric.startswith("D"):
-            return dose_at_volume_percent(values, number)
-        return volume_at_dose(values, number if self.metric.endswith("Gy") else prescription * number / 100)
+            measured = float(values.mean())
+        elif self.metric == "Dmax":
+            measured = float(values.max())
+        elif self.metric.endswith("cc"):
+            measured = dose_at_volume_cc(values, number, voxel_volume_mm3)
+        else:
+            measured = dose_at_volume_percent(values, number)
+        return measured if self.unit == "Gy" else 100 * measured / PRESCRIPTION_GY[self.roi]
 
     def met(self, measured: float) -> bool:
         return {"<": measured < self.value, "<=": measured <= self.value, ">": measured > self.value,
@@ -101,9 +105,25 @@ def load_objectives(path: str | Path | None = None) -> list[Objective]:
         if match is None or match["roi"] not in ROIS:
             raise PatientDataError(path, f"objective {text!r} is not 'ROI METRIC OP VALUE UNIT' with ROI one of "
                                    f"{', '.join(ROIS)} (e.g. 'SpinalCord D0.1cc < 45 Gy')")
-        objectives.append(Objective(match["roi"], match["metric"], match["op"], float(match["value"]), match["unit"],
-                                    str(entry.get("source", ""))))
+        objective = Objective(match["roi"], match["metric"], match["op"], float(match["value"]), match["unit"],
+                              str(entry.get("source", "")))
+        if problem := _unit_problem(objective):
+            raise PatientDataError(path, f"objective {text!r}: {problem}")
+        objectives.append(objective)
     return objectives
+
+
+def _unit_problem(objective: Objective) -> str | None:
+    """Why the objective's unit cannot be measured, if it cannot: a volume is a % of the structure, and a %
+    of the prescription needs a structure that has one."""
+    volume = objective.metric.startswith("V")
+    if volume and objective.unit != "%":
+        return "a V metric is the percent of the structure that receives the dose: give its value in %"
+    of_prescription = objective.metric.endswith("%") if volume else objective.unit == "%"
+    if of_prescription and objective.roi not in PRESCRIPTION_GY:
+        return (f"{objective.roi} has no prescription, so a dose in % of it means nothing: give the dose in Gy "
+                f"(a % of the prescription is for {', '.join(PRESCRIPTION_GY)})")
+    return None
 
 
 def check_objectives(patient: Patient, dose: np.ndarray, objectives: list[Objective]) -> list[dict[str, object]]:

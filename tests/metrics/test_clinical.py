@@ -86,6 +86,24 @@ def test_a_malformed_objective_is_refused(tmp_path: Path) -> None:
         load_objectives(tmp_path / "o.yaml")
 
 
+def test_a_dose_in_percent_is_of_the_targets_prescription(phantom_small, tmp_path: Path) -> None:
+    (tmp_path / "o.yaml").write_text("objectives:\n  - objective: PTV70 D95% >= 95 %\n"
+                                     "  - objective: PTV70 D95% >= 60 Gy\n  - objective: PTV70 Dmax <= 107 %\n")
+    target = phantom_small.structures["PTV70"]
+    d95, dmax = dose_at_volume_percent(phantom_small.dose[target], 95), float(phantom_small.dose[target].max())
+    rows = check_objectives(phantom_small, phantom_small.dose, load_objectives(tmp_path / "o.yaml"))
+    assert [row["predicted"] for row in rows] == [round(100 * d95 / 70, 2), round(d95, 2), round(100 * dmax / 70, 2)]
+
+
+@pytest.mark.parametrize(("objective", "message"), [("SpinalCord V50% < 5 %", "SpinalCord has no prescription"),
+                                                    ("SpinalCord Dmax < 70 %", "SpinalCord has no prescription"),
+                                                    ("PTV70 V66.5Gy >= 95 Gy", "give its value in %")])
+def test_an_objective_whose_unit_cannot_be_measured_is_refused(tmp_path: Path, objective: str, message: str) -> None:
+    (tmp_path / "o.yaml").write_text(f"objectives:\n  - objective: {objective}\n")
+    with pytest.raises(PatientDataError, match=message):
+        load_objectives(tmp_path / "o.yaml")
+
+
 def test_evaluate_prints_and_writes_the_clinical_review(phantom_split: Path, tmp_path: Path) -> None:
     import json
 
