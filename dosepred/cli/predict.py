@@ -18,6 +18,13 @@ from dosepred.io.errors import PatientDataError
 from dosepred.io.phantom import make_phantom
 from dosepred.io.roi_names import RoiNames
 
+RoiNamesFile = Annotated[Path | None, typer.Option("--roi-names", help="ROI name table (YAML) for DICOM patients "
+                                                   "[default: the shipped dosepred/io/roi_names.yaml].",
+                                                   show_default=False)]
+Ptv = Annotated[list[str] | None, typer.Option("--ptv", help="NAME=GY: a DICOM target whose name does not carry its "
+                                               "prescription, e.g. --ptv PTV_High=70 (repeatable).", show_default=False)]
+
+
 @app.command()
 def predict(
     input: Annotated[Path, typer.Option("--input", "-i", help="One patient, or a folder of patients (OpenKBP CSV, "
@@ -31,12 +38,8 @@ def predict(
                                                         "nifti: <id>.nii.gz; rtdose: <id>.dcm (DICOM RT Dose; DICOM "
                                                         "patients: on their CT) [default: rtdose for DICOM patients, "
                                                         "openkbp-csv for the others].", show_default=False)] = None,
-    roi_names: Annotated[Path | None, typer.Option("--roi-names", help="ROI name table (YAML) for DICOM patients "
-                                                   "[default: the shipped dosepred/io/roi_names.yaml].",
-                                                   show_default=False)] = None,
-    ptv: Annotated[list[str] | None, typer.Option("--ptv", help="NAME=GY: a DICOM target whose name does not carry "
-                                                  "its prescription, e.g. --ptv PTV_High=70 (repeatable).",
-                                                  show_default=False)] = None,
+    roi_names: RoiNamesFile = None,
+    ptv: Ptv = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
@@ -94,10 +97,16 @@ def report(
     tta: Tta = True,
     objectives_file: ObjectivesFile = None,
     gamma: GammaText = "3,2,10",
+    roi_names: RoiNamesFile = None,
+    ptv: Ptv = None,
 ) -> None:
     """Predict one patient and write a self-contained HTML review: objectives, gamma, DVH, key slices."""
+    import warnings
+
     from dosepred.devices import DeviceError, resolve_device
     from dosepred.inference.loader import load_predictor
+    from dosepred.io.patient import require_grid
+    from dosepred.io.roi_names import UnmappedRoiWarning
     from dosepred.metrics.clinical import GammaCriteria, load_objectives
     from dosepred.models import ModelError, resolve_model
     from dosepred.visual.report import write_report
@@ -107,12 +116,18 @@ def report(
     try:
         criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
         objectives = load_objectives(objectives_file)
+        names = RoiNames.load(roi_names, prescriptions=_prescriptions(ptv or []))
         predictor = load_predictor(model, device=resolve_device(device))
         with sources.open_patients(input) as paths:
             if len(paths) != 1:
                 raise PatientDataError(input, f"holds {len(paths)} patients; a report is for one")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnmappedRoiWarning)
+                patient = sources.read_patient(paths[0], names)
+            for warning in caught:
+                console.print(f"[yellow]warning[/yellow] {escape(str(warning.message))}", soft_wrap=True)
+            require_grid(patient)
             with console.status("predicting and measuring"):
-                patient = sources.read_patient(paths[0])
                 write_report(patient, predictor.predict(patient, tta=tta), output, model=resolve_model(model).name,
                              objectives=objectives, gamma=criteria)
     except (ModelError, DeviceError, PatientDataError) as error:

@@ -78,6 +78,22 @@ def test_a_malformed_ptv_flag_is_refused(tiny_model: Path, clinic_batch: Path, t
 
 
 @requires_openkbp
+def test_a_report_takes_the_ptv_and_roi_name_flags_as_predict_does(tiny_model: Path, clinic_batch: Path,
+                                                                   tmp_path: Path) -> None:
+    folder = shutil.copytree(clinic_batch / "clinic_1", tmp_path / "clinic_1")
+    structures = pydicom.dcmread(folder / "RS.dcm")
+    for roi in structures.StructureSetROISequence:
+        roi.ROIName = roi.ROIName.replace("PTV_", "Target_")
+    structures.save_as(folder / "RS.dcm")
+    report = ["report", "-i", str(folder), "-o", str(tmp_path / "r.html"), "-m", str(tiny_model), "--no-tta"]
+    refused = runner.invoke(app, report)
+    assert refused.exit_code == 2 and "--ptv" in refused.output and not (tmp_path / "r.html").exists()
+    result = runner.invoke(app, [*report, "--ptv", "Target_7000=70"])
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "CTV_7000" in result.output  # the unmapped ROI, said once and plainly
+    assert "PTV70" in (tmp_path / "r.html").read_text()
+
+
 def test_the_dicom_route_predicts_a_real_patient_as_the_openkbp_route_does(tmp_path: Path) -> None:
     """pt_201 (5.42 x 5.42 x 3 mm voxels) as a 1.95 mm CT with TG-263 names and a shifted origin: read back
     onto the 3.9 x 3.9 x 2.5 mm working grid, predicted, its RT Dose brought back onto the OpenKBP grid."""

@@ -141,3 +141,11 @@ def test_report_writes_one_self_contained_html(tiny_model: Path, phantom_split: 
     refused = CliRunner().invoke(app, ["report", "-i", str(phantom_split), "-o", str(tmp_path / "r2.html"),
                                        "-m", str(tiny_model)])
     assert refused.exit_code == 2 and "a report is for one" in refused.output
+    from dosepred.io import nifti
+    from dosepred.io.phantom import make_phantom
+
+    nifti.write_patient(make_phantom((128, 128, 64)), tmp_path / "flat")  # the model would squeeze it into 128^3
+    refused = CliRunner().invoke(app, ["report", "-i", str(tmp_path / "flat"), "-o", str(tmp_path / "r3.html"),
+                                       "-m", str(tiny_model)])
+    assert refused.exit_code == 2 and "grid 128x128x64 differs" in refused.output.replace("\n", "")
+    assert not (tmp_path / "r3.html").exists()
