@@ -7,6 +7,7 @@ computes anything the library does not.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import ROIS, TARGETS, Patient, require_grid
 from dosepred.io.phantom import make_phantom
-from dosepred.io.roi_names import UnmappedRoiWarning
+from dosepred.io.roi_names import RoiNames, UnmappedRoiWarning
 from dosepred.io.uploads import extract_zip, patients_under, resolve_under, save_images
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.loader import load_predictor
@@ -42,6 +43,7 @@ HEADERS = {"roi": "structure", "metric": "metric", "predicted_gy": "predicted (G
            "difference_gy": "predicted − reference (Gy)"}
 DATA_ROOT_VARIABLE = "DOSEPRED_DATA_ROOT"
 MODEL_VARIABLE = "DOSEPRED_MODEL"
+ROI_NAMES_VARIABLE, PTV_VARIABLE = "DOSEPRED_ROI_NAMES", "DOSEPRED_PTV"  # dosepred app --roi-names, --ptv
 REFERENCE_GY = 70.0
 PANEL_CACHE = 96  # slice panels kept per session
 LAYOUTS = ("Three planes", "Side by side")
@@ -62,6 +64,16 @@ def model_name() -> str:
 def cached_predictor(model: str, device: str) -> Predictor | EnsemblePredictor:
     """A model or an ensemble, loaded by the one loader every command uses, once per process and device."""
     return load_predictor(model, device=torch.device(device))
+
+
+def roi_names() -> RoiNames:
+    """How a DICOM patient's ROI names map to the model's structures (``dosepred app --roi-names/--ptv``)."""
+    return cached_roi_names(os.environ.get(ROI_NAMES_VARIABLE) or None, os.environ.get(PTV_VARIABLE) or "{}")
+
+
+@st.cache_resource(show_spinner=False)
+def cached_roi_names(table: str | None, prescriptions: str) -> RoiNames:
+    return RoiNames.load(table, prescriptions=json.loads(prescriptions))
 
 
 @st.cache_resource(show_spinner=False)
@@ -90,7 +102,8 @@ def choose_patient(root: Path | None) -> tuple[str, Patient] | None:
         st.info(f"No patient folders under {root}.")
         return None
     name = st.sidebar.selectbox("Patient folder", names)
-    return f"root:{name}", remembered(f"root:{name}", lambda: sources.read_patient(resolve_under(root, name)))
+    return f"root:{name}", remembered(f"root:{name}", lambda: sources.read_patient(resolve_under(root, name),
+                                                                                  roi_names()))
 
 
 def remembered(key: str, load) -> Patient:  # noqa: ANN001 - a function returning a Patient
@@ -112,7 +125,7 @@ def read_upload(data: list[tuple[str, bytes]]) -> Patient:
     """Unpack an upload into a temporary folder, read the patient into memory, and remove the folder."""
     with tempfile.TemporaryDirectory(prefix="dosepred-upload-") as tmp:
         if len(data) == 1 and data[0][0].lower().endswith(".zip"):
-            return sources.read_patient(extract_zip(data[0][1], Path(tmp)))
+            return sources.read_patient(extract_zip(data[0][1], Path(tmp)), roi_names())
         return sources.read_patient(save_images(data, Path(tmp) / "upload"))
 
 

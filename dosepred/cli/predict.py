@@ -183,9 +183,12 @@ def viewer(
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder of patients the viewer may open; "
                                                    "nothing outside it is read.")] = None,
     model: ModelName = None,
+    roi_names: RoiNamesFile = None,
+    ptv: Ptv = None,
 ) -> None:
     """Start the Streamlit viewer (needs the 'app' extra: pip install -e '.[app]')."""
     import importlib.util
+    import json
     import os
     import sys
 
@@ -193,14 +196,24 @@ def viewer(
         raise fail("the viewer needs Streamlit: pip install -e '.[app]'")
     if data_root is not None and not data_root.is_dir():
         raise fail(f"{data_root}: not a folder")
+    prescriptions = _prescriptions(ptv or [])
+    try:
+        RoiNames.load(roi_names, prescriptions=prescriptions)  # refused here, not on the viewer's first patient
+    except PatientDataError as error:
+        raise fail(str(error)) from None
     script = Path(__file__).resolve().parents[1] / "app" / "main.py"
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--client.toolbarMode", "minimal"]  # no "Deploy" menu: this is a local viewer
-    environment = {k: v for k, v in os.environ.items() if k not in ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL")}
+    settings = ("DOSEPRED_DATA_ROOT", "DOSEPRED_MODEL", "DOSEPRED_ROI_NAMES", "DOSEPRED_PTV")
+    environment = {k: v for k, v in os.environ.items() if k not in settings}
     if data_root is not None:
         environment["DOSEPRED_DATA_ROOT"] = str(data_root.resolve())
     if model is not None:
         environment["DOSEPRED_MODEL"] = str(Path(model).resolve()) if Path(model).exists() else model
+    if roi_names is not None:
+        environment["DOSEPRED_ROI_NAMES"] = str(roi_names.resolve())
+    if prescriptions:
+        environment["DOSEPRED_PTV"] = json.dumps(prescriptions)
     console.print(f"dosepred viewer on http://127.0.0.1:{port} (Ctrl+C to stop)")
     os.execve(sys.executable, command, environment)  # Streamlit takes this process over: signals reach it directly

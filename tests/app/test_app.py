@@ -114,6 +114,33 @@ def test_unsafe_patients_under_the_data_root_are_refused(monkeypatch, tmp_path: 
     assert not list(Path(tempfile.gettempdir()).glob(f"{escape}*")) and not list(tmp_path.glob(f"{escape}*"))
 
 
+def test_a_dicom_target_named_at_the_clinics_will_opens_with_app_ptv(monkeypatch, tmp_path: Path) -> None:
+    import pydicom
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.dicom_export import write_dicom_patient
+
+    folder = tmp_path / "root" / "clinic_1"
+    write_dicom_patient(make_phantom((32, 32, 32)), folder, pixel_spacing=4.0)
+    structures = pydicom.dcmread(folder / "RS.dcm")
+    for roi in structures.StructureSetROISequence:
+        roi.ROIName = roi.ROIName.replace("PTV_", "Target_")
+    structures.save_as(folder / "RS.dcm")
+    for ptv in ({}, {"Target_7000": 70}):  # what `dosepred app --ptv Target_7000=70` passes on
+        monkeypatch.setenv("DOSEPRED_PTV", json.dumps(ptv))
+        at = run(monkeypatch, tmp_path / "root")
+        at.sidebar.radio[0].set_value("Patient under the data root").run()
+        assert not at.exception
+        if ptv:
+            assert not at.error
+        else:
+            assert "no usable target" in at.error[0].value and "--ptv" in at.error[0].value
+    assert "PTV70" in set(at.dataframe[0].value["structure"])
+    refused = CliRunner().invoke(app, ["app", "--ptv", "Target_7000"])
+    assert refused.exit_code == 2 and "expected NAME=GY" in refused.output
+
+
 def test_uncertainty_overlay_when_the_model_provides_it(monkeypatch, two_output_model: Path) -> None:
     monkeypatch.setenv("DOSEPRED_MODEL", str(two_output_model))
     at = run(monkeypatch)
