@@ -63,13 +63,15 @@ def _slices(patient: Patient, dose: np.ndarray) -> str:
     centre = np.argwhere(target).mean(0).round().astype(int) if target.any() else np.asarray(patient.shape) // 2
     index = {"axial": centre[2], "coronal": centre[0], "sagittal": centre[1]}
     rows = [("predicted", dose, "dose", {})]
+    dose_max = max(float(dose.max()), float(patient.dose.max()) if patient.dose is not None else 0.0)  # one scale
     if patient.dose is not None:
         difference = np.where(patient.possible_dose_mask, dose - patient.dose, np.nan)
         rows += [("reference", patient.dose, "dose", {}),
                  ("predicted − reference", dose, "difference", {"difference": difference})]
     return "".join(f"<h3>{name}</h3><div class='row'>"
                    + "".join(_image(slice_figure(patient, values, SliceView(plane=plane, index=int(index[plane]),
-                                                                            overlay=overlay), overlays))
+                                                                            overlay=overlay), overlays,
+                                                  dose_max))
                              for plane in PLANES) + "</div>" for name, values, overlay, overlays in rows)
 
 

@@ -100,9 +100,10 @@ def pixel_aspect(spacing: tuple[float, float, float], plane: str) -> float:
 
 
 def slice_figure(patient: Patient, dose: np.ndarray | None, view: SliceView,
-                 overlays: dict[str, np.ndarray] | None = None) -> Figure:
+                 overlays: dict[str, np.ndarray] | None = None, dose_max: float | None = None) -> Figure:
     """One slice: CT, the dose colourwash (or one of ``overlays``, see ``OVERLAYS``), isodose lines and
-    structure outlines."""
+    structure outlines. The dose colours run from 0 to ``dose_max`` (the dose's own maximum by default): give
+    figures that are compared side by side one scale."""
     axis = plane_axis(view.plane)
     index = patient.shape[axis] // 2 if view.index is None else int(np.clip(view.index, 0, patient.shape[axis] - 1))
     level, width = view.window
@@ -111,7 +112,9 @@ def slice_figure(patient: Patient, dose: np.ndarray | None, view: SliceView,
     extent_aspect = pixel_aspect(patient.spacing, view.plane)
     axes.imshow(take_slice(patient.ct, view.plane, index), cmap="gray", vmin=level - width / 2,
                 vmax=level + width / 2, aspect=extent_aspect, interpolation="nearest")
-    scale = wash_scale(view, float(dose.max()) if dose is not None else None, overlays or {})
+    if dose is not None and dose_max is None:
+        dose_max = float(dose.max())
+    scale = wash_scale(view, dose_max if dose is not None else None, overlays or {})
     if scale is not None:
         values = take_slice(overlays[view.overlay] if view.overlay in (overlays or {}) else dose, view.plane, index)
         shown = np.ma.masked_invalid(np.where(np.isinf(values), scale.high, values))

@@ -25,6 +25,16 @@ def test_slice_figure_draws_ct_dose_isodoses_and_outlines(phantom_small) -> None
         slice_figure(phantom_small, None, SliceView(plane="oblique"))
 
 
+def test_the_reports_predicted_and_reference_slices_share_one_dose_scale(phantom_small, monkeypatch) -> None:
+    from dosepred.visual import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_image", lambda figure: drawn.append(figure.axes[0].images[1].get_clim()) or "")
+    report._slices(phantom_small, phantom_small.dose * 0.9)
+    dose_rows = drawn[:6]  # predicted and reference, three planes each; the difference has its own scale
+    assert dose_rows == [(0.0, pytest.approx(float(phantom_small.dose.max())))] * 6
+
+
 def test_dvh_records_and_metrics_rows(phantom_small) -> None:
     predicted = phantom_small.dose * 0.9
     records = dvh_records(phantom_small, predicted)
