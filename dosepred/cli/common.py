@@ -100,6 +100,31 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def write_json(path: Path, content: object) -> None:
+    """Write a command's --json file whole: strict JSON (a NaN or infinity, e.g. HI of an all-zero dose, becomes
+    null, which every JSON reader takes), or fail with a message."""
+    import json
+    import math
+
+    from dosepred.io.files import atomic_file
+
+    def strict(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: strict(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(item) for item in value]
+        return value
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(strict(content), indent=2, allow_nan=False) + "\n")
+    except OSError as error:
+        raise fail(f"{path}: cannot write ({error.strerror or type(error).__name__})") from None
+
+
 def run_settings(output: Path, config: Path | None, overrides: list[str] | None, *, resume: bool,
                  defaults: dict[str, Any]) -> dict[str, Any]:
     """A training command's settings: the run's own config.yaml when resuming, else ``defaults`` updated by

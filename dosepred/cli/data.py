@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import GammaText, ObjectivesFile, app, console, fail, numbers, progress_bar
+from dosepred.cli.common import (GammaText, ObjectivesFile, app, console, fail, numbers, progress_bar,
+                                 write_json)
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.phantom import make_phantom
@@ -122,8 +122,7 @@ def evaluate(
     Console().print(f"patients: {evaluation.n}   dose score: {evaluation.dose_score:.4f} Gy   "
                     f"DVH score: {evaluation.dvh_score:.4f} Gy")
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(json_file, summary)
 
 
 def _print_clinical(clinical: dict) -> None:

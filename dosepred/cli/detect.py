@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar, train_with_progress)
+                                 progress_bar, train_with_progress, write_json)
 from dosepred.io.errors import PatientDataError
 
 detect_app = typer.Typer(help="BLC zero-shot detection of the structures in axial CT slices (seen/unseen split "
@@ -85,8 +84,7 @@ def detect_eval(
         table.add_row(name, *(f"{100 * value:.1f}" for value in values))
     Console().print(table)
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(json_file, results)
 
 
 @detect_app.command("embed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar, train_with_progress)
+                                 progress_bar, train_with_progress, write_json)
 from dosepred.io.errors import PatientDataError
 
 fewshot_app = typer.Typer(help="Few-shot classification of CT patches (or digits): ProtoNet, + contrastive with "
@@ -126,8 +125,7 @@ def fewshot_eval(
                       *(str(row[s]) for s in settings))
     Console().print(table)
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
         content = {"data": data.value, "classes": list(patches.classes), "episodes": episodes, "queries": queries,
                    "seed": seed, "rows": [{k: (vars(v) if hasattr(v, "ci95") else v) for k, v in row.items()}
                                           for row in rows]}
-        json_file.write_text(json.dumps(content, indent=2) + "\n")
+        write_json(json_file, content)

@@ -13,6 +13,7 @@ from typing import BinaryIO
 import numpy as np
 from matplotlib.figure import Figure
 
+from dosepred.io.files import atomic_file
 from dosepred.io.patient import Patient
 from dosepred.metrics import OpenKBPScorer, dvh_curves
 from dosepred.visual.slices import ROI_COLOURS
@@ -48,7 +49,8 @@ def metrics_csv(rows: list[dict[str, object]]) -> str:
 
 
 def write_metrics_csv(rows: list[dict[str, object]], path: Path) -> None:
-    path.write_text(metrics_csv(rows))
+    with atomic_file(path) as tmp:
+        tmp.write_text(metrics_csv(rows))
 
 
 def dvh_records(patient: Patient, predicted: np.ndarray, *, bin_width_gy: float = 0.5) -> list[dict[str, object]]:
@@ -85,7 +87,11 @@ def dvh_chart(records: list[dict[str, object]], title: str = "DVH"):  # noqa: AN
 
 def save_dvh_plot(patient: Patient, predicted: np.ndarray, path: Path | BinaryIO) -> None:
     """Cumulative DVHs per ROI as a PNG: predicted solid, reference dashed."""
-    dvh_figure(patient, predicted).savefig(path, dpi=110, format="png")
+    if isinstance(path, Path):
+        with atomic_file(path) as tmp:
+            dvh_figure(patient, predicted).savefig(tmp, dpi=110, format="png")
+    else:
+        dvh_figure(patient, predicted).savefig(path, dpi=110, format="png")
 
 
 def dvh_figure(patient: Patient, predicted: np.ndarray) -> Figure:

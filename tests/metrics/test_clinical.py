@@ -125,6 +125,30 @@ def test_evaluate_prints_and_writes_the_clinical_review(phantom_split: Path, tmp
     assert bad.exit_code == 2 and "expected 3 positive numbers" in bad.output
 
 
+def test_evaluate_json_is_strict_json_and_an_unwritable_path_is_a_message(phantom_split: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io import openkbp_csv
+
+    for pid in ("pt_1", "pt_2"):  # an all-zero prediction: HI's D50 is 0, so HI is not a number
+        openkbp_csv.write_submission(np.zeros((128, 128, 128), np.float32), tmp_path / f"{pid}.csv")
+    result = CliRunner().invoke(app, ["evaluate", str(phantom_split), str(tmp_path), "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    summary = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert summary["clinical"]["patients"]["pt_1"]["targets"]["PTV70"]["predicted"]["HI"] is None
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(app, ["evaluate", str(phantom_split), str(tmp_path), "--json",
+                                      str(tmp_path / "file" / "s.json")])
+    assert result.exit_code == 2 and "cannot write" in result.output  # a message, not a traceback
+
+
 def test_report_writes_one_self_contained_html(tiny_model: Path, phantom_split: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
