@@ -47,6 +47,7 @@ ROI_NAMES_VARIABLE, PTV_VARIABLE = "DOSEPRED_ROI_NAMES", "DOSEPRED_PTV"  # dosep
 REFERENCE_GY = 70.0
 PANEL_CACHE = 96  # slice panels kept per session
 LAYOUTS = ("Three planes", "Side by side")
+MAP_MAX_GAMMA = 2.0  # the gamma colourwash's search: a voxel beyond it reads "> 2"
 
 
 def data_root() -> Path | None:
@@ -152,7 +153,7 @@ def overlay(key: str, name: str, patient: Patient, dose: np.ndarray, uncertainty
     if name == "difference" and patient.dose is not None:
         return {name: np.where(patient.possible_dose_mask, dose - patient.dose, np.nan)}
     if name == "gamma" and patient.dose is not None:
-        return {name: cached_gamma(key, patient, dose, max_gamma=2.0).gamma}
+        return {name: cached_gamma(key, patient, dose, max_gamma=MAP_MAX_GAMMA).gamma}
     return {}
 
 
@@ -233,8 +234,9 @@ def show_views(key: str, patient: Patient, dose: np.ndarray, overlays: dict[str,
     readouts = [Readout("CT", patient.ct, "HU", 1.0), Readout("predicted", dose, "Gy", 0.01)]
     if reference is not None:
         readouts += [Readout("reference", reference, "Gy", 0.01), Readout("difference", dose - reference, "Gy", 0.01)]
-    readouts += [Readout(name, values, "Gy" if name == "uncertainty" else "", 0.01) for name, values in overlays.items()
-                 if name in ("gamma", "uncertainty")]
+    readouts += [Readout(name, values, "Gy" if name == "uncertainty" else "", 0.01,
+                         above=MAP_MAX_GAMMA if name == "gamma" else None)
+                 for name, values in overlays.items() if name in ("gamma", "uncertainty")]
     dose_max = max(float(dose.max()), float(reference.max()) if reference is not None else 0.0)
     dose_view = SliceView(**{**view.__dict__, "overlay": "dose"})
     dose_scale = wash_scale(dose_view, dose_max, {})

@@ -73,8 +73,13 @@ function panelElement(panel, number, setTriggerValue) {
     voxel[panel.row_axis] = row;
     voxel[panel.column_axis] = column;
     const at = row * panel.columns + column;
-    const parts = panel.readouts.map((r, i) =>
-      values[i][at] === -32768 ? `${r.label} –` : `${r.label} ${(values[i][at] * r.scale).toFixed(r.scale < 1 ? 2 : 0)} ${r.unit}`);
+    const digits = (r) => (r.scale < 1 ? 2 : 0);
+    const parts = panel.readouts.map((r, i) => {
+      const value = values[i][at];
+      if (value === -32768) return `${r.label} –`; // no value here
+      if (value === 32767) return `${r.label} > ${r.above.toFixed(digits(r))} ${r.unit}`; // over its ceiling
+      return `${r.label} ${(value * r.scale).toFixed(digits(r))} ${r.unit}`;
+    });
     return `voxel (${voxel.join(", ")}) · ${parts.join(" · ")}`;
   }
 

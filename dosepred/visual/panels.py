@@ -23,6 +23,7 @@ from dosepred.visual.slices import (DISPLAY_AXES, ROI_COLOURS, SliceView, WashSc
                                     take_slice)
 
 NO_VALUE = -32768  # int16 readout of a voxel without a value (outside the possible-dose mask, say)
+ABOVE = 32767  # int16 readout of a value over the readout's ceiling
 ISODOSE_COLOUR = "#ffffff"
 
 
@@ -34,6 +35,7 @@ class Readout:
     volume: np.ndarray
     unit: str
     scale: float  # int16 step: 1 HU, 0.01 Gy
+    above: float | None = None  # values over it read "> above" (a gamma beyond its search is inf)
 
 
 def crosshair_of(voxel: tuple[int, int, int], plane: str) -> tuple[int, int]:
@@ -56,10 +58,21 @@ def _png(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _int16(values: np.ndarray, scale: float) -> str:
-    """Little-endian int16 of ``values / scale`` (saturating), NO_VALUE where there is none (NaN)."""
-    steps = np.clip(np.round(np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf) / scale), -32767, 32767)
+def _int16(values: np.ndarray, scale: float, above: float) -> str:
+    """Little-endian int16 of ``values / scale``: ABOVE over ``above``, NO_VALUE where there is none (NaN)."""
+    steps = np.clip(np.round(np.nan_to_num(values, nan=0.0) / scale), -(ABOVE - 1), ABOVE - 1)
+    steps = np.where(values > above, ABOVE, steps)
     return base64.b64encode(np.where(np.isnan(values), NO_VALUE, steps).astype("<i2").tobytes()).decode()
+
+
+def _readout(readout: Readout, plane: str, index: int) -> dict[str, object]:
+    """What the viewer component reads out under the cursor: the values of one slice, and the ceiling
+    (the readout's own, or the int16 range) that a value over it reads as "> ceiling"."""
+    top = (ABOVE - 1) * readout.scale
+    above = top if readout.above is None else min(readout.above, top)
+    values = take_slice(readout.volume, plane, index).astype(np.float64)
+    return {"label": readout.label, "unit": readout.unit, "scale": readout.scale, "above": above,
+            "values": _int16(values, readout.scale, above)}
 
 
 def _lines(image: np.ndarray, level: float) -> list[list[float]]:
@@ -104,9 +117,7 @@ def slice_panel(patient: Patient, plane: str, index: int, *, title: str, wash: n
     return {"title": f"{title} · {plane} {index + 1}/{patient.shape[axis]}", "plane": plane, "rows": rows,
             "columns": columns, "aspect": pixel_aspect(patient.spacing, plane),
             "image": _png(np.round(rgb * 255).astype(np.uint8)), "lines": lines,
-            "readouts": [{"label": r.label, "unit": r.unit, "scale": r.scale,
-                          "values": _int16(take_slice(r.volume, plane, index).astype(np.float64), r.scale)}
-                         for r in readouts]}
+            "readouts": [_readout(readout, plane, index) for readout in readouts]}
 
 
 def legend(view: SliceView, scales: list[WashScale], patient: Patient) -> dict[str, object]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dosepred.visual.panels import NO_VALUE, Readout, crosshair_of, legend, slice_panel, voxel_of
+from dosepred.visual.panels import ABOVE, NO_VALUE, Readout, crosshair_of, legend, slice_panel, voxel_of
 from dosepred.visual.slices import PLANES, SliceView, take_slice, wash_scale
 
 
@@ -30,6 +30,18 @@ def test_a_click_lands_on_the_voxel_its_panel_shows(plane: str) -> None:
     volume = np.arange(32 * 33 * 34).reshape(32, 33, 34)  # every voxel its own value
     image = take_slice(volume, plane, moved[fixed])
     assert image[5, 7] == volume[moved]  # (row, column) of the displayed image is that voxel
+
+
+def test_a_gamma_beyond_its_search_reads_over_the_ceiling_not_a_number(phantom_small) -> None:
+    gamma = np.full(phantom_small.shape, np.nan)
+    gamma[:, :, 20] = np.resize([0.5, np.inf, np.nan, 1.7], phantom_small.shape[:2])
+    huge = np.full(phantom_small.shape, 1e6)  # over what int16 steps of 0.01 can hold
+    panel = slice_panel(phantom_small, "axial", 20, title="Predicted", wash=None, scale=None, view=SliceView(),
+                        isodose=None, readouts=[Readout("gamma", gamma, "", 0.01, above=2.0),
+                                                Readout("huge", huge, "Gy", 0.01)])
+    assert decode(panel, 0).ravel()[:4].tolist() == [50, ABOVE, NO_VALUE, 170]
+    assert panel["readouts"][0]["above"] == 2.0
+    assert np.all(decode(panel, 1) == ABOVE) and panel["readouts"][1]["above"] == pytest.approx(327.66)
 
 
 def test_readouts_hold_the_voxel_values_to_their_step(phantom_small) -> None:
