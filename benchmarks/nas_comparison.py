@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from scipy.stats import f_oneway, rankdata
 
 from benchmarks.nas_ranking import bootstrap_interval, file_name, parse_searcher, parse_searcher_label, tau_b
-from benchmarks.nas_standalone import Recipe, add_recipe_arguments
+from benchmarks.nas_standalone import Recipe, add_recipe_arguments, seed_table
 from dosepred.engine.config import SEARCH_DEFAULTS, load_config
 from dosepred.io.files import atomic_file
 from dosepred.devices import resolve_device
@@ -56,6 +56,7 @@ from dosepred.progress import Progress
 #: The strategies and the ablations the comparison asks for, each ``name[:option=value,...]`` (``parse_searcher``).
 VARIANTS = ["lenas", "lenas:sampling=fair", "random", "kshot", "kshot:k=1", "gold", "gold:pruning=hard", "fpnas",
             "fpnas:adaptive=false"]
+SETTINGS_FILE = "settings.json"  # what the cached results of an output folder were made with
 
 
 def architecture_id(genotype: dict[str, Any]) -> str:
@@ -140,6 +141,61 @@ def standalone_runs(args: argparse.Namespace, recipe: Recipe, truth_file: dict[s
     return runs, left
 
 
+def comparison_settings(recipe: Recipe, sample: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """What every result cached in an output folder depends on: the stand-alone recipe, the sample the estimates
+    are of (in order), and the search's budget, grid and networks. Not the threads, device or pack paths (a GPU
+    run reads the same patients from 32-HU packs; each run records where it trained)."""
+    data = config["data"]
+    return {"recipe": recipe.describe(), "sample": [architecture_id(genotype) for genotype in sample],
+            "seed": config["seed"],
+            "data": {key: data[key] for key in ("resolution", "augment", "beam_angles", "beam_rotation")},
+            "search": {key: value for key, value in config["search"].items()
+                       if key not in ("strategy", "options", "teachers", "diversity_weight", "pool")}}
+
+
+def check_settings(parser: argparse.ArgumentParser, out: Path, settings: dict[str, Any]) -> None:
+    """Refuse an output folder whose cached searches and runs were made with other settings; record them in a
+    new one."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != settings:
+            differ = sorted(key for key in {*recorded, *settings} if recorded.get(key) != settings.get(key))
+            parser.error(f"{out} holds results of other settings ({', '.join(differ)} differ; {path}): "
+                         "give another output folder")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def distinct_runs(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stand-alone runs of the searches' finds, each once: two searches that found the same architecture
+    share its runs, which would otherwise count twice."""
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in searches:
+        for run in r["best"]["standalone"]:
+            runs.setdefault((architecture_id(r["best"]["genotype"]), run["seed"]), run)
+    return list(runs.values())
+
+
+def variant_effect(results: dict[str, list[dict[str, Any]]], seeds: list[int]) -> tuple[float, float] | None:
+    """Do the variants' finds train differently? A one-way ANOVA of the finds' seed means (each find trained
+    with every seed, so the seeds' shared effect cancels) grouped by variant — the variant effect tested against
+    the spread between finds of one variant; None until two variants have every run."""
+    groups = []
+    for searches in results.values():
+        if all(len({run["seed"] for run in r["best"]["standalone"]}) == len(seeds) for r in searches):
+            finds = {architecture_id(r["best"]["genotype"]): statistics.mean(run["dose_score"] for run in r["best"]["standalone"])
+                     for r in searches}  # a find two searches share counts once
+            if len(finds) > 1:
+                groups.append(list(finds.values()))
+    if len(groups) < 2:
+        return None
+    anova = f_oneway(*groups)
+    return float(anova.statistic), float(anova.pvalue)
+
+
 def mean_spread(values: list[float], digits: int = 3) -> str:
     """Mean ± sample SD (nan for one value, or where a value is nan)."""
     spread = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
@@ -184,11 +240,13 @@ def main() -> None:
         parser.error(f"search.channels {config['search']['channels']} and the recipe's widths {list(recipe.channels)} "
                      "have different depths: the best found could not be trained stand-alone")
     torch.set_num_threads(args.threads)
-    architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
+    architectures, _, scores = seed_table(truth_file, args.seeds)  # the truth over the finds' own seeds
+    if len(architectures) < 3:
+        parser.error(f"{args.standalone}: fewer than 3 architectures with a run of every seed {args.seeds}")
     sample = [a["genotype"] for a in architectures]
-    per_seed = {seed: [next((r["dose_score"] for r in a["runs"] if r["seed"] == seed), float("nan")) for a in architectures]
-                for seed in args.seeds}
-    truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
+    per_seed = {seed: [float(score) for score in scores[:, column]] for column, seed in enumerate(args.seeds)}
+    truth = [float(score) for score in scores.mean(axis=1)]
+    check_settings(parser, args.out, comparison_settings(recipe, sample, config))
     data: SearchData | None = None
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}  # one search per search seed
     for name, search_seed in itertools.product(args.variants, args.search_seeds):
@@ -222,9 +280,9 @@ def main() -> None:
         for r in searches:
             r["best"]["standalone"] = runs.get(architecture_id(r["best"]["genotype"]), [])
         taus = [r["kendall_tau_b"]["mean"] for r in searches]
-        best_runs = [run for r in searches for run in r["best"]["standalone"]]
+        best_runs = distinct_runs(searches)
         average = lambda key: statistics.mean(r[key] for r in searches)  # noqa: E731
-        expected = len(searches) * len(args.seeds)
+        expected = len({architecture_id(r["best"]["genotype"]) for r in searches}) * len(args.seeds)
         if len(best_runs) == expected:
             best_dose = mean_spread([b["dose_score"] for b in best_runs])
             best_dvh = f"{statistics.mean(b['dvh_score'] for b in best_runs):.3f}"
@@ -238,6 +296,10 @@ def main() -> None:
               f"{best_dose:>13} {best_dvh:>8} "
               f"{statistics.mean(r['best']['parameters'] for r in searches):>9.0f} "
               f"{statistics.mean(r['best']['macs'] for r in searches) / 1e9:>6.2f}")
+    effect = variant_effect(results, args.seeds)
+    if effect is not None:
+        print(f"do the variants' finds train differently? one-way ANOVA of the finds' seed means by variant "
+              f"(complete rows): F = {effect[0]:.2f}, p = {effect[1]:.2f}")
     # How the finds were trained: a CPU without native bf16 trains in fp32, the truth's own runs may not have.
     trained = Counter(f"{run.get('precision', 'precision not recorded')} on {run.get('hardware', run['device'])}"
                       for found in runs.values() for run in found)
@@ -252,7 +314,8 @@ def main() -> None:
           f"{consensus_tau['mean']:.2f} (95 % interval {consensus_tau['interval'][0]:.2f} … "
           f"{consensus_tau['interval'][1]:.2f}; per seed {' '.join(f'{t:.2f}' for t in consensus_tau['per_seed'])})")
     summary = {"ground_truth": truth_file["recipe"], "consensus_kendall_tau_b": consensus_tau, "search": config, "search_seeds": args.search_seeds,
-               "standalone_complete": left == 0, "results": results, "truth_mean": truth, "truth_per_seed": per_seed}
+               "standalone_complete": left == 0, "results": results, "truth_mean": truth, "truth_per_seed": per_seed,
+               "variant_effect_anova": None if effect is None else {"F": effect[0], "p": effect[1]}}
     (args.out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

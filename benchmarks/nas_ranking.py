@@ -46,7 +46,7 @@ import torch
 import yaml
 from scipy.stats import kendalltau
 
-from benchmarks.nas_standalone import INHERITED
+from benchmarks.nas_standalone import INHERITED, full_width_entries, seed_table
 
 from dosepred.data.dataset import PatientSamples
 from dosepred.data.transforms import input_channels
@@ -102,7 +102,7 @@ def proxy_estimates(genotypes: list[dict], channels: tuple[int, ...], batch: dic
 
 def ranked_estimates(ranked: list[dict[str, Any]], genotypes: list[dict]) -> list[float]:
     """The estimated dose score that a search's ranked list gives each genotype (each must be in it)."""
-    by_key = {genotype_key(entry["genotype"]): entry["estimated_dose_score"] for entry in ranked}
+    by_key = {genotype_key(entry["genotype"]): entry["estimated_dose_score"] for entry in full_width_entries(ranked)}
     missing = [number for number, genotype in enumerate(genotypes) if genotype_key(genotype) not in by_key]
     if missing:
         raise ValueError(f"architectures {missing} of the ground truth are not in the ranked list")
@@ -204,13 +204,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     truth_file = json.loads(args.standalone.read_text())
-    architectures = [a for a in truth_file["architectures"] if len(a["runs"]) >= 2]
-    if len(architectures) < 3:
-        parser.error(f"{args.standalone}: fewer than 3 architectures with two seeds")
+    architectures, seeds, scores = seed_table(truth_file)  # every architecture over the same seeds
+    if len(architectures) < 3 or len(seeds) < 2:
+        parser.error(f"{args.standalone}: fewer than 3 architectures with the same two seeds or more")
     genotypes = [a["genotype"] for a in architectures]
-    seeds = sorted({run["seed"] for run in architectures[0]["runs"]})
-    per_seed = {seed: [next(r["dose_score"] for r in a["runs"] if r["seed"] == seed) for a in architectures] for seed in seeds}
-    truth = [statistics.mean(r["dose_score"] for r in a["runs"]) for a in architectures]
+    per_seed = {seed: [float(score) for score in scores[:, column]] for column, seed in enumerate(seeds)}
+    truth = [float(score) for score in scores.mean(axis=1)]
 
     channels = (8, 16, 32, 64)
     networks = truth_file.get("networks", {"channels": list(channels), "stem_stride": 1,

@@ -93,8 +93,17 @@ def architecture_sample(count: int, space: SearchSpace, seed: int = 2026) -> lis
     return sample
 
 
+def full_width_entries(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A search's ranked list at its full widths only: K-shot ranks its best genotypes again at narrower widths,
+    in the same list, and those estimates are of other networks."""
+    widest = max((entry["channels"] for entry in ranked if "channels" in entry), key=sum, default=None)
+    return [entry for entry in ranked if entry.get("channels", widest) == widest]
+
+
 def ranked_sample(count: int, ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``count`` genotypes at evenly spaced ranks of a search's ranked list, its first and last included."""
+    """``count`` genotypes at evenly spaced ranks of a search's ranked list (its full widths), its first and last
+    included."""
+    ranked = full_width_entries(ranked)
     if count < 2 or len(ranked) < count:
         raise ValueError(f"cannot spread {count} architectures over a ranking of {len(ranked)}")
     ranks = np.linspace(0, len(ranked) - 1, count).round().astype(int)
@@ -265,6 +274,21 @@ def seed_spread(runs: list[dict[str, Any]]) -> float:
     return statistics.stdev(scores) if len(scores) > 1 else float("nan")
 
 
+def seed_table(results: dict[str, Any],
+               seeds: list[int] | None = None) -> tuple[list[dict[str, Any]], list[int], np.ndarray]:
+    """The architectures that have a run of every one of ``seeds`` (by default the seeds that every architecture
+    with two runs or more shares), those seeds, and their dose scores [architecture, seed]. A truth averaged
+    over other seeds for other architectures would fold the seeds' own effect (one seed is easier for most
+    architectures) into the order it is meant to give."""
+    by_seed = [{run["seed"]: run["dose_score"] for run in a["runs"]} for a in results["architectures"]]
+    if seeds is None:
+        seed_sets = [set(scores) for scores in by_seed if len(scores) >= 2]
+        seeds = sorted(set.intersection(*seed_sets)) if seed_sets else []
+    kept = [number for number, scores in enumerate(by_seed) if all(seed in scores for seed in seeds)]
+    table = np.array([[by_seed[number][seed] for seed in seeds] for number in kept], dtype=float)
+    return [results["architectures"][number] for number in kept], list(seeds), table.reshape(len(kept), len(seeds))
+
+
 def blocked_anova(scores: np.ndarray) -> tuple[float, float]:
     """(F, p) of the architecture effect in a two-way ANOVA without interaction over ``scores[architecture,
     seed]``: the seed is a block, since it sets the batch order and augmentation of every architecture alike, so
@@ -282,7 +306,8 @@ def blocked_anova(scores: np.ndarray) -> tuple[float, float]:
 def tau_ceiling(scores: np.ndarray, draws: int = 4000, seed: int = 0) -> dict[str, list[float]]:
     """How high a Kendall tau-b against the seed mean of ``scores[architecture, seed]`` the seed noise lets any
     estimator reach, simulated under the blocked model of ``blocked_anova``: each architecture's true score (its
-    observed mean shrunk by the noise the mean still holds) plus normal noise of the residual variance per run.
+    observed mean's deviation scaled so that their variance is the means' less the noise the means still hold)
+    plus normal noise of the residual variance per run.
     "oracle": an estimator that knows the true scores; "one_more_seed": one more run of the same recipe (a
     search's finalists trained at the full budget). Each: [mean, 5th percentile, 95th percentile, P(tau-b >= 0.5)];
     empty where the architectures do not differ beyond the noise."""
@@ -294,7 +319,8 @@ def tau_ceiling(scores: np.ndarray, draws: int = 4000, seed: int = 0) -> dict[st
     if between <= noise / b:  # the means vary no more than their noise: nothing to rank
         return {}
     shrink = 1 - noise / b / between  # the true scores' share of the means' variance
-    truth = means.mean() + shrink * (means - means.mean())
+    # true scores with the true scores' variance (shrink x the means'): deviations scaled by its square root
+    truth = means.mean() + np.sqrt(shrink) * (means - means.mean())
     rng = np.random.default_rng(seed)
     taus: dict[str, list[float]] = {"oracle": [], "one_more_seed": []}
     for _ in range(draws):
@@ -325,13 +351,12 @@ def print_table(results: dict[str, Any]) -> None:
             anova = f_oneway(*groups)
             print(f"one-way ANOVA over the architectures: F = {anova.statistic:.2f}, p = {anova.pvalue:.3f}")
             by_seed = [{run["seed"]: run["dose_score"] for run in a["runs"]} for a in results["architectures"]]
-            seeds = sorted(set().union(*by_seed))
-            complete = [[scores[seed] for seed in seeds] for scores in by_seed if len(scores) == len(seeds)]
+            _, seeds, complete = seed_table(results, sorted(set().union(*by_seed)))
             if len(complete) > 1 and len(seeds) > 1:
-                statistic, p_value = blocked_anova(np.array(complete))
+                statistic, p_value = blocked_anova(complete)
                 print(f"two-way ANOVA, seed as block ({len(complete)} architectures with the same seeds): "
                       f"F = {statistic:.2f}, p = {p_value:.3f}")
-                for name, (mean, low, high, reach) in tau_ceiling(np.array(complete)).items():
+                for name, (mean, low, high, reach) in tau_ceiling(complete).items():
                     print(f"tau-b ceiling against the seed mean, {name.replace('_', ' ')}: {mean:.2f} "
                           f"(5-95 % {low:.2f}-{high:.2f}; P(>= 0.5) {reach:.2f})")
 
