@@ -126,7 +126,7 @@ def read_upload(data: list[tuple[str, bytes]]) -> Patient:
     """Unpack an upload into a temporary folder, read the patient into memory, and remove the folder."""
     with tempfile.TemporaryDirectory(prefix="dosepred-upload-") as tmp:
         if len(data) == 1 and data[0][0].lower().endswith(".zip"):
-            return sources.read_patient(extract_zip(data[0][1], Path(tmp)), roi_names())
+            return sources.read_patient(extract_zip(data[0][1], Path(tmp), data[0][0]), roi_names())
         return sources.read_patient(save_images(data, Path(tmp) / "upload"))
 
 

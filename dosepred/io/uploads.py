@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import re
 import stat
 import struct
 import unicodedata
@@ -70,9 +71,13 @@ def patients_under(root: Path) -> list[str]:
             if not entry.is_symlink() and sources.is_patient(entry)]
 
 
-def extract_zip(data: bytes, destination: Path) -> Path:
-    """Check and unpack an uploaded zip into ``destination/upload``; return the one patient it holds."""
-    patients = sources.find_patients(unpack_zip(data, destination))
+def extract_zip(data: bytes, destination: Path, name: str = "upload.zip") -> Path:
+    """Check and unpack an uploaded zip into ``destination``; return the one patient it holds. A zip of one
+    patient's files (no folder) names the patient after the zip, as ``predict`` does; the browser's name for it
+    is kept only when it is a plain id (letters, digits, '.', '_', '-')."""
+    stem = Path(name.replace("\\", "/")).name.removesuffix(".zip").removesuffix(".ZIP")
+    folder = stem if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", stem) else "upload"
+    patients = sources.find_patients(unpack_zip(data, destination, folder))
     if len(patients) != 1:
         raise UploadError("upload", f"expected one patient in the archive, found {len(patients)}")
     return patients[0]

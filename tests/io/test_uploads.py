@@ -38,6 +38,17 @@ def test_a_zipped_openkbp_patient_unpacks(patient_zip: bytes, tmp_path: Path) ->
     assert extract_zip(patient_zip, tmp_path).name == "pt_7"
 
 
+@pytest.mark.parametrize(("name", "patient"), [("pt_9.zip", "pt_9"), ("../../pt_9.zip", "pt_9"),
+                                               ("C:\\data\\pt_9.zip", "pt_9"), ("a b;rm.zip", "upload"),
+                                               (".hidden.zip", "upload"), ("x" * 70 + ".zip", "upload")])
+def test_a_zip_of_one_patients_files_is_named_after_the_upload_if_its_name_is_a_plain_id(
+        patient_zip: bytes, tmp_path: Path, name: str, patient: str) -> None:
+    with zipfile.ZipFile(io.BytesIO(patient_zip)) as folder_zip:  # the same files, at the top of the archive
+        flat = zip_of({Path(entry).name: folder_zip.read(entry) for entry in folder_zip.namelist()})
+    found = extract_zip(flat, tmp_path, name)
+    assert found.name == patient and found.parent == tmp_path
+
+
 @pytest.mark.parametrize("name", ["../evil.csv", "/etc/evil.csv", "pt/../../evil.csv"])
 def test_zip_path_traversal_is_refused(name: str, tmp_path: Path) -> None:
     with pytest.raises(UploadError, match="unsafe path"):
