@@ -115,6 +115,7 @@ class TrainingLoop:
         self.history: list[dict[str, float]] = []
         #: Seconds of ``fit`` so far, carried across resumes: the ``max_minutes`` budget counts them.
         self.trained_seconds = 0.0
+        self.logged: list[dict[str, float]] = []  # the steps' values since the last validation
         if self.resuming:
             self.load_checkpoint(self.checkpoint_path)
         elif self.topology.is_main:
@@ -192,7 +193,8 @@ class TrainingLoop:
         return {
             "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "best_score": self.best_score,
-            "history": self.history, "trained_seconds": self.trained_seconds, "torch_rng": torch.get_rng_state(),
+            "history": self.history, "trained_seconds": self.trained_seconds, "logged": self.logged,
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
@@ -205,6 +207,7 @@ class TrainingLoop:
         self.history = state["history"]
         # A checkpoint from before trained_seconds was kept: its last validation row's time.
         self.trained_seconds = float(state.get("trained_seconds", self.history[-1]["elapsed_s"] if self.history else 0))
+        self.logged = state.get("logged", [])  # the steps since the last validation: its train_loss averages them
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
@@ -227,21 +230,22 @@ class TrainingLoop:
         """Train to ``optim.steps`` (or to the end of ``optim.max_minutes``), validating, exporting and
         checkpointing on schedule and at the end; returns the metrics history."""
         total = self.config["optim"]["steps"]
-        logged: list[dict[str, float]] = []
         started = time.perf_counter() - self.trained_seconds
         minutes = self.config["optim"]["max_minutes"]
         budget_s = math.inf if minutes is None else 60 * minutes
+        if self.finished() or self.trained_seconds > budget_s:  # a resumed run that had already stopped
+            return self.history
         while self.step < total:
             loss = self.train_step(self.make_batch(self.step))
             self.step += 1
-            logged.append({"train_loss": loss, **self.step_log})
-            row: dict[str, float] = {"step": self.step, **logged[-1], "lr": self.scheduler.get_last_lr()[0]}
+            self.logged.append({"train_loss": loss, **self.step_log})
+            row: dict[str, float] = {"step": self.step, **self.logged[-1], "lr": self.scheduler.get_last_lr()[0]}
             last = (self.step == total or self.finished()
                     or any_rank(time.perf_counter() - started > budget_s, self.topology, self.device))
             if self.step % self.config["validate_every"] == 0 or last:
-                means = {key: float(np.mean([entry[key] for entry in logged])) for key in logged[-1]}
+                means = {key: float(np.mean([entry[key] for entry in self.logged])) for key in self.logged[-1]}
                 row = self._log_validation({**row, **means}, time.perf_counter() - started)
-                logged = []
+                self.logged = []
             if self.step % self.config["checkpoint_every"] == 0 or last:
                 self.trained_seconds = time.perf_counter() - started
                 if self.topology.is_main:

@@ -37,7 +37,8 @@ class Interrupt(Exception):
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_packs, tmp_path: Path) -> None:
-    config = tiny_config(tiny_packs, "optim.steps=6", "checkpoint_every=3", "validate_every=3")
+    # a checkpoint between validations: the resumed run's logged training loss must still average all six steps
+    config = tiny_config(tiny_packs, "optim.steps=6", "checkpoint_every=3", "validate_every=6")
     straight = Trainer(config, tmp_path / "straight")
     straight.fit()
 
@@ -56,6 +57,16 @@ def test_resume_equals_an_uninterrupted_run(tiny_packs, tmp_path: Path) -> None:
     for (name, a), (_, b) in zip(straight.network.state_dict().items(), resumed.network.state_dict().items()):
         assert torch.equal(a, b), name
     assert [r["val_dose_score"] for r in resumed.history] == [r["val_dose_score"] for r in straight.history]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+def test_a_run_its_time_budget_stopped_stays_stopped_when_resumed(tiny_packs, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "optim.steps=50", "optim.max_minutes=0.000001")
+    stopped = Trainer(config, tmp_path / "run")
+    stopped.fit()
+    assert stopped.step == 1
+    resumed = Trainer(config, tmp_path / "run", resume=True)
+    assert resumed.fit() == stopped.history and resumed.step == 1  # no step, validation or export more
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
