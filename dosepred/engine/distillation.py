@@ -97,7 +97,7 @@ class DistillationTrainer(Trainer):
             raise ValueError("distillation needs at least one teacher (distill.teachers)")
         teachers = []
         for name in self.distill["teachers"]:
-            loaded = load_predictor(name, device=self.device)
+            loaded = load_predictor(name, device=self.device, amp=self.amp)  # amp: false means fp32 targets too
             members = loaded.members if isinstance(loaded, EnsemblePredictor) else [loaded]  # an ensemble: each member
             for predictor in members:
                 if predictor.resolution != self.config["data"]["resolution"]:

@@ -90,6 +90,19 @@ def test_soft_targets_are_the_teachers_mean_and_spread(tiny_packs, teachers, tmp
     assert targets[1].max() > 0
 
 
+def test_teachers_compute_in_fp32_when_the_config_says_amp_false(tiny_packs, teachers, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from dosepred.engine import trainer as trainer_module
+    from dosepred.inference import predictor as predictor_module
+
+    for module in (trainer_module, predictor_module):  # a device where bf16 pays (a GPU, an AMX CPU)
+        monkeypatch.setattr(module, "fast_path", lambda device: True)
+    config = tiny_config(tiny_packs, "optim.steps=1", "amp=false")
+    config["distill"] = {"teachers": [str(p) for p in teachers]}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    assert not trainer.amp and not any(teacher.amp for teacher in trainer.load_teachers())
+
+
 def test_teacher_targets_are_kept_and_reused_only_for_the_same_teachers(tiny_packs, teachers, tmp_path: Path,
                                                                         monkeypatch) -> None:
     config = tiny_config(tiny_packs, "optim.steps=1")
