@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from dosepred.cli import app
 from dosepred.engine.config import DISTILL_DEFAULTS, load_config
-from dosepred.engine.losses import sorted_dose_l1
+from dosepred.engine.losses import masked_l1, sorted_dose_l1
 from dosepred.engine.trainer import Trainer
 from dosepred.inference.loader import load_predictor
 from dosepred.models import ModelError
@@ -31,6 +31,21 @@ def test_sorted_dose_loss_compares_dose_volume_histograms() -> None:
     shifted = target + 0.5
     assert float(sorted_dose_l1(shifted, target, structures)) == pytest.approx(0.5)
     assert float(sorted_dose_l1(shifted, target, torch.zeros_like(structures))) == 0.0
+
+
+def test_the_losses_of_a_batch_are_the_mean_of_its_samples_losses() -> None:
+    # torchrun averages the processes' gradients: a batch split over processes must give the loss of the whole
+    # batch, whatever the patients' sizes and ROI counts.
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.rand(2, 1, 4, 4, 4, generator=generator), torch.rand(2, 1, 4, 4, 4, generator=generator)
+    mask = torch.zeros(2, 1, 4, 4, 4)
+    mask[0, :, :3], mask[1, :, :1] = 1, 1  # 48 and 16 voxels
+    structures = torch.zeros(2, 3, 4, 4, 4)
+    structures[0, :, :2], structures[1, 0, 1:] = 1, 1  # three ROIs and one
+    for loss, weights in ((masked_l1, mask), (sorted_dose_l1, structures)):
+        whole = loss(prediction, target, weights)
+        halves = [loss(prediction[i : i + 1], target[i : i + 1], weights[i : i + 1]) for i in range(2)]
+        torch.testing.assert_close(whole, (halves[0] + halves[1]) / 2)
 
 
 def test_warm_start_keeps_weights_and_records_the_lineage(tiny_packs, tmp_path: Path) -> None:
