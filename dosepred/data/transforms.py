@@ -95,9 +95,9 @@ def model_inputs(batch: dict[str, torch.Tensor], *, resolution: int | None = Non
     if "dose" in batch:
         out["dose"] = batch["dose"].float()
     if resolution is not None and tuple(masks.shape[2:]) != (resolution,) * 3:
-        size = (resolution,) * 3
-        out = {key: F.interpolate(value, size=size, mode="nearest" if key == "possible_dose_mask" else "area")
-               for key, value in out.items()}
+        out = {key: F.interpolate(value, size=(resolution,) * 3, mode="area") for key, value in out.items()}
+        # the loss mask: coarse voxels at least half inside, centred where the other channels' averages are
+        out["possible_dose_mask"] = (out["possible_dose_mask"] >= 0.5).float()
     return out
 
 

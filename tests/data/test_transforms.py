@@ -92,6 +92,10 @@ def test_resize_keeps_masks_as_occupancy(phantom_small) -> None:
     assert inputs["image"].shape[2:] == (16, 16, 16)
     assert set(torch.unique(inputs["possible_dose_mask"]).tolist()) <= {0.0, 1.0}
     assert 0 < float(inputs["image"][0, 9].mean()) < 1
+    # the loss mask is the mask channel's coarse voxels at least half inside: no half-voxel offset between them
+    occupancy = torch.nn.functional.avg_pool3d(torch.from_numpy(phantom_small.possible_dose_mask[None, None]).float(),
+                                               phantom_small.shape[0] // 16)
+    assert torch.equal(inputs["possible_dose_mask"], (occupancy >= 0.5).float())
 
 
 def test_beam_rotation_turns_the_anatomy_about_the_long_axis() -> None:
