@@ -23,6 +23,7 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
+        self.reduction = reduction
         self.conv = conv_norm_act(channels, channels)
         hidden = max(1, channels // reduction)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Conv3d(channels, hidden, 1), nn.ReLU(inplace=True),

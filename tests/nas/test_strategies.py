@@ -20,7 +20,8 @@ from dosepred.nas.evaluator import (Evaluator, ScoreBook, ScoreStore, SearchData
 from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies import Budget, get_strategy, strategy_names
 from dosepred.nas.strategies.fpnas import ArchitectureDistribution, distribution_step, importance_weights, sample_count
-from dosepred.nas.strategies.kshot import KShotSupernet
+from dosepred.nas.strategies.kshot import KShotSupernet, width_channels
+from dosepred.nas.supernet import make_supernet
 from dosepred.networks.ops import SLOT_OPS
 from dosepred.networks.searched import build_network
 
@@ -105,21 +106,27 @@ def test_kshot_with_k_1_is_plain_weight_sharing(data: SearchData) -> None:
     assert len(result.weights.replicas) == 1
 
 
-def test_kshot_width_masking_runs_exactly_a_narrower_network() -> None:
-    """At width 0.5 no parameter of the upper half of any layer's channels may change the output."""
+@pytest.mark.parametrize(("channels", "ratio"), [((4, 8, 8), 0.5), ((8, 16, 16), 0.75)])
+def test_kshot_width_masking_runs_exactly_a_narrower_network(channels: tuple[int, ...], ratio: float) -> None:
+    """No parameter beyond what the narrower network has (layer by layer, the squeeze-and-excitation's
+    hidden units too: 6 // 4 = 1 at 8 x 0.75, not 0.75 x 8 // 4 = 2) may change the output at that width."""
     torch.manual_seed(0)
-    space = SearchSpace((4, 8, 8))
-    kshot = KShotSupernet(space, k=2, widths=[0.5, 1.0]).eval()
+    space = SearchSpace(channels)
+    kshot = KShotSupernet(space, k=2, widths=[ratio, 1.0]).eval()
+    kept = {name: parameter.shape[0]
+            for name, parameter in make_supernet(SearchSpace(tuple(width_channels(space, ratio)))).named_parameters()}
     genotype = space.sample(np.random.default_rng(4))
-    genotype["encoder"][0]["ops"] = ["se_conv3", "sep_conv3"]
+    for block in (*genotype["encoder"], *genotype["decoder"]):
+        block["ops"] = ["se_conv3", "sep_conv3"]
     lambdas = torch.full((len(kshot.modules_in_order), 2), 0.5)
     x = torch.randn(1, 10, 16, 16, 16)
     with torch.no_grad():
-        half, full = kshot(x, genotype, 0, lambdas), kshot(x, genotype, 1, lambdas)
-        for parameter in kshot.replicas.parameters():
-            if parameter.ndim >= 1 and parameter.shape[0] > 1:
-                parameter[-(parameter.shape[0] // 2):] += 1.0
-        torch.testing.assert_close(kshot(x, genotype, 0, lambdas), half)
+        narrow, full = kshot(x, genotype, 0, lambdas), kshot(x, genotype, 1, lambdas)
+        for replica in kshot.replicas:
+            for name, parameter in replica.named_parameters():
+                if parameter.ndim >= 1 and parameter.shape[0] > kept[name]:
+                    parameter[kept[name]:] += 1.0
+        torch.testing.assert_close(kshot(x, genotype, 0, lambdas), narrow)
         assert not torch.allclose(kshot(x, genotype, 1, lambdas), full)
 
 

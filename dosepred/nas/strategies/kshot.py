@@ -34,7 +34,7 @@ from dosepred.nas.space import SearchSpace
 from dosepred.nas.strategies.base import Budget, SearchResult, Strategy, register_strategy, silent
 from dosepred.progress import Progress
 from dosepred.nas.supernet import SupernetTrainer, fit_supernet, make_supernet, training_batch
-from dosepred.networks.ops import SLOT_OPS, resampling
+from dosepred.networks.ops import SLOT_OPS, SqueezeExcitation, resampling
 from dosepred.networks.searched import Genotype
 
 
@@ -76,12 +76,19 @@ class KShotSupernet(nn.Module):
         nn.init.zeros_(self.simplex[-1].weight)  # uniform lambda until the simplex-net has learnt something
         nn.init.zeros_(self.simplex[-1].bias)
         self.ratio = 1.0
+        # a squeeze-and-excitation's hidden layer has C // reduction units: a narrower network's, of its own C
+        self.excitations = {module.gate[1]: module for module in self.replicas[0].modules()
+                            if isinstance(module, SqueezeExcitation)}
         for module in self.replicas[0].modules():
             if not list(module.children()):  # every layer: conv, norm, activation, pooling, ...
                 module.register_forward_hook(self._keep_width)
 
     def _keep_width(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        keep = max(1, math.ceil(self.ratio * output.shape[1]))
+        excitation = self.excitations.get(module)
+        if excitation is not None:
+            keep = max(1, math.ceil(self.ratio * module.in_channels) // excitation.reduction)
+        else:
+            keep = max(1, math.ceil(self.ratio * output.shape[1]))
         if output.ndim != 5 or keep == output.shape[1]:
             return output
         mask = torch.zeros(output.shape[1], device=output.device, dtype=output.dtype)
