@@ -130,6 +130,19 @@ def test_kshot_width_masking_runs_exactly_a_narrower_network(channels: tuple[int
         assert not torch.allclose(kshot(x, genotype, 1, lambdas), full)
 
 
+@pytest.mark.parametrize(("strategy", "options"), [("gold", {"warmup_fraction": 0.0}), ("kshot", {"warmup_fraction": 0.0})])
+def test_a_gradient_that_is_not_finite_moves_neither_gates_nor_simplex_net(data: SearchData, monkeypatch,
+                                                                           strategy: str, options: dict) -> None:
+    from dosepred.nas.supernet import SupernetTrainer
+
+    finite = SupernetTrainer.path_loss
+    monkeypatch.setattr(SupernetTrainer, "path_loss", lambda self, run, samples: finite(self, run, samples) * float("nan"))
+    result = get_strategy(strategy, **options).search(SPACE, data, Budget(supernet_steps=2, batch_size=1, max_sweeps=1))
+    network = result.weights
+    extra = network.logits.parameters() if strategy == "gold" else network.simplex.parameters()
+    assert all(torch.isfinite(parameter).all() for parameter in extra)
+
+
 def test_gold_prunes_costly_ops_first_monotonically_and_the_cost_falls(data: SearchData) -> None:
     torch.manual_seed(0)
     strategy = get_strategy("gold", warmup_fraction=0.0, prune_every=1, threshold=0.4, max_pruned=3, mu_start=50.0,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dosepred.engine.loop import clip_and_step
 from dosepred.nas.cost import architecture_cost, macs_by_module
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace, genotype_key
@@ -240,7 +241,7 @@ class GoldTrainer(SupernetTrainer):
         gold.zero_grad(set_to_none=True)
         (task + self.mu * cost).backward()
         self.apply_gradients()
-        self.gates.step()
+        clip_and_step(self.gates, gold.logits.parameters(), grad_clip=None, skip_grad_norm=None)  # not on garbage
         if s["pruning"] == "gradual" and step >= self.warmup and (step + 1 - self.warmup) % s["prune_every"] == 0:
             pruned = gold.prune(s["threshold"], s["max_pruned"])
             if len(pruned) < s["min_pruned"]:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dosepred.engine.loop import warmup_cosine
+from dosepred.engine.loop import clip_and_step, warmup_cosine
 from dosepred.nas.blockwise import blockwise_search
 from dosepred.nas.evaluator import SearchData
 from dosepred.nas.space import SearchSpace
@@ -220,8 +220,8 @@ class KShotTrainer(SupernetTrainer):
         loss = self.path_loss(lambda image: kshot(image, genotype, width, lambdas), samples)
         kshot.zero_grad(set_to_none=True)
         loss.backward()
-        if simplex_step:
-            self.simplex_optimizer.step()
+        if simplex_step:  # as the weights: no step on a gradient that is not finite
+            clip_and_step(self.simplex_optimizer, kshot.simplex.parameters(), grad_clip=None, skip_grad_norm=None)
             kshot.zero_grad(set_to_none=True)
         else:
             self.apply_gradients()
