@@ -60,7 +60,8 @@ def _png(rgb: np.ndarray) -> str:
 
 def _int16(values: np.ndarray, scale: float, above: float) -> str:
     """Little-endian int16 of ``values / scale``: ABOVE over ``above``, NO_VALUE where there is none (NaN)."""
-    steps = np.clip(np.round(np.nan_to_num(values, nan=0.0) / scale), -(ABOVE - 1), ABOVE - 1)
+    finite = np.nan_to_num(values, nan=0.0, posinf=ABOVE * scale, neginf=-ABOVE * scale)
+    steps = np.clip(np.round(finite / scale), -(ABOVE - 1), ABOVE - 1)
     steps = np.where(values > above, ABOVE, steps)
     return base64.b64encode(np.where(np.isnan(values), NO_VALUE, steps).astype("<i2").tobytes()).decode()
 
