@@ -3,7 +3,9 @@ signals. The CLI is the only place that prints, shows progress and configures lo
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from dosepred.io.files import atomic_file
 from dosepred.progress import Progress as PhaseProgress  # rich's Progress draws it
 
 if TYPE_CHECKING:
@@ -103,10 +106,6 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def write_json(path: Path, content: object) -> None:
     """Write a command's --json file whole: strict JSON (a NaN or infinity, e.g. HI of an all-zero dose, becomes
     null, which every JSON reader takes), or fail with a message."""
-    import json
-    import math
-
-    from dosepred.io.files import atomic_file
 
     def strict(value: object) -> object:
         if isinstance(value, float) and not math.isfinite(value):
