@@ -89,14 +89,17 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         yield find_patients(source)
 
 
-def _archive_stem(archive: Path) -> str:
-    """The archive's name without its suffix: the patient id of an archive that holds one patient's files at
-    its top (``pt_201.zip`` -> ``pt_201``), as a folder's name is its patient's."""
-    name = archive.name
+def archive_stem(name: str) -> str:
+    """An archive's file name without its suffix (``pt_201.zip`` -> ``pt_201``): the patient id of an archive
+    that holds one patient's files at its top, as a folder's name is its patient's."""
     for suffix in (".zip", *_TARBALL_SUFFIXES):
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+            return name[: -len(suffix)]
+    return name
+
+
+def _archive_stem(archive: Path) -> str:
+    name = archive_stem(archive.name)
     if not name or name.startswith("."):
         raise PatientDataError(archive, "an archive's name gives its patient's id: name it like pt_201.zip")
     return name

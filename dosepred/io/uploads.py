@@ -75,7 +75,7 @@ def extract_zip(data: bytes, destination: Path, name: str = "upload.zip") -> Pat
     """Check and unpack an uploaded zip into ``destination``; return the one patient it holds. A zip of one
     patient's files (no folder) names the patient after the zip, as ``predict`` does; the browser's name for it
     is kept only when it is a plain id (letters, digits, '.', '_', '-')."""
-    stem = Path(name.replace("\\", "/")).name.removesuffix(".zip").removesuffix(".ZIP")
+    stem = sources.archive_stem(Path(name.replace("\\", "/")).name)
     folder = stem if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", stem) else "upload"
     patients = sources.find_patients(unpack_zip(data, destination, folder))
     if len(patients) != 1:
