@@ -34,6 +34,8 @@ def write_rt_dose(patient: Patient, dose: np.ndarray, path: Path) -> None:
     """Write ``dose`` (Gy, on the patient's grid) as a DICOM RT Dose file (see the module docstring)."""
     from pydicom.uid import generate_uid
 
+    if not (np.isfinite(dose).all() and dose.min() >= 0):
+        raise ValueError("an RT Dose holds finite doses of at least 0 Gy")
     if patient.clinic is not None:
         on_grid, grid = _crop(patient.clinic.dose_on_ct(dose), patient.clinic.ct_grid)
         attributes = dict(patient.clinic.attributes)

@@ -21,7 +21,7 @@ from dosepred.io import clinic
 from dosepred.io.clinic import Grid
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import AIR_HU, TARGETS, Patient, check_patient_id
-from dosepred.io.roi_names import BODY, RoiMapping, RoiNames, map_rois
+from dosepred.io.roi_names import BODY, RoiMapping, RoiNames, map_rois, warn_unmapped
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -30,8 +30,9 @@ MAX_FILES = 4000
 MAX_FILE_BYTES = 256 * 2**20
 MAX_CT_EDGE = 1024
 MAX_CT_VOXELS = 2**28
-#: Slices whose positions step unevenly by more than this (mm) are refused: the volume would be distorted.
-SLICE_STEP_TOLERANCE_MM = 0.01
+#: A slice further than this (mm) from its place in one evenly spaced stack along the slices' normal is refused:
+#: the volume would be distorted, and an RT Dose's frames (which step along the normal) would drift from the CT's.
+SLICE_POSITION_TOLERANCE_MM = 0.1
 #: CT values above this (HU) are the patient when no body contour is given: fat is ~ -100 HU, lung ~ -800.
 BODY_THRESHOLD_HU = -350.0
 #: Identifying attributes an RT Dose copies from the CT (patient, study, frame of reference).
@@ -86,15 +87,16 @@ def read_dicom_patient(folder: str | Path, names: RoiNames | None = None) -> Pat
         raise PatientDataError(structure_sets[0][0], f"cannot read the RTSTRUCT ({type(error).__name__})") from None
     slices = _ct_series(folder, headers, structure_set)
     grid = _check_geometry(folder, slices)
-    frame_uid = str(slices[0][1].get("FrameOfReferenceUID", ""))
+    _check_pixels_and_frame(folder, slices)
+    frame_uid = str(slices[0][1].FrameOfReferenceUID)
     referenced = {str(item.get("FrameOfReferenceUID", "")) for item in structure_set.get("ReferencedFrameOfReferenceSequence", [])}
-    if frame_uid and referenced and frame_uid not in referenced:
+    if referenced and frame_uid not in referenced:
         raise PatientDataError(folder, "the RTSTRUCT was drawn on another frame of reference than the CT")
     ct = _read_ct(folder, [path for path, _ in slices])
 
-    contours = _contours_by_name(structure_set, folder)
-    mapping = map_rois(list(contours), names, folder)
-    masks = {structure: np.logical_or.reduce([_rasterise(contours[name], grid) for name in roi_names])
+    rois = _contours(structure_set, folder, frame_uid)
+    mapping = map_rois(list(dict.fromkeys(name for name, _ in rois)), names, folder)
+    masks = {structure: np.logical_or.reduce([_rasterise(polygons, grid) for name, polygons in rois if name in roi_names])
              for structure, roi_names in mapping.structures.items()}
     if not any(target in masks and masks[target].any() for target in TARGETS):
         raise PatientDataError(folder, "no usable target: no ROI maps to a PTV (name it like PTV70 or PTV_7000, "
@@ -158,7 +160,7 @@ def _ct_series(folder: Path, headers: list, structure_set) -> list[tuple[Path, o
     """The CT slices the structure set refers to (or the only CT series), sorted along the slice normal."""
     series: dict[str, list] = {}
     for path, ds in headers:
-        if ds.get("SOPClassUID") == CT_IMAGE_STORAGE:
+        if ds.get("SOPClassUID") == CT_IMAGE_STORAGE and "LOCALIZER" not in ds.get("ImageType", []):  # not scouts
             series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
     referenced = {str(s.get("SeriesInstanceUID", "")) for f in structure_set.get("ReferencedFrameOfReferenceSequence", [])
                   for st in f.get("RTReferencedStudySequence", []) for s in st.get("RTReferencedSeriesSequence", [])}
@@ -169,11 +171,13 @@ def _ct_series(folder: Path, headers: list, structure_set) -> list[tuple[Path, o
     slices = series[chosen[0]]
     try:
         orientation = np.asarray(slices[0][1].ImageOrientationPatient, dtype=float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        slices.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, dtype=float))))
+        positions = [np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds in slices]
+        if orientation.shape != (6,) or any(position.shape != (3,) for position in positions):
+            raise ValueError
     except (AttributeError, ValueError, TypeError):
-        raise PatientDataError(folder, "CT slices without a valid position or orientation") from None
-    return slices
+        raise PatientDataError(folder, "CT slices without a valid position (3 numbers) or orientation (6)") from None
+    along = np.array(positions) @ np.cross(orientation[:3], orientation[3:])
+    return [slices[i] for i in np.argsort(along, kind="stable")]
 
 
 def _check_geometry(folder: Path, slices: list) -> Grid:
@@ -182,15 +186,16 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
     try:
         rows, columns = int(first.Rows), int(first.Columns)
         orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
-        pixel = [float(v) for v in first.PixelSpacing]  # (between rows, between columns)
+        pixel = np.asarray(first.PixelSpacing, dtype=float)  # (between rows, between columns)
         positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds in slices])
-        same = all(int(ds.Rows) == rows and int(ds.Columns) == columns
-                   and np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4)
-                   for _, ds in slices)
+        same = pixel.shape == (2,) and all(
+            int(ds.Rows) == rows and int(ds.Columns) == columns
+            and np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4)
+            and np.allclose(np.asarray(ds.PixelSpacing, dtype=float), pixel, rtol=0, atol=1e-4) for _, ds in slices)
     except (AttributeError, ValueError, TypeError):
         raise PatientDataError(folder, "CT slices without valid size, spacing, position or orientation") from None
     if not same:
-        raise PatientDataError(folder, "CT slices differ in size or orientation: not one series")
+        raise PatientDataError(folder, "CT slices differ in size, pixel spacing or orientation: not one series")
     x, y = orientation[:3], orientation[3:]
     if not (np.isfinite(positions).all() and np.isfinite(orientation).all()
             and np.allclose([x @ x, y @ y, x @ y], [1, 1, 0], atol=2e-3)):
@@ -202,45 +207,78 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
                                f"(at most {MAX_CT_EDGE} per axis)")
     if len(slices) < 2:
         raise PatientDataError(folder, "the CT series has fewer than 2 slices")
-    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-    if not all(np.isfinite(pixel)) or min(pixel) <= 0 or steps.min() <= 0 \
-            or steps.max() - steps.min() > SLICE_STEP_TOLERANCE_MM:
-        raise PatientDataError(folder, "CT slices are not evenly spaced (missing or duplicated slices?)")
-    normal = (positions[-1] - positions[0]) / np.linalg.norm(positions[-1] - positions[0])
-    if abs(np.dot(normal, np.cross(x, y))) < 0.999:
-        raise PatientDataError(folder, "the CT slices are not stacked along their normal (a tilted series)")
+    if not (np.isfinite(pixel).all() and pixel.min() > 0):
+        raise PatientDataError(folder, f"the CT's pixel spacing {pixel.tolist()} is not two positive numbers")
+    normal = np.cross(x, y)
+    step = float((positions[-1] - positions[0]) @ normal) / (len(slices) - 1)
+    expected = positions[0] + np.outer(np.arange(len(slices)), step * normal)
+    off = float(np.linalg.norm(positions - expected, axis=1).max())
+    if step <= SLICE_POSITION_TOLERANCE_MM or off > SLICE_POSITION_TOLERANCE_MM:
+        raise PatientDataError(folder, "CT slices are not evenly spaced along their normal (missing, duplicated or "
+                               f"unevenly spaced slices, or a tilted gantry): a slice lies {off:.2f} mm from its place "
+                               f"in a stack of {len(slices)} at {step:.3f} mm")
     direction = np.stack([x, y, normal], axis=1)
-    return Grid(tuple(float(v) for v in positions[0]), (pixel[1], pixel[0], float(steps.mean())),  # type: ignore[arg-type]
+    return Grid(tuple(float(v) for v in positions[0]), (float(pixel[1]), float(pixel[0]), step),
                 tuple(float(v) for v in direction.ravel()), (columns, rows, len(slices)))
 
 
+def _check_pixels_and_frame(folder: Path, slices: list) -> None:
+    """Refuse pixels the CT reader would misread and a CT without the frame and study an RT Dose must name."""
+    try:
+        kinds = {(int(ds.SamplesPerPixel), int(ds.BitsAllocated), str(ds.PhotometricInterpretation)) for _, ds in slices}
+        rescales = np.array([[float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))] for _, ds in slices])
+    except (AttributeError, ValueError, TypeError):
+        raise PatientDataError(folder, "CT slices without a valid pixel description or rescale slope and intercept") from None
+    if kinds != {(1, 16, "MONOCHROME2")}:
+        raise PatientDataError(folder, "CT pixels must be 16-bit greyscale (one sample, MONOCHROME2), as the CT Image "
+                               f"module requires; found {sorted(kinds)}")
+    if not (np.isfinite(rescales).all() and (rescales[:, 0] != 0).all()):
+        raise PatientDataError(folder, "the CT's rescale slope or intercept is not a finite number (a slope of 0)")
+    frames = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in slices}
+    if len(frames) != 1 or "" in frames or not str(slices[0][1].get("StudyInstanceUID", "")):
+        raise PatientDataError(folder, "the CT slices need one FrameOfReferenceUID and a StudyInstanceUID (the RT "
+                               "Dose names both)")
+
+
 def _read_ct(folder: Path, paths: list[Path]) -> np.ndarray:
-    """The CT in HU, [z, y, x], slices in the order given (SimpleITK applies rescale slope and intercept)."""
+    """The CT in HU, [z, y, x], slices in the order given (SimpleITK applies rescale slope and intercept).
+
+    Slice by slice: the geometry is checked from the headers already, and ITK's series reader would print its own
+    warning about slice positions the check accepts (within ``SLICE_POSITION_TOLERANCE_MM``).
+    """
     import SimpleITK as sitk
 
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(path) for path in paths])
     try:
-        image = reader.Execute()
-    except RuntimeError:
+        ct = np.concatenate([sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in paths]).astype(np.float32)
+    except (RuntimeError, ValueError):
         raise PatientDataError(folder, "cannot read the CT pixels (damaged or unsupported compression)") from None
-    ct = sitk.GetArrayFromImage(image).astype(np.float32)
     if not np.isfinite(ct).all():
         raise PatientDataError(folder, "CT contains NaN or infinite values")
     return ct
 
 
 # --- contours --------------------------------------------------------------------------------------
-def _contours_by_name(structure_set, folder: Path) -> dict[str, list[np.ndarray]]:
-    """ROI name -> its closed planar contours (N x 3 points, LPS mm)."""
-    names = {_roi_number(roi.get("ROINumber"), folder): str(roi.get("ROIName", "")).strip()
-             for roi in structure_set.get("StructureSetROISequence", [])}
-    contours: dict[str, list[np.ndarray]] = {}
+def _contours(structure_set, folder: Path, frame_uid: str) -> list[tuple[str, list[np.ndarray]]]:
+    """(name, closed planar contours as N x 3 points, LPS mm) of each ROI on the CT's frame of reference.
+
+    ROIs drawn on another frame (a registered MR's, say) are left out with a warning.
+    """
+    names, elsewhere = {}, []
+    for roi in structure_set.get("StructureSetROISequence", []):
+        name = str(roi.get("ROIName", "")).strip()
+        if str(roi.get("ReferencedFrameOfReferenceUID") or frame_uid) == frame_uid:
+            names[_roi_number(roi.get("ROINumber"), folder)] = name
+        else:
+            elsewhere.append(name)
+    warn_unmapped(elsewhere, folder, "their ReferencedFrameOfReferenceUID is not the CT's",
+                  why="drawn on another frame of reference than the CT")
+    contours = []
     for item in structure_set.get("ROIContourSequence", []):
         name = names.get(_roi_number(item.get("ReferencedROINumber"), folder))
         if not name:
             continue
-        polygons = contours.setdefault(name, [])
+        polygons: list[np.ndarray] = []
+        contours.append((name, polygons))
         for contour in item.get("ContourSequence", []):
             if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
                 continue
@@ -261,21 +299,31 @@ def _roi_number(value: object, folder: Path) -> int:
 
 
 def _rasterise(polygons: list[np.ndarray], grid: Grid) -> np.ndarray:
-    """Closed planar contours -> a mask on the CT grid ([z, y, x]); contours between slices go to the nearest."""
+    """One ROI's closed planar contours -> a mask on the CT grid ([z, y, x]).
+
+    Even-odd within a contour plane (an inner contour is a hole); planes between slices go to the nearest, and
+    planes that share a slice (an RTSTRUCT drawn on finer slices) are joined, not cut out of each other.
+    """
     from matplotlib.path import Path as Polygon
 
     columns, rows, depth = grid.size
     mask = np.zeros((depth, rows, columns), dtype=bool)
+    planes: dict[float, list[np.ndarray]] = {}
     for points in polygons:
         index = grid.to_index(points)
-        z = int(round(float(index[:, 2].mean())))
+        planes.setdefault(round(float(index[:, 2].mean()), 2), []).append(index[:, :2])
+    for position, plane in planes.items():
+        z = int(round(position))
         if not 0 <= z < depth:
             continue
-        low = np.clip(np.floor(index[:, :2].min(0)).astype(int), 0, [columns - 1, rows - 1])
-        high = np.clip(np.ceil(index[:, :2].max(0)).astype(int), 0, [columns - 1, rows - 1])
-        xs, ys = np.meshgrid(np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1))
-        inside = Polygon(index[:, :2]).contains_points(np.column_stack([xs.ravel(), ys.ravel()]))
-        mask[z, ys.ravel()[inside], xs.ravel()[inside]] ^= True  # even-odd: an inner contour is a hole
+        inside = np.zeros((rows, columns), dtype=bool)
+        for index in plane:
+            low = np.clip(np.floor(index.min(0)).astype(int), 0, [columns - 1, rows - 1])
+            high = np.clip(np.ceil(index.max(0)).astype(int), 0, [columns - 1, rows - 1])
+            xs, ys = np.meshgrid(np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1))
+            hit = Polygon(index).contains_points(np.column_stack([xs.ravel(), ys.ravel()]))
+            inside[ys.ravel()[hit], xs.ravel()[hit]] ^= True
+        mask[z] |= inside
     return mask
 
 

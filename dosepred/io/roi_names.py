@@ -130,8 +130,8 @@ def map_rois(names: list[str], table: RoiNames, where: str | Path) -> RoiMapping
     return RoiMapping(structures, unmapped)
 
 
-def warn_unmapped(names: list[str], where: str | Path, hint: str) -> None:
+def warn_unmapped(names: list[str], where: str | Path, hint: str, why: str = "not known to the model") -> None:
     """Warn (``UnmappedRoiWarning``) that these ROIs or ROI files are left out, if there are any."""
     if names:
-        warnings.warn(UnmappedRoiWarning(f"{where}: {len(names)} ROI(s) left out, not known to the model: "
+        warnings.warn(UnmappedRoiWarning(f"{where}: {len(names)} ROI(s) left out, {why}: "
                                          f"{', '.join(sorted(names))} ({hint})"), stacklevel=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import warnings
@@ -157,6 +158,18 @@ def _edit(folder: Path, pattern: str, change) -> None:  # noqa: ANN001
     ("RS.dcm", lambda ds: setattr(ds.ROIContourSequence[0], "ReferencedROINumber", None), "ROI without a valid number"),
     ("CT_0010.dcm", lambda ds: setattr(ds, "ImagePositionPatient", [*ds.ImagePositionPatient[:2], "NaN"]), "not finite"),
     ("CT_*.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0.5, 1, 0]), "at right angles"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1]), "orientation \\(6\\)"),
+    # A 1.1 degree gantry tilt: each 12 mm slice 0.24 mm further along x; RT Dose frames step along the normal.
+    ("CT_*.dcm", lambda ds: setattr(ds, "ImagePositionPatient", [ds.ImagePositionPatient[0] + 0.02 * ds.ImagePositionPatient[2],
+                                                                *ds.ImagePositionPatient[1:]]), "tilted gantry"),
+    ("CT_0010.dcm", lambda ds: setattr(ds, "ImagePositionPatient", [ds.ImagePositionPatient[0] + 0.3,
+                                                                    *ds.ImagePositionPatient[1:]]), "0.30 mm from its place"),
+    ("CT_0010.dcm", lambda ds: setattr(ds, "PixelSpacing", [4.5, 4.5]), "pixel spacing"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "PixelSpacing", [0, 0]), "not two positive numbers"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "BitsAllocated", 8), "16-bit greyscale"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "RescaleSlope", 0), "rescale slope"),
+    ("CT_*.dcm", lambda ds: delattr(ds, "FrameOfReferenceUID"), "FrameOfReferenceUID"),
+    ("CT_*.dcm", lambda ds: setattr(ds, "StudyInstanceUID", ""), "StudyInstanceUID"),
 ])
 def test_a_damaged_header_is_refused_with_its_fault(phantom_dicom, tmp_path: Path, pattern: str, change,
                                                    message: str) -> None:
@@ -197,6 +210,78 @@ def test_an_rtstruct_of_another_frame_of_reference_is_refused(phantom_dicom, tmp
     rs.save_as(folder / "RS.dcm")
     with pytest.raises(PatientDataError, match="another frame of reference"):
         read_quietly(folder)
+
+
+def test_slice_positions_rounded_to_a_tenth_of_a_millimetre_are_read(phantom_dicom, tmp_path: Path) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+    _edit(folder, "CT_00[0-9][13579].dcm", lambda ds: setattr(ds, "ImagePositionPatient",
+                                                              [*ds.ImagePositionPatient[:2], ds.ImagePositionPatient[2] + 0.05]))
+    assert read_quietly(folder).clinic.ct_grid.spacing[2] == pytest.approx(12.0, abs=0.01)
+
+
+def test_a_scout_in_the_series_is_left_out(phantom_dicom, tmp_path: Path) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+    scout = pydicom.dcmread(folder / "CT_0010.dcm")
+    scout.ImageType, scout.ImagePositionPatient = ["ORIGINAL", "PRIMARY", "LOCALIZER"], [0, 0, 1000]
+    scout.SOPInstanceUID = pydicom.uid.generate_uid()
+    scout.save_as(folder / "CT_scout.dcm")
+    np.testing.assert_array_equal(read_quietly(folder).ct, read_quietly(phantom_dicom[0]).ct)
+
+
+def _with_contours(folder: Path, change) -> None:  # noqa: ANN001
+    """Change the RTSTRUCT's PTV_7000: ``change(rs, roi, contours)`` with its StructureSetROISequence item and its
+    ROIContourSequence item."""
+    rs = pydicom.dcmread(folder / "RS.dcm")
+    roi = next(r for r in rs.StructureSetROISequence if r.ROIName == "PTV_7000")
+    contours = next(c for c in rs.ROIContourSequence if c.ReferencedROINumber == roi.ROINumber)
+    change(rs, roi, contours)
+    rs.save_as(folder / "RS.dcm")
+
+
+def test_contours_on_finer_slices_than_the_ct_are_joined(phantom_dicom, tmp_path: Path) -> None:
+    """An RTSTRUCT drawn every 3 mm on a 12 mm CT: two contour planes share each slice, and neither cuts the other."""
+    folder = _copy(phantom_dicom[0], tmp_path)
+
+    def add_planes(rs, roi, item) -> None:  # noqa: ANN001
+        for contour in list(item.ContourSequence):
+            finer = copy.deepcopy(contour)
+            finer.ContourData = [v + 3.0 * (i % 3 == 2) for i, v in enumerate(contour.ContourData)]  # z + 3 mm
+            item.ContourSequence.append(finer)
+
+    _with_contours(folder, add_planes)
+    expected = read_quietly(phantom_dicom[0]).structures["PTV70"]
+    assert expected.any()
+    np.testing.assert_array_equal(read_quietly(folder).structures["PTV70"], expected)
+
+
+def test_two_rois_of_one_name_are_joined(phantom_dicom, tmp_path: Path) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+
+    def duplicate(rs, roi, item) -> None:  # noqa: ANN001
+        twin, twin_item = copy.deepcopy(roi), copy.deepcopy(item)
+        twin.ROINumber = twin_item.ReferencedROINumber = 99
+        rs.StructureSetROISequence.append(twin)
+        rs.ROIContourSequence.append(twin_item)
+
+    _with_contours(folder, duplicate)
+    np.testing.assert_array_equal(read_quietly(folder).structures["PTV70"], read_quietly(phantom_dicom[0]).structures["PTV70"])
+
+
+def test_an_roi_on_another_frame_of_reference_is_left_out_with_a_warning(phantom_dicom, tmp_path: Path) -> None:
+    folder = _copy(phantom_dicom[0], tmp_path)
+    _with_contours(folder, lambda rs, roi, item: setattr(roi, "ReferencedFrameOfReferenceUID", pydicom.uid.generate_uid()))
+    with pytest.warns(UnmappedRoiWarning, match="another frame of reference.*PTV_7000"):
+        read = read_dicom_patient(folder)
+    assert "PTV70" not in read.structures and "PTV63" in read.structures
+
+
+def test_an_rt_dose_refuses_negative_or_nan_doses(phantom_small, tmp_path: Path) -> None:
+    for value in (-1.0, np.nan):
+        dose = phantom_small.dose.copy()
+        dose[0, 0, 0] = value
+        with pytest.raises(ValueError, match="at least 0 Gy"):
+            write_rt_dose(phantom_small, dose, tmp_path / "rd.dcm")
+    assert not (tmp_path / "rd.dcm").exists()
 
 
 def test_dicom_folders_are_found_among_patients(phantom_dicom, tmp_path: Path) -> None:
