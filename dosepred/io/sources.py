@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,6 @@ from dosepred.io.patient import Patient, check_dose
 from dosepred.io.roi_names import RoiNames
 
 _TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
-#: Bounds on what a tarball unpacks to, from its members' headers before each is written (OpenKBP's training
-#: split: 2153 files, 869 MiB, 6.6 times its .tar.xz): no archive fills the disk from a few kilobytes.
-MAX_TAR_UNPACKED_BYTES = 16 * 2**30
-MAX_TAR_ENTRIES = 200_000
-MAX_TAR_RATIO = 100
 
 
 def natural_key(path: Path) -> tuple:
@@ -70,21 +64,15 @@ def find_patients(source: Path) -> list[Path]:
 @contextlib.contextmanager
 def open_patients(source: str | Path) -> Iterator[list[Path]]:
     """Yield the patient paths of ``source``; a tarball or zip is unpacked to a temporary folder first."""
+    from dosepred.io.uploads import unpack_tar, unpack_zip  # uploads reads patients through this module
+
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".zip":
-        from dosepred.io.uploads import unpack_zip  # uploads reads patients through this module
-
         with temporary_folder() as tmp:
             yield find_patients(unpack_zip(source, Path(tmp), folder=_archive_stem(source)))
     elif source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
         with temporary_folder() as tmp:
-            unpacked = Path(tmp) / _archive_stem(source)
-            try:
-                with tarfile.open(source) as archive:
-                    archive.extractall(unpacked, filter=_bounded_data_filter(source))
-            except (tarfile.TarError, EOFError, OSError) as error:
-                raise PatientDataError(source, f"cannot unpack archive ({error})") from None
-            yield find_patients(unpacked)
+            yield find_patients(unpack_tar(source, Path(tmp), folder=_archive_stem(source)))
     else:
         yield find_patients(source)
 
@@ -103,23 +91,6 @@ def _archive_stem(archive: Path) -> str:
     if not name or name.startswith("."):
         raise PatientDataError(archive, "an archive's name gives its patient's id: name it like pt_201.zip")
     return name
-
-
-def _bounded_data_filter(source: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
-    """tarfile's "data" filter (it refuses absolute paths, '..' and links out of the folder), which also
-    refuses the archive once its members add up to more than the bounds above."""
-    limit = min(MAX_TAR_UNPACKED_BYTES, MAX_TAR_RATIO * source.stat().st_size)
-    unpacked, entries = 0, 0
-
-    def bounded(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
-        nonlocal unpacked, entries
-        unpacked, entries = unpacked + member.size, entries + 1
-        if unpacked > limit or entries > MAX_TAR_ENTRIES:
-            raise PatientDataError(source, f"unpacks to more than {limit // 2**20} MiB ({MAX_TAR_RATIO} times its "
-                                   f"size at most) or {MAX_TAR_ENTRIES} files")
-        return tarfile.data_filter(member, destination)
-
-    return bounded
 
 
 def read_patient(path: str | Path, roi_names: RoiNames | None = None) -> Patient:

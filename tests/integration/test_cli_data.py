@@ -35,7 +35,7 @@ def test_a_tarball_bomb_stops_before_it_fills_the_disk(tmp_path: Path, monkeypat
     import io
     import tempfile
 
-    from dosepred.io import sources
+    from dosepred.io import uploads
 
     archive = tmp_path / "bomb.tar.xz"
     with tarfile.open(archive, "w:xz") as tar:  # 40 MiB of zeros in a few kilobytes
@@ -48,7 +48,7 @@ def test_a_tarball_bomb_stops_before_it_fills_the_disk(tmp_path: Path, monkeypat
     result = runner.invoke(app, ["prepare", str(archive), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "100 times its size" in " ".join(result.output.split()), result.output
     assert not any((tmp_path / "tmp").iterdir())  # the little it unpacked is gone too
-    assert sources.MAX_TAR_RATIO * archive.stat().st_size < 20 * 2**20  # the first member alone is over the bound
+    assert uploads.MAX_TAR_RATIO * archive.stat().st_size < 20 * 2**20  # the first member alone is over the bound
 
 
 def test_prepare_reports_a_bad_patient_and_converts_the_rest(phantom_split: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import stat
 import struct
+import tarfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from dosepred.io import nifti, openkbp_csv
 from dosepred.io.errors import PatientDataError
 from dosepred.io.phantom import make_phantom
-from dosepred.io.uploads import UploadError, extract_zip, patients_under, resolve_under, save_images
+from dosepred.io.uploads import (MAX_TAR_HEADER_BYTES, UploadError, extract_zip, patients_under, resolve_under,
+                                 save_images, unpack_tar)
 
 
 def zip_of(entries: dict[str, bytes], *, link: str | None = None) -> bytes:
@@ -182,3 +184,59 @@ def test_two_uploads_for_one_image_are_refused(phantom_small, tmp_path: Path) ->
     with pytest.raises(UploadError, match="a second file for ct"):
         save_images([*files, ("ct.nii", b"other")], tmp_path / "up")
     assert not (tmp_path / "up").exists()
+
+
+def tar_of(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:xz", **kwargs) -> Path:
+    with tarfile.open(path, mode, **kwargs) as archive:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                archive.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                archive.addfile(info, io.BytesIO(member[1]))
+    return path
+
+
+def link_member(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("member", [
+    link_member("pt_1/ct.csv", "/etc/passwd", tarfile.SYMTYPE),
+    link_member("pt_1/inside", "pt_1", tarfile.SYMTYPE),  # even a link that stays inside (CVE-2025-4517 chains them)
+    link_member("pt_1/ct.csv", "pt_1/other.csv", tarfile.LNKTYPE),
+    link_member("pt_1/fifo", "", tarfile.FIFOTYPE),
+])
+def test_tar_links_and_special_files_are_refused(member: tarfile.TarInfo, tmp_path: Path) -> None:
+    archive = tar_of(tmp_path / "pt_1.tar.xz", [("pt_1/other.csv", b"x"), member])
+    with pytest.raises(UploadError, match="links and special files"):
+        unpack_tar(archive, tmp_path / "out", "pt_1")
+    assert not (tmp_path / "out" / "pt_1").exists()  # all or nothing
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["../evil.csv"], "unsafe path"), (["/etc/evil.csv"], "unsafe path"), (["/".join(["d"] * 600)], "too long"),
+    (["pt_1/CT.csv", "pt_1/ct.csv"], "the same file"), (["pt_1/ct.csv", "pt_1/ct.csv/x"], "both a file and a folder"),
+])
+def test_tar_names_are_checked_as_zip_names(names: list[str], message: str, tmp_path: Path) -> None:
+    archive = tar_of(tmp_path / "a.tar", [(name, b"x") for name in names], "w", format=tarfile.PAX_FORMAT)
+    with pytest.raises(UploadError, match=message):
+        unpack_tar(archive, tmp_path / "out", "a")
+
+
+def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """tarfile reads a pax header whole: 1 GiB of it from a 150 kB .tar.xz would take 1 GiB of memory."""
+    archive = tar_of(tmp_path / "a.tar.xz", [("pt_1/ct.csv", b"x")], format=tarfile.PAX_FORMAT,
+                     pax_headers={"comment": "x" * (2 * MAX_TAR_HEADER_BYTES)})
+    with pytest.raises(UploadError, match="extended header"):
+        unpack_tar(archive, tmp_path / "out", "a")
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_a_tarball_unpacks_whatever_its_compression(mode: str, tmp_path: Path) -> None:
+    archive = tar_of(tmp_path / "a.tar", [("pt_1/ct.csv", b"x" * 1000), ("pt_1/dose.csv", b"y")], mode)
+    unpacked = unpack_tar(archive, tmp_path / "out", "a")
+    assert (unpacked / "pt_1" / "ct.csv").read_bytes() == b"x" * 1000 and (unpacked / "pt_1" / "dose.csv").read_bytes() == b"y"
