@@ -96,8 +96,12 @@ def read_dicom_patient(folder: str | Path, names: RoiNames | None = None) -> Pat
 
     rois = _contours(structure_set, folder, frame_uid)
     mapping = map_rois(list(dict.fromkeys(name for name, _ in rois)), names, folder)
-    masks = {structure: np.logical_or.reduce([_rasterise(polygons, grid) for name, polygons in rois if name in roi_names])
-             for structure, roi_names in mapping.structures.items()}
+    masks: dict[str, np.ndarray] = {}
+    for structure, roi_names in mapping.structures.items():  # one mask a structure: memory does not grow with ROIs
+        masks[structure] = np.zeros(tuple(reversed(grid.size)), dtype=bool)
+        for name, polygons in rois:
+            if name in roi_names and polygons:
+                _rasterise(polygons, grid, masks[structure])
     if not any(target in masks and masks[target].any() for target in TARGETS):
         raise PatientDataError(folder, "no usable target: no ROI maps to a PTV (name it like PTV70 or PTV_7000, "
                                "or give its prescription: --ptv NAME=GY)")
@@ -298,8 +302,8 @@ def _roi_number(value: object, folder: Path) -> int:
         raise PatientDataError(folder, "the RTSTRUCT has an ROI without a valid number") from None
 
 
-def _rasterise(polygons: list[np.ndarray], grid: Grid) -> np.ndarray:
-    """One ROI's closed planar contours -> a mask on the CT grid ([z, y, x]).
+def _rasterise(polygons: list[np.ndarray], grid: Grid, mask: np.ndarray) -> None:
+    """Add one ROI's closed planar contours to ``mask`` on the CT grid ([z, y, x]).
 
     Even-odd within a contour plane (an inner contour is a hole); planes between slices go to the nearest, and
     planes that share a slice (an RTSTRUCT drawn on finer slices) are joined, not cut out of each other.
@@ -307,7 +311,6 @@ def _rasterise(polygons: list[np.ndarray], grid: Grid) -> np.ndarray:
     from matplotlib.path import Path as Polygon
 
     columns, rows, depth = grid.size
-    mask = np.zeros((depth, rows, columns), dtype=bool)
     planes: dict[float, list[np.ndarray]] = {}
     for points in polygons:
         index = grid.to_index(points)
@@ -324,7 +327,6 @@ def _rasterise(polygons: list[np.ndarray], grid: Grid) -> np.ndarray:
             hit = Polygon(index).contains_points(np.column_stack([xs.ravel(), ys.ravel()]))
             inside[ys.ravel()[hit], xs.ravel()[hit]] ^= True
         mask[z] |= inside
-    return mask
 
 
 def _body_from_ct(ct: np.ndarray) -> np.ndarray:
@@ -335,7 +337,6 @@ def _body_from_ct(ct: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(ct > BODY_THRESHOLD_HU)
     if count == 0:
         return np.zeros(ct.shape, dtype=bool)
-    sizes = ndimage.sum_labels(np.ones(ct.shape), labels, index=np.arange(1, count + 1))
-    body = labels == 1 + int(np.argmax(sizes))
+    body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     return np.stack([ndimage.binary_fill_holes(plane) for plane in body])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -265,6 +266,33 @@ def test_two_rois_of_one_name_are_joined(phantom_dicom, tmp_path: Path) -> None:
 
     _with_contours(folder, duplicate)
     np.testing.assert_array_equal(read_quietly(folder).structures["PTV70"], read_quietly(phantom_dicom[0]).structures["PTV70"])
+
+
+def test_memory_does_not_grow_with_the_rois_of_one_structure(phantom_dicom, tmp_path: Path) -> None:
+    """Sixty ROIs that map to PTV70 (a few kB of RTSTRUCT) once held a CT-sized mask each."""
+    folder = _copy(phantom_dicom[0], tmp_path)
+
+    def add_rois(rs, roi, item) -> None:  # noqa: ANN001
+        for number in range(100, 160):
+            twin, twin_item = copy.deepcopy(roi), copy.deepcopy(item)
+            twin.ROINumber = twin_item.ReferencedROINumber = number
+            twin.ROIName = "PTV70" + "." + "0" * (number - 99)  # each a distinct name for 70 Gy
+            rs.StructureSetROISequence.append(twin)
+            rs.ROIContourSequence.append(twin_item)
+
+    _with_contours(folder, add_rois)
+
+    def peak(path: Path) -> int:
+        tracemalloc.start()
+        read_quietly(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    one_mask = 150 * 150 * 32  # bytes: the CT grid (600 mm at 4 mm, 32 slices)
+    read_quietly(folder)  # the readers' first-use allocations out of the way
+    # The larger RTSTRUCT's parsed contours take ~14 masks' worth; a mask per ROI would add 60 more.
+    assert peak(folder) - peak(phantom_dicom[0]) < 30 * one_mask
 
 
 def test_an_roi_on_another_frame_of_reference_is_left_out_with_a_warning(phantom_dicom, tmp_path: Path) -> None:
