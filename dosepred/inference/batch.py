@@ -17,6 +17,9 @@ from dosepred.inference.writers import OutputFormat, default_format, output_path
 from dosepred.io.roi_names import RoiNames, UnmappedRoiWarning
 
 
+UNCERTAINTY_SUFFIX = "_uncertainty"
+
+
 @dataclass
 class BatchReport:
     written: list[str] = field(default_factory=list)
@@ -44,6 +47,9 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
         try:
             if name.casefold() in names:  # a folder pt_1 beside a pt_1.dpk: one would overwrite the other's output
                 raise PatientDataError(path, f"another input has the name {name!r}: both would be written to one place")
+            if name.casefold().endswith(UNCERTAINTY_SUFFIX):  # pt_1_uncertainty's dose would be pt_1's spread
+                raise PatientDataError(path, f"a patient id may not end in {UNCERTAINTY_SUFFIX!r}, the name of "
+                                       "another patient's uncertainty map: rename it")
             names.add(name.casefold())
             if resume and output_path(output, name, chosen).is_file():
                 report.skipped.append(name)
@@ -57,7 +63,7 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
             dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
             if uncertainty is not None:
                 spread_format = OutputFormat.nifti if chosen is OutputFormat.rtdose else chosen
-                write_dose(patient, uncertainty, output_path(output, f"{patient.id}_uncertainty", spread_format),
+                write_dose(patient, uncertainty, output_path(output, patient.id + UNCERTAINTY_SUFFIX, spread_format),
                            spread_format)
             write_dose(patient, dose, output_path(output, patient.id, chosen), chosen)
             report.written.append(patient.id)

@@ -60,6 +60,15 @@ def test_a_failing_patient_is_reported_and_the_rest_finish(tiny_model: Path, pat
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1.csv"]  # nothing partial
 
 
+def test_a_patient_named_like_an_uncertainty_map_is_refused(tiny_model: Path, patients: Path, tmp_path: Path) -> None:
+    """pt_1_uncertainty's dose would overwrite pt_1's uncertainty map, and --continue would take one for the other."""
+    source = shutil.copytree(patients, tmp_path / "in")
+    (source / "pt_2").rename(source / "pt_1_Uncertainty")
+    result = predict("-i", str(source), "-o", str(tmp_path / "out"), "-m", str(tiny_model), "--no-tta")
+    assert result.exit_code == 1 and "may not end in '_uncertainty'" in " ".join(result.output.split()), result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1.csv"]
+
+
 def test_wrong_grid_is_refused_with_a_reason(tiny_model: Path, tmp_path: Path) -> None:
     nifti.write_patient(make_phantom((32, 32, 32)), tmp_path / "small" / "pt_s")
     result = predict("-i", str(tmp_path / "small"), "-o", str(tmp_path / "out"), "-m", str(tiny_model))
