@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from dosepred.io import safe_yaml
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # auto: cuda when available
@@ -146,7 +148,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     config = copy.deepcopy(defaults)
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = safe_yaml.load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read config ({error})") from None
         if not isinstance(loaded, dict):
@@ -162,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for part in parents:
             cursor = cursor.setdefault(part, {})
         try:
-            cursor[leaf] = yaml.safe_load(value)
+            cursor[leaf] = safe_yaml.load(value)
         except yaml.YAMLError:
             raise ConfigError(f"override {override!r}: its value is not valid YAML") from None
         _merge(config, nested, f"override {override!r}")

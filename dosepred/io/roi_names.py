@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from dosepred.io import safe_yaml
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import OARS, PRESCRIPTION_GY, TARGETS
 
@@ -58,7 +59,7 @@ class RoiNames:
         """Read a table (the shipped one by default); ``prescriptions`` (ROI name -> Gy) add to its targets."""
         path = Path(path) if path is not None else DEFAULT_TABLE
         try:
-            content = yaml.safe_load(path.read_text())
+            content = safe_yaml.load(path.read_text())
         except (OSError, yaml.YAMLError) as error:
             raise PatientDataError(path, f"cannot read the ROI name table ({type(error).__name__})") from None
         if not isinstance(content, dict):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dosepred.io import safe_yaml
 from dosepred.io.errors import PatientDataError
 from dosepred.io.patient import PRESCRIPTION_GY, ROIS, Patient
 from dosepred.metrics.openkbp import dose_at_volume_cc
@@ -93,7 +94,7 @@ def load_objectives(path: str | Path | None = None) -> list[Objective]:
     """Read plan objectives (the shipped head-and-neck set by default)."""
     path = Path(path) if path is not None else DEFAULT_CONSTRAINTS
     try:
-        content = yaml.safe_load(path.read_text())
+        content = safe_yaml.load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise PatientDataError(path, f"cannot read the plan objectives ({type(error).__name__})") from None
     if not isinstance(content, dict) or not isinstance(content.get("objectives"), list):
