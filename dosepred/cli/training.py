@@ -55,8 +55,8 @@ def _searched_network(path: Path, network: dict) -> dict:
         genotype = content["genotype"]
         if not isinstance(genotype, dict):
             raise TypeError("'genotype' must be a mapping of encoder and decoder blocks")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {error})") from None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:  # ValueError: JSON's
+        raise ConfigError(f"{path}: not a genotype file ({type(error).__name__}: {str(error)[:200]})") from None
     channels = content.get("channels") or network.get("channels")
     return {"name": "searched", "genotype": genotype, **({"channels": channels} if channels else {}),
             **({"stem_stride": content["stem_stride"]} if "stem_stride" in content else {})}

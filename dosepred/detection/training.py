@@ -87,9 +87,10 @@ def load_detector(folder: str | Path) -> BLCDetector:
     model = read_model(resolve_model(folder), "detector")
     weights = model.weights()
     try:
-        detector = BLCDetector(DetectorConfig.from_dict(model.config["detector"]), weights["class_embeddings"],
-                               weights["background"])
-        detector.load_state_dict(weights)
+        config = DetectorConfig.from_dict(model.config["detector"])
+        detector = model.fitted(lambda: BLCDetector(config, weights["class_embeddings"], weights["background"]))
+    except ModelError:
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelError(f"{folder}: invalid detector model ({type(error).__name__}: {error})") from None
     return detector.eval()

@@ -179,8 +179,7 @@ def load_encoder(folder: str | Path) -> tuple[ConvEncoder, dict[str, Any]]:
     """
     model = read_model(resolve_model(folder), "fewshot")
     try:
-        encoder = ConvEncoder(**model.config["encoder"])
-        encoder.load_state_dict(model.weights())
+        encoder = model.fitted(lambda: ConvEncoder(**model.config["encoder"]))
     except (KeyError, TypeError, RuntimeError) as error:
         raise ModelError(f"{folder}: invalid few-shot model ({type(error).__name__}: {error})") from None
     return encoder.eval(), model.config

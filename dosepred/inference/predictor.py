@@ -43,13 +43,11 @@ class Predictor:
             resolution, beam_angles = config["data"]["resolution"], config["data"].get("beam_angles")
             patch_size = config.get("inference", {}).get("patch_size")
             _check_settings(resolution, patch_size, beam_angles)
-            network = create_network(**config["network"])
+            network = folder.fitted(lambda: create_network(**config["network"]))
+        except ModelError:
+            raise
         except Exception as error:  # noqa: BLE001 - a config builds any network: its faults are the config's
             raise ModelError(f"{folder.path}: invalid dose model config ({type(error).__name__}: {error})") from None
-        try:
-            network.load_state_dict(folder.weights())
-        except RuntimeError as error:
-            raise ModelError(f"{folder.path}: the weights do not fit the network ({error})") from None
         return cls(network, resolution=resolution, device=device, amp=amp, beam_angles=beam_angles,
                    patch_size=patch_size)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dosepred.io.files import atomic_folder
@@ -55,6 +56,28 @@ class ModelFolder:
             raise ModelError(f"{self.path / name}: the weights hold NaN or infinite values")
         return tensors
 
+    def fitted(self, build: Callable[[], torch.nn.Module], name: str = WEIGHTS_FILE) -> torch.nn.Module:
+        """``build()``'s network holding this folder's weights.
+
+        The network is built on the meta device first and its tensors' shapes compared with the weights file's
+        header: a config that describes a far larger network than its weights is refused before it takes memory.
+        """
+        with torch.device("meta"):
+            wanted = {key: tuple(value.shape) for key, value in build().state_dict().items()}
+        try:
+            with safe_open(self.path / name, "pt") as stored_file:
+                stored = {key: tuple(stored_file.get_slice(key).get_shape()) for key in stored_file.keys()}
+        except (SafetensorError, OSError) as error:
+            raise ModelError(f"{self.path / name}: cannot load weights ({error})") from None
+        differ = sorted(key for key in wanted.keys() | stored.keys() if wanted.get(key) != stored.get(key))
+        if differ:
+            raise ModelError(f"{self.path}: the weights do not fit the network its config describes ({len(differ)} "
+                             f"tensors differ; {differ[0]!r}: {wanted.get(differ[0])} in the network, "
+                             f"{stored.get(differ[0])} in the weights)")
+        network = build()
+        network.load_state_dict(self.weights(name))
+        return network
+
 
 def write_model(folder: Path, kind: str, config: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]],
                 files: dict[str, str] | None = None) -> None:
@@ -85,8 +108,8 @@ def read_model(folder: str | Path, kind: str | None = None) -> ModelFolder:
         raise ModelError(f"{folder}: not a model folder (no {CONFIG_FILE})")
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer of 4300+ digits
+        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({type(error).__name__})") from None
     if not isinstance(config, dict):
         raise ModelError(f"{folder / CONFIG_FILE}: a model config is a JSON object")
     found = config.pop("kind", None)

@@ -11,12 +11,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dosepred.io import pack
 from dosepred.io.files import atomic_file, remove_stale
 from dosepred.io.phantom import make_phantom
-from dosepred.models import MODELS_DIR
+from dosepred.models import MODELS_DIR, ModelError
 from dosepred.cli import app
 
 runner = CliRunner()
@@ -153,6 +154,40 @@ def test_a_damaged_model_config_is_a_message(tiny_model: Path, tmp_path: Path, d
     (broken / "config.json").write_text(json.dumps(config))
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "-m", str(broken)])
     assert result.exit_code == 2 and "invalid dose model config" in result.output, result.output
+
+
+def test_a_config_naming_a_huge_network_is_refused_before_it_is_built(tiny_model: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """A config.json may describe any network: a 7 GiB one beside small weights once took that memory first."""
+    import json
+    import shutil
+
+    from dosepred.inference.predictor import Predictor
+    from dosepred.models import read_model
+
+    broken = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    config = json.loads((broken / "config.json").read_text())
+    config["network"].update(channels=[*config["network"]["channels"], 2**16], strides=[*config["network"]["strides"], 2])
+    (broken / "config.json").write_text(json.dumps(config))
+    built = []
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", lambda *args, **kwargs: built.append(1))
+    with pytest.raises(ModelError, match="the weights do not fit the network"):
+        Predictor.from_folder(read_model(broken), device=torch.device("cpu"))
+    assert not built
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"kind": "dose", "seed": ' + "9" * 5000 + "}"])
+def test_a_model_config_that_json_cannot_hold_is_a_message(tiny_model: Path, tmp_path: Path, text: str) -> None:
+    import shutil
+
+    broken = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    (broken / "config.json").write_text(text)
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "-m", str(broken)])
+    assert result.exit_code == 2 and "cannot read model config" in result.output, result.output
+    genotype = tmp_path / "genotype.json"
+    genotype.write_text(text)
+    result = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "--genotype", str(genotype)])
+    assert result.exit_code == 2 and "not a genotype file" in result.output, result.output
 
 
 def test_evaluate_a_pack_named_otherwise_than_its_id(tmp_path: Path) -> None:
