@@ -50,14 +50,26 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    An old folder is renamed aside and removed only once the new one is in place: a run killed while removing it
+    leaves the new folder, not neither (the aside copy is a temporary that ``remove_stale`` clears).
+    """
     path = Path(path)
     tmp = _create_beside(path, ".tmp", lambda candidate: candidate.mkdir(0o777))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if not (path.is_dir() and not path.is_symlink()):
+            os.replace(tmp, path)
+            return
+        aside = _create_beside(path, ".tmp-old", lambda candidate: candidate.mkdir(0o777))
+        os.replace(path, aside)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.replace(aside, path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -49,6 +49,31 @@ def test_a_folder_is_replaced_whole(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "pt_1").iterdir()] == ["new.csv"]
 
 
+def test_a_run_stopped_while_removing_the_old_folder_leaves_the_new_one(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from dosepred.io.files import remove_stale
+
+    (tmp_path / "pt_1").mkdir()
+    (tmp_path / "pt_1" / "old.csv").write_text("old")
+    removing = shutil.rmtree
+
+    def stopped(path, *args, **kwargs) -> None:  # noqa: ANN001 - the old folder's removal is where the run stops
+        if Path(path).exists() and (Path(path) / "old.csv").exists():
+            raise KeyboardInterrupt
+        removing(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", stopped)
+    with pytest.raises(KeyboardInterrupt), atomic_folder(tmp_path / "pt_1") as tmp:
+        (tmp / "new.csv").write_text("new")
+    assert [p.name for p in (tmp_path / "pt_1").iterdir()] == ["new.csv"]
+    monkeypatch.setattr(shutil, "rmtree", removing)
+    monkeypatch.setattr("os.getpid", lambda: 2**22 + 1)  # a later run, by another process,
+    monkeypatch.setattr("dosepred.io.files._running", lambda pid: False)  # once the stopped one has ended
+    remove_stale(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["pt_1"]
+
+
 def test_remove_outputs_takes_only_what_it_names(tmp_path: Path) -> None:
     from dosepred.io.files import remove_outputs
 
