@@ -22,7 +22,7 @@ import numpy as np
 from dosepred.io.clinic import Grid
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import atomic_folder
-from dosepred.io.patient import ROIS, Patient, check_grid
+from dosepred.io.patient import ROIS, Patient, binary_mask, check_grid
 from dosepred.io.roi_names import warn_unmapped
 
 AXIS_CODES = ("P", "L", "I")
@@ -226,7 +226,9 @@ def read_patient(folder: str | Path) -> Patient:
             if stem in ("ct", "possible_dose_mask"):
                 raise PatientDataError(folder, f"missing {stem}{NIFTI_SUFFIX} (or another image format)")
             continue
-        volumes[stem], frame = read_volume(path, voxels=None if ct_frame is None else volumes["ct"].size)
+        volume, frame = read_volume(path, voxels=None if ct_frame is None else volumes["ct"].size)
+        # Compact at once (a float64 mask is 8 times its bool): a folder of 13 large volumes fits in memory.
+        volumes[stem] = volume.astype(np.float32, copy=False) if stem in ("ct", "dose") else binary_mask(stem, volume, path)
         if ct_frame is None:
             ct_frame = frame
         else:

@@ -111,11 +111,7 @@ class Patient:
     def _as_mask(self, name: str, array: np.ndarray, where: str) -> np.ndarray:
         array = np.asarray(array)
         self._check_shape(name, array, where)
-        if array.dtype != bool:
-            if not ((array == 0) | (array == 1)).all():
-                raise PatientDataError(where, f"{name} mask must hold only 0 and 1")
-            array = array.astype(bool)
-        return array
+        return binary_mask(name, array, where)
 
 
 def check_patient_id(text: object, where: str | Path) -> str:
@@ -154,3 +150,12 @@ def require_grid(patient: Patient, shape: tuple[int, int, int] = GRID_SHAPE) -> 
             f"grid {'x'.join(map(str, patient.shape))} differs from the {'x'.join(map(str, shape))} grid the model "
             "expects; resample the patient onto that grid first (OpenKBP: 128^3 voxels covering the head and neck)",
         )
+
+
+def binary_mask(name: str, array: np.ndarray, where: str | Path) -> np.ndarray:
+    """``array`` as a bool mask, refused unless it holds only 0 and 1."""
+    if array.dtype != bool:
+        if not ((array == 0) | (array == 1)).all():
+            raise PatientDataError(where, f"{name} mask must hold only 0 and 1")
+        array = array.astype(bool)
+    return array
