@@ -189,6 +189,11 @@ def clinical_review(patient: Patient, dose: np.ndarray, objectives: list[Objecti
     return review
 
 
+def _mean_of_defined(values: list[float]) -> float:
+    defined = [value for value in values if np.isfinite(value)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def summarise_reviews(reviews: dict[str, dict]) -> dict[str, object]:
     """Means over patients of ``clinical_review`` results: gamma pass rate, per target measure (predicted and
     reference), and per objective how many patients meet it with each dose."""
@@ -209,7 +214,8 @@ def summarise_reviews(reviews: dict[str, dict]) -> dict[str, object]:
     return {
         "gamma_pass_rate_percent": {"mean": float(np.mean(rates)), "min": float(min(rates)), "max": float(max(rates))}
         if rates else None,
-        "targets": {roi: {measure: {name: float(np.mean(values)) for name, values in by_name.items()}
+        # A measure that is undefined for one patient (HI with a D50 of 0) leaves the others' mean standing.
+        "targets": {roi: {measure: {name: _mean_of_defined(values) for name, values in by_name.items()}
                           for measure, by_name in measures.items()} for roi, measures in sorted(targets.items())},
         "objectives": objectives,
     }

@@ -9,7 +9,7 @@ import pytest
 
 from dosepred.io.errors import PatientDataError
 from dosepred.metrics.clinical import (check_objectives, dose_at_volume_percent, homogeneity_index, load_objectives,
-                                       paddick_conformity_index, volume_at_dose)
+                                       paddick_conformity_index, summarise_reviews, volume_at_dose)
 from dosepred.metrics.gamma import gamma_index
 from dosepred.metrics.openkbp import dose_at_volume_cc
 from tests.conftest import SAMPLE, requires_openkbp
@@ -25,6 +25,13 @@ def test_a_uniform_target_dose_has_hi_0_and_a_dose_exactly_on_the_target_ci_1() 
     spilled[15:17, 5:15, 5:15] = 70.0  # 200 voxels outside: PIV 1200, TV 1000, TV_PIV 1000
     assert paddick_conformity_index(spilled, target, 70.0) == pytest.approx(1000**2 / (1000 * 1200))
     assert volume_at_dose(dose[target], 66.5) == 100.0 and volume_at_dose(dose[target], 71) == 0.0
+
+
+def test_a_measure_undefined_for_one_patient_leaves_the_others_mean() -> None:
+    """HI is NaN where the predicted D50 is 0: it once made the whole table's mean NaN."""
+    reviews = {name: {"targets": {"PTV70": {"predicted": {"HI": hi}}}, "objectives": []}
+               for name, hi in (("pt_1", 0.1), ("pt_2", float("nan")), ("pt_3", 0.2))}
+    assert summarise_reviews(reviews)["targets"]["PTV70"]["HI"]["predicted"] == pytest.approx(0.15)
 
 
 def test_dx_and_dcc_on_a_ramp() -> None:
