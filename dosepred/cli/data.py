@@ -15,6 +15,7 @@ from dosepred.cli.common import (GammaText, ObjectivesFile, app, console, fail, 
                                  write_json)
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
+from dosepred.io.files import remove_stale
 from dosepred.io.phantom import make_phantom
 
 class PrepareFormat(str, Enum):
@@ -39,6 +40,7 @@ def prepare(
     """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
     failures: list[str] = []
     written: set[str] = set()  # ids (as a case-blind file system sees them) this run has written
+    remove_stale(output)  # what a killed earlier run left half-written there
     try:
         with sources.open_patients(source) as paths, progress_bar() as progress:
             for path in progress.track(paths, description=f"prepare ({format.value})"):

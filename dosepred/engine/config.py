@@ -12,6 +12,9 @@ import yaml
 
 from dosepred.io import safe_yaml
 
+#: The working grids a model may train and predict on (OpenKBP's is 128³).
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 256
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # auto: cuda when available
@@ -133,7 +136,8 @@ _VALID: dict[str, tuple[Any, str]] = {
         "optim.weight_decay", "optim.warmup_steps", "loss.dvh_weight", "data.workers", "search.diversity_weight")},
     "data.beam_rotation": (lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction from 0 to 1"),
-    "data.resolution": (lambda v: 8 <= v <= 512, "a grid edge from 8 to 512 voxels"),
+    "data.resolution": (lambda v: MIN_RESOLUTION <= v <= MAX_RESOLUTION,
+                        f"a grid edge from {MIN_RESOLUTION} to {MAX_RESOLUTION} voxels (what a model may be loaded with)"),
     "data.beam_angles": (lambda v: len(v) > 0 and all(type(a) in (int, float) for a in v), "a list of angles (deg)"),
 }
 

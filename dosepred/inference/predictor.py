@@ -13,12 +13,10 @@ from torch import nn
 from dosepred.io.patient import Patient
 from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
 from dosepred.devices import fast_path
+from dosepred.engine.config import MAX_RESOLUTION, MIN_RESOLUTION
 from dosepred.models import ModelError, ModelFolder
 from dosepred.networks import create_network
 
-
-#: The working grids a model config may ask for (OpenKBP's is 128³).
-MIN_RESOLUTION, MAX_RESOLUTION = 16, 256
 
 
 class Predictor:

@@ -19,7 +19,7 @@ from dosepred.io.files import temporary_folder
 from dosepred.io.patient import Patient, check_dose
 from dosepred.io.roi_names import RoiNames
 
-_TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
+_TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar")
 
 
 def natural_key(path: Path) -> tuple:

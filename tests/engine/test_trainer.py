@@ -94,6 +94,7 @@ def test_numbers_as_yaml_reads_them_and_meaningless_values_are_refused(tmp_path:
         ("optim.grad_clip=-1", "must be a positive number"), ("data.beam_rotation=2.0", "a probability"),
         ("data.max_validation_patients=abc", "must be of type int"), ("data.beam_angles=north", "of type list"),
         ("optim.max_minutes=abc", "of type number"), ("threads=-1", "at least 1"), ("data.resolution=0", "grid edge"),
+        ("data.resolution=8", "from 16 to 256"),  # a run at 8 would export a model predict refuses
         ("detector.x=1", "unknown key 'detector'"), ("data.train=[", "not valid YAML"),
     ]:
         with pytest.raises(ConfigError, match=message):

@@ -125,3 +125,20 @@ def test_phantom_writes_each_patient_format_and_refuses_rtdose(tmp_path: Path) -
         assert reader(tmp_path / fmt / "phantom").dose is not None
     result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "dicom"), "--format", "rtdose"])
     assert result.exit_code == 2 and not (tmp_path / "dicom").exists()  # not silently written as CSV
+
+
+def test_prepare_clears_what_a_killed_run_left_in_its_output(phantom_split: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "out" / ".pt_1.4194399-0123456789ab.tmp"  # a pid no process has (above Linux's maximum)
+    stale.mkdir(parents=True)
+    result = runner.invoke(app, ["prepare", str(phantom_split), "-o", str(tmp_path / "out"), "--format", "pack"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pt_1.dpk", "pt_2.dpk"]
+
+
+def test_a_bzip2_tarball_is_a_source(phantom_split: Path, tmp_path: Path) -> None:
+    from dosepred.io import sources
+
+    with tarfile.open(tmp_path / "split.tar.bz2", "w:bz2") as tar:
+        tar.add(phantom_split, arcname="split")
+    with sources.open_patients(tmp_path / "split.tar.bz2") as paths:
+        assert [path.name for path in paths] == ["pt_1", "pt_2"]
