@@ -196,7 +196,7 @@ class _DistinctNames:
         if parts[0] == "__MACOSX":
             return False
         key = tuple(unicodedata.normalize("NFC", part).casefold() for part in parts)
-        folders = {key[:n] for n in range(1, len(key) + folder)}
+        folders = {key[:n] for n in range(1, len(key) + 1 if folder else len(key))}  # its parents, and itself if a folder
         if not folder and key in self.files:
             raise UploadError(_shown(name), f"names the same file as {_shown(self.files[key])} (names that differ "
                               "only in case are one file on many systems)")
