@@ -30,7 +30,7 @@ def load_predictor(name_or_path: str | Path | None, *, device: torch.device,
     members = folder.config.get("members")
     if not isinstance(members, list) or not all(isinstance(member, str) for member in members):
         raise ModelError(f"{folder.path}: an ensemble's config lists its members: {{\"members\": [\"...\", ...]}}")
-    if len(members) > MAX_MEMBERS or len(set(members)) != len(members):  # each member is a network in memory
+    if not 2 <= len(members) <= MAX_MEMBERS or len(set(members)) != len(members):  # each one a network in memory
         raise ModelError(f"{folder.path}: an ensemble has 2 to {MAX_MEMBERS} members, each listed once")
     paths = [_member(folder.path, member) for member in members]
     return EnsemblePredictor([Predictor.from_folder(read_model(path, "dose"), device=device, amp=amp) for path in paths])

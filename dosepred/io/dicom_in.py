@@ -311,11 +311,14 @@ def _rasterise(polygons: list[np.ndarray], grid: Grid, mask: np.ndarray) -> None
     from matplotlib.path import Path as Polygon
 
     columns, rows, depth = grid.size
-    planes: dict[float, list[np.ndarray]] = {}
-    for points in polygons:
-        index = grid.to_index(points)
-        planes.setdefault(round(float(index[:, 2].mean()), 2), []).append(index[:, :2])
-    for position, plane in planes.items():
+    planes: list[tuple[float, list[np.ndarray]]] = []  # contours within a hundredth of a slice share a plane
+    for position, index in sorted(((float(i[:, 2].mean()), i[:, :2]) for i in map(grid.to_index, polygons)),
+                                  key=lambda item: item[0]):
+        if planes and position - planes[-1][0] < 0.01:
+            planes[-1][1].append(index)
+        else:
+            planes.append((position, [index]))
+    for position, plane in planes:
         z = int(round(position))
         if not 0 <= z < depth:
             continue

@@ -120,18 +120,35 @@ def unpack_tar(archive_file: Path, destination: Path, folder: str) -> Path:
     """Unpack a tarball (plain, .gz, .bz2 or .xz) into ``destination/folder``, which is returned, by the rules above."""
     limit = min(MAX_TAR_UNPACKED_BYTES, MAX_TAR_RATIO * archive_file.stat().st_size)
     names = _DistinctNames()
+    written: set[tuple[str, ...]] = set()
     try:
         with open(archive_file, "rb") as raw, _decompressed(raw) as stream, \
-                tarfile.open(fileobj=_Bounded(stream, limit, archive_file), mode="r|", tarinfo=_BoundedHeader) as archive, \
+                tarfile.open(fileobj=(bounded := _Bounded(stream, limit, archive_file)), mode="r|",
+                             tarinfo=_BoundedHeader) as archive, \
                 atomic_folder(destination / folder) as unpacked:
             for count, member in enumerate(archive, 1):
                 if count > MAX_TAR_ENTRIES:
                     raise UploadError(archive_file, f"more than {MAX_TAR_ENTRIES} files in the archive")
-                if not (member.isreg() or member.isdir()):
-                    raise UploadError(_shown(member.name), "links and special files are not allowed in the archive")
+                if member.isdir():
+                    if PurePosixPath(member.name).parts:  # not "./", the archive's own top
+                        names.add(_safe_parts(member.name), member.name, folder=True)
+                    continue
                 parts = _safe_parts(member.name)
-                if names.add(parts, member.name, folder=member.isdir()) and member.isreg():
+                link = _safe_parts(member.linkname) if member.islnk() else None
+                if not (member.isreg() or link in written):
+                    raise UploadError(_shown(member.name), "symbolic links, hard links to no file before them and "
+                                      "special files are not allowed in the archive")
+                if parts in written:  # a name repeated (tar -r): the last copy wins, as tar's own rule is
+                    unpacked.joinpath(*parts).unlink()
+                elif not names.add(parts, member.name, folder=False):
+                    continue
+                written.add(parts)
+                if link is None:
                     _write(archive.extractfile(member), unpacked.joinpath(*parts), member.size, member.name)
+                else:  # a hard link to a file written here: a copy, counted as unpacked bytes
+                    size = unpacked.joinpath(*link).stat().st_size
+                    bounded.take(size)
+                    _write(unpacked.joinpath(*link).open("rb"), unpacked.joinpath(*parts), size, member.name)
     except UploadError:
         raise
     except _TAR_ERRORS as error:
@@ -163,12 +180,16 @@ class _Bounded(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self.stream.read(min(len(buffer), self.left + 1))
-        if len(data) > self.left:
-            raise UploadError(self.archive, f"unpacks to more than {self.limit // 2**20} MiB ({MAX_TAR_RATIO} times "
-                              f"its size at most)")
-        self.left -= len(data)
+        self.take(len(data))
         buffer[: len(data)] = data
         return len(data)
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes unpacked (read from the stream, or copied for a hard link)."""
+        if size > self.left:
+            raise UploadError(self.archive, f"unpacks to more than {self.limit // 2**20} MiB ({MAX_TAR_RATIO} times "
+                              f"its size at most)")
+        self.left -= size
 
 
 class _BoundedHeader(tarfile.TarInfo):

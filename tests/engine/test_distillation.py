@@ -47,7 +47,7 @@ def test_ensemble_members_are_plain_names_beside_it_or_shipped(teachers: list[Pa
                              (["../ensemble/member_0", "member_1"], "must be a plain name"),
                              (["member_0", "elsewhere"], "no member 'elsewhere'"),
                              (["member_0", "member_0"], "each listed once"),  # each member is a network in memory
-                             (["member_0", "member_1"] * 9, "2 to 16 members")]:
+                             (["member_0", "member_1"] * 9, "2 to 16 members"), (["member_0"], "2 to 16 members")]:
         (tmp_path / "ensemble" / "config.json").write_text(json.dumps({"kind": "ensemble", "members": members}))
         with pytest.raises(ModelError, match=message):
             load_predictor(tmp_path / "ensemble", device=torch.device("cpu"))
