@@ -109,7 +109,8 @@ def read_model(folder: str | Path, kind: str | None = None) -> ModelFolder:
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer of 4300+ digits
-        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({type(error).__name__})") from None
+        raise ModelError(f"{folder / CONFIG_FILE}: cannot read model config ({type(error).__name__}: "
+                         f"{str(error)[:200]})") from None
     if not isinstance(config, dict):
         raise ModelError(f"{folder / CONFIG_FILE}: a model config is a JSON object")
     found = config.pop("kind", None)
