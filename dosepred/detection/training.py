@@ -88,7 +88,8 @@ def load_detector(folder: str | Path) -> BLCDetector:
     weights = model.weights()
     try:
         config = DetectorConfig.from_dict(model.config["detector"])
-        detector = model.fitted(lambda: BLCDetector(config, weights["class_embeddings"], weights["background"]))
+        detector = model.fitted(lambda: BLCDetector(config, weights["class_embeddings"], weights["background"]),
+                                 weights=weights)
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as error:

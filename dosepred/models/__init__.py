@@ -56,8 +56,9 @@ class ModelFolder:
             raise ModelError(f"{self.path / name}: the weights hold NaN or infinite values")
         return tensors
 
-    def fitted(self, build: Callable[[], torch.nn.Module], name: str = WEIGHTS_FILE) -> torch.nn.Module:
-        """``build()``'s network holding this folder's weights.
+    def fitted(self, build: Callable[[], torch.nn.Module], name: str = WEIGHTS_FILE,
+               weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """``build()``'s network holding this folder's weights (``weights``: the file's tensors, if already read).
 
         The network is built on the meta device first and its tensors' shapes compared with the weights file's
         header: a config that describes a far larger network than its weights is refused before it takes memory.
@@ -75,7 +76,7 @@ class ModelFolder:
                              f"tensors differ; {differ[0]!r}: {wanted.get(differ[0])} in the network, "
                              f"{stored.get(differ[0])} in the weights)")
         network = build()
-        network.load_state_dict(self.weights(name))
+        network.load_state_dict(self.weights(name) if weights is None else weights)
         return network
 
 

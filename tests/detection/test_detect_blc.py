@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dosepred.io.patient import ROIS
 from dosepred.detection import embeddings
@@ -13,6 +14,7 @@ from dosepred.detection.metrics import average_precision, harmonic_mean, recall_
 from dosepred.detection.network import DetectorConfig, cosine_logits
 from dosepred.detection.targets import IGNORE, assign, sample
 from dosepred.detection.training import load_detector, save_detector
+from dosepred import models
 from dosepred.models import ModelError
 
 TINY = dict(widths=(8, 8, 8, 8, 8), pyramid_channels=8, head_dim=16, image_size=32, anchor_sizes=(4.0, 8.0, 16.0, 32.0),
@@ -145,12 +147,15 @@ def test_blc_zero_shot_scoring_on_constructed_embeddings():
     assert all((found.labels == left).all() for found in gzsd)
 
 
-def test_blc_save_and_load_give_the_same_detections(tmp_path):
+def test_blc_save_and_load_give_the_same_detections(tmp_path, monkeypatch):
     detector = tiny_detector().eval()
     # Weights are stored as float16: the detector with its weights rounded so is the one to compare with.
     detector.load_state_dict({name: value.half().float() for name, value in detector.state_dict().items()})
     save_detector(detector, tmp_path / "model", {"steps": 0})
+    reads = []
+    monkeypatch.setattr(models, "load_file", lambda path: reads.append(path) or load_file(path))
     loaded = load_detector(tmp_path / "model")
+    assert len(reads) == 1  # the weights are read once, not once for the embeddings and again for the network
     assert loaded.config == detector.config
     images, _ = tiny_batch()
     a, b = detector.detect(images, class_index(SEEN)), loaded.detect(images, class_index(SEEN))
