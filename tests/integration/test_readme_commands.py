@@ -122,8 +122,9 @@ def test_readme_command_parses(command: str, monkeypatch: pytest.MonkeyPatch, ca
             parse_benchmark(words[1].removesuffix(".py").replace("/", "."), words[2:], monkeypatch)
     except SystemExit as exit_:  # argparse's error
         pytest.fail(f"{command}\n{capsys.readouterr().err}(exit {exit_.code})")
-    except Exception as error:  # click's (typer's) usage errors
-        pytest.fail(f"{command}\n{getattr(error, 'format_message', lambda: error)()}")
+    except Exception as error:  # typer's usage errors (it vendors its own click, so no public class to name)
+        message = error.format_message() if hasattr(error, "format_message") else repr(error)
+        pytest.fail(f"{command}\n{message}")
 
 
 def test_command_reference_names_every_option() -> None:
