@@ -10,8 +10,9 @@ a fingerprint of the teachers' weights, the patients and the data settings: a re
 pointed at the same file (an ablation), reads them instead of paying the teachers' passes again (three
 128^3 teachers over 169 patients: 10 minutes on this project's 2-core CPU).
 
-Each step: the critic (a conditional patch discriminator on [inputs, dose]) is updated first with its own
-optimiser and a least-squares objective (teacher mean = real, student = fake); then the student minimises
+Each step: the critic (a conditional patch discriminator on [inputs, dose inside the possible-dose mask]) is
+updated first with its own optimiser and a least-squares objective (teacher mean = real, student = fake); then
+the student minimises
 
     truth_weight * (L1(dose, ground truth) + loss.dvh_weight * sorted-dose L1) + soft_weight * L1(dose, teacher mean)
     + uncertainty_weight * L1(second channel, teacher std) + adversarial_weight * (critic(student) - 1)^2
@@ -100,9 +101,13 @@ class DistillationTrainer(Trainer):
             loaded = load_predictor(name, device=self.device, amp=self.amp)  # amp: false means fp32 targets too
             members = loaded.members if isinstance(loaded, EnsemblePredictor) else [loaded]  # an ensemble: each member
             for predictor in members:
-                if predictor.resolution != self.config["data"]["resolution"]:
+                data = self.config["data"]
+                if predictor.resolution != data["resolution"]:
                     raise ValueError(f"teacher {name} works at {predictor.resolution}^3, the student at "
-                                     f"{self.config['data']['resolution']}^3")
+                                     f"{data['resolution']}^3")
+                if predictor.beam_angles != data["beam_angles"]:  # it is fed the student's inputs
+                    raise ValueError(f"teacher {name} was trained with the beam angles {predictor.beam_angles}, "
+                                     f"the student's data has {data['beam_angles']}")
                 teachers.append(predictor)
         return teachers
 
@@ -122,13 +127,16 @@ class DistillationTrainer(Trainer):
                 + d["uncertainty_weight"] * losses["uncertainty_loss"])
         logged: dict[str, float] = {}
         if d["adversarial_weight"] or d["feature_matching"]:
-            logged["critic_loss"] = self.critic_step(image, soft, dose.detach())
-            student_features = self.critic(torch.cat([image, dose], dim=1))
+            # The critic sees the doses where they are scored only: outside the possible-dose mask neither the
+            # student's nor the teachers' output is constrained, and there the two differ by themselves.
+            real, fake = soft * mask, dose * mask
+            logged["critic_loss"] = self.critic_step(image, real, fake.detach())
+            student_features = self.critic(torch.cat([image, fake], dim=1))
             losses["adversarial_loss"] = ((student_features[-1] - 1) ** 2).mean()
             loss = loss + d["adversarial_weight"] * losses["adversarial_loss"]
             if d["feature_matching"]:
                 with torch.no_grad():
-                    teacher_features = self.critic(torch.cat([image, soft], dim=1))
+                    teacher_features = self.critic(torch.cat([image, real], dim=1))
                 loss = loss + d["feature_matching"] * sum(
                     torch.nn.functional.l1_loss(s, t) for s, t in zip(student_features[:-1], teacher_features[:-1]))
         self.optimize(loss)

@@ -48,11 +48,16 @@ def select_teachers(scores: list[float], predictions: list[torch.Tensor], mask: 
     k = min(k, len(scores))
     candidates = range(len(scores))
     chosen = [0]
-    distance = {}
+    distance: dict[tuple[int, int], float] = {}
+
+    def distance_to(c: int, s: int) -> float:
+        if (c, s) not in distance:
+            distance[c, s] = distance_gy(predictions[c], predictions[s], mask)
+        return distance[c, s]
+
     while len(chosen) < k:
         def utility(c: int) -> float:
-            nearest = min(distance.setdefault((c, s), distance_gy(predictions[c], predictions[s], mask)) for s in chosen)
-            return scores[c] - diversity_weight * nearest
+            return scores[c] - diversity_weight * min(distance_to(c, s) for s in chosen)
 
         chosen.append(min((c for c in candidates if c not in chosen), key=utility))
     top_k = list(range(k))

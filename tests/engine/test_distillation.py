@@ -151,6 +151,30 @@ def test_critic_is_really_trained_and_the_student_predicts_uncertainty(tiny_pack
     assert "critic" in state and "critic_optimizer" in state
 
 
+def test_the_critic_sees_the_doses_inside_the_possible_dose_mask_only(tiny_packs, teachers, tmp_path: Path) -> None:
+    """Outside the mask neither student nor teachers are constrained: there the critic could tell them apart
+    for free, and the student's only gradient would be the critic's."""
+    config = tiny_config(tiny_packs, "optim.steps=1")
+    config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.1, "feature_matching": 0.1,
+                         "critic": {"name": "patch_critic", "channels": 4, "num_layers_d": 2}}
+    trainer = DistillationTrainer(config, tmp_path / "run")
+    doses = []
+    trainer.critic.register_forward_pre_hook(lambda module, inputs: doses.append(inputs[0][:, -1:].detach()))
+    batch = trainer.make_batch(0)
+    outside = batch["possible_dose_mask"] == 0
+    assert outside.any() and batch["teacher_dose"][:, :1][outside].abs().max() > 0  # the teachers' mean is not masked
+    trainer.train_step(batch)
+    assert len(doses) == 4  # critic step (real, fake), the student's adversarial term, feature matching's teacher
+    assert all(dose[outside].abs().max() == 0 and dose[~outside].abs().max() > 0 for dose in doses)
+
+
+def test_teachers_must_have_the_students_beam_channels(tiny_packs, teachers, tmp_path: Path) -> None:
+    config = tiny_config(tiny_packs, "data.beam_angles=[0,120,240]")  # the tiny teachers have no beam channels
+    config["distill"] = {"teachers": [str(p) for p in teachers]}
+    with pytest.raises(ValueError, match="beam angles"):
+        DistillationTrainer(config, tmp_path / "run")
+
+
 def test_without_an_adversarial_term_the_critic_is_not_run(tiny_packs, teachers, tmp_path: Path) -> None:
     config = tiny_config(tiny_packs, "optim.steps=2", "validate_every=2")
     config["distill"] = {"teachers": [str(p) for p in teachers], "adversarial_weight": 0.0,

@@ -166,6 +166,8 @@ def test_the_gpu_student_command_distils_the_teachers_of_the_gpu_command(tiny_pa
     config = json.loads((tmp_path / "student" / "best" / "config.json").read_text())
     assert config["network"]["channels"] == [8, 16, 32, 64] and config["network"]["stem_stride"] == 2
     assert config["network"]["out_channels"] == 2 and len(config["data"]["beam_angles"]) == 9  # dose + uncertainty
+    shipped_network = json.loads((REPOSITORY / "dosepred" / "models" / "lenas-student" / "config.json").read_text())["network"]
+    assert config["network"]["detached_uncertainty"] is shipped_network["detached_uncertainty"] is True  # continued as trained
     assert load_config(tmp_path / "student" / "config.yaml", defaults=DISTILL_DEFAULTS)["loss"]["dvh_weight"] > 0
     shipped = json.loads((REPOSITORY / "dosepred" / "models" / "lenas-student" / "config.json").read_text())["lineage"]
     assert len(shipped) >= 3 and [stage["run"] for stage in config["lineage"]] == [s["run"] for s in shipped] + ["student"]
