@@ -47,7 +47,7 @@ def detect_train(output: RunFolder, config: ConfigFile = None, overrides: Overri
 def detect_eval(
     models: Annotated[list[Path], typer.Argument(help="Detector folders from 'detect train' (one table row each).")],
     data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
-    slice_step: Annotated[int, typer.Option("--slice-step", help="Evaluate every n-th slice holding a structure.")] = 1,
+    slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Evaluate every n-th slice holding a structure.")] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
 ) -> None:

@@ -88,6 +88,8 @@ class SliceSet:
 
 def patient_slices(patient: Patient, slice_step: int = 1) -> dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Every ``slice_step``-th axial slice holding a box: slice index -> (CT slice, boxes, labels)."""
+    if slice_step < 1:
+        raise ValueError(f"the slice step must be at least 1, not {slice_step}")
     per_slice: dict[int, list[tuple[tuple[int, int, int, int], int]]] = {}
     for roi, mask in patient.structures.items():
         for index, found in structure_boxes(mask).items():

@@ -1,11 +1,14 @@
 """Zero-shot detection metrics: Recall@K at an IoU and VOC average precision, per class over a set of images.
 
 A detection matches a ground-truth box of its own class at IoU >= the threshold; matching is greedy in score
-order and one-to-one, per image (the ZSD convention of Bansal et al. and BLC, as in PASCAL VOC).
+order and one-to-one, per image (the ZSD convention of Bansal et al. and BLC). Each detection takes the
+best-overlapping ground-truth box not yet matched, as COCO does; PASCAL VOC instead counts a detection whose
+best box is already taken as a false positive (rare here: per-class NMS at 0.5 removes most duplicates).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,4 +69,7 @@ def average_precision(detections: Sequence[Detections], truth: Sequence[tuple[to
 
 
 def harmonic_mean(a: float, b: float) -> float:
+    """Of two recalls; NaN where either is (no ground truth of those classes), not 0."""
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
     return 2 * a * b / (a + b) if a + b > 0 else 0.0

@@ -43,6 +43,15 @@ class DetectorConfig:
         if not 1 <= stages <= len(STAGE_BOX_WEIGHTS) or len(self.stage_loss_weights) != stages:
             raise ValueError(f"stage_ious and stage_loss_weights: one entry per cascade stage, 1 to "
                              f"{len(STAGE_BOX_WEIGHTS)} stages (got {stages} and {len(self.stage_loss_weights)})")
+        if len(self.widths) < 2 or any(width < 8 or width % 8 for width in self.widths):
+            raise ValueError(f"widths: a stem and at least one stage, each a multiple of 8 (group norm's 8 groups), "
+                             f"got {list(self.widths)}")
+        if len(self.anchor_sizes) != len(self.widths) - 1:
+            raise ValueError(f"anchor_sizes: one per pyramid level, i.e. per stage after the stem ({len(self.widths) - 1}"
+                             f"), got {len(self.anchor_sizes)}")
+        if self.image_size < 1 or self.image_size % self.strides[-1]:
+            raise ValueError(f"image_size must be a multiple of the coarsest stride {self.strides[-1]}, "
+                             f"got {self.image_size}")
 
     @property
     def strides(self) -> tuple[int, ...]:

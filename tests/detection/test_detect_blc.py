@@ -1,6 +1,7 @@
 """BLC: cascade target assignment, the learnt background, zero-shot scoring, metrics and embeddings."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -179,6 +180,7 @@ def test_detect_metrics_on_constructed_detections():
     assert average_precision(detections, truth, 3) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
     assert average_precision(detections, truth, 5) == 0.0
     assert harmonic_mean(0.6, 0.3) == pytest.approx(0.4) and harmonic_mean(0.0, 0.0) == 0.0
+    assert math.isnan(harmonic_mean(0.76, math.nan))  # no unseen structure in the data: no harmonic mean either
 
 
 def test_detect_class_embeddings_cache_and_fallback(tmp_path, monkeypatch):

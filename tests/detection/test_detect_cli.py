@@ -46,8 +46,14 @@ def test_detect_cli_rejects_bad_input(tmp_path):
     assert device.exit_code == 2 and "on the CPU only" in device.output
     stages = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.stage_ious=[0.5, 0.6]"])
     assert stages.exit_code == 2 and "one entry per cascade stage" in " ".join(stages.output.split())
+    anchors = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.anchor_sizes=[4.0, 8.0]"])
+    assert anchors.exit_code == 2 and "one per pyramid level" in " ".join(anchors.output.split())
+    size = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.image_size=100"])
+    assert size.exit_code == 2 and "multiple of the coarsest stride 16" in " ".join(size.output.split())
     unknown = runner.invoke(app, ["detect", "train", "-o", str(tmp_path / "m"), "detector.no_such_setting=1"])
     assert unknown.exit_code == 2 and "no_such_setting" in unknown.output
+    backwards = runner.invoke(app, ["detect", "eval", "blc-detector-cpu", "--slice-step", "-2"])
+    assert backwards.exit_code == 2 and "--slice-step" in backwards.output
     not_a_model = runner.invoke(app, ["detect", "eval", str(tmp_path)])
     assert not_a_model.exit_code == 2 and "not a model folder" in not_a_model.output
 
