@@ -7,6 +7,7 @@ their orientation: no mirroring anywhere, since a left-right flip would turn one
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,19 +135,35 @@ class Episode:
 
 
 class EpisodeSampler:
-    """N-way K-shot episodes: N classes drawn at random, then K support and Q query items per class, disjoint."""
+    """N-way K-shot episodes: N classes drawn at random, then K support and Q query items per class, disjoint.
 
-    def __init__(self, labels: torch.Tensor, *, ways: int, shots: int, queries: int, seed: int = 0) -> None:
-        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
-        eligible = [c for c, items in enumerate(self.by_class) if len(items) >= shots + queries]
+    With ``groups`` (each item's source, e.g. its patient) a class's queries come from other sources than its
+    support: patches of one patient's organ on nearby slices would otherwise make a query an easy near-copy.
+    """
+
+    def __init__(self, labels: torch.Tensor, *, ways: int, shots: int, queries: int, seed: int = 0,
+                 groups: Sequence[str] | None = None) -> None:
         if ways < 2 or shots < 1 or queries < 1:
             raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 (got {ways}, {shots}, {queries})")
+        if groups is not None and len(groups) != len(labels):
+            raise ValueError(f"{len(groups)} groups for {len(labels)} items")
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
+        self.groups = groups
+        eligible = [c for c, items in enumerate(self.by_class) if self._queries_left(items, shots) >= queries]
         if len(eligible) < ways:
-            raise ValueError(f"{ways}-way {shots}-shot episodes with {queries} queries need {ways} classes with at "
-                             f"least {shots + queries} items; only {len(eligible)} have them")
+            sources = " from other sources (patients) than the support" if groups is not None else ""
+            raise ValueError(f"{ways}-way {shots}-shot episodes need {ways} classes with {shots} support and {queries} "
+                             f"query items{sources}; only {len(eligible)} have them")
         self.eligible = torch.tensor(eligible)
         self.ways, self.shots, self.queries = ways, shots, queries
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _queries_left(self, items: torch.Tensor, shots: int) -> int:
+        """The fewest query candidates any support of ``shots`` of ``items`` leaves."""
+        if self.groups is None:
+            return len(items) - shots
+        sizes = sorted(Counter(self.groups[i] for i in items.tolist()).values(), reverse=True)
+        return len(items) - sum(sizes[:shots]) if len(items) >= shots else -1
 
     def sample(self, generator: torch.Generator | None = None) -> Episode:
         """The next episode of the sampler's own stream, or the one that ``generator`` draws."""
@@ -156,5 +173,9 @@ class EpisodeSampler:
         for c in chosen.tolist():
             items = self.by_class[c][torch.randperm(len(self.by_class[c]), generator=generator)]
             support.append(items[: self.shots])
-            query.append(items[self.shots: self.shots + self.queries])
+            rest = items[self.shots:]
+            if self.groups is not None:
+                taken = {self.groups[i] for i in support[-1].tolist()}
+                rest = rest[[self.groups[i] not in taken for i in rest.tolist()]]
+            query.append(rest[: self.queries])
         return Episode(chosen, torch.cat(support), torch.cat(query))

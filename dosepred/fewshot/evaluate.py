@@ -32,9 +32,10 @@ def embed(encoder: nn.Module, images: torch.Tensor, *, batch_size: int = 512) ->
 
 def evaluate(encoder: nn.Module, patches: PatchSet, *, ways: int, shots: int, queries: int = 15,
              episodes: int = 600, seed: int = 0, progress: Progress | None = None) -> Accuracy:
-    """Nearest-prototype accuracy over ``episodes`` episodes; the same seed gives the same episodes to every model."""
+    """Nearest-prototype accuracy over ``episodes`` episodes; the same seed gives the same episodes to every model.
+    A class's queries come from other patients (groups) than its support."""
     embeddings = embed(encoder, patches.images)
-    sampler = EpisodeSampler(patches.labels, ways=ways, shots=shots, queries=queries, seed=seed)
+    sampler = EpisodeSampler(patches.labels, ways=ways, shots=shots, queries=queries, seed=seed, groups=patches.groups)
     scores = torch.empty(episodes)
     for i in range(episodes):
         episode = sampler.sample()

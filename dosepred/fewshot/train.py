@@ -68,11 +68,12 @@ class FewShotTrainer(TrainingLoop):
 
     def build_network(self) -> nn.Module:
         s = self.settings
+        # The encoder first: one seed starts every method from the same encoder.
+        model = ContrastiveModel(channels=s["channels"], depth=s["depth"], image_size=self.config["data"]["patch_size"])
         self.generator = ViewGenerator().to(self.device) if s["method"] == "learned" else None
         if self.generator is not None:
             self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=s["generator_lr"])
-        return ContrastiveModel(channels=s["channels"], depth=s["depth"],
-                                image_size=self.config["data"]["patch_size"]).to(self.device)
+        return model.to(self.device)
 
     def build_data(self) -> None:
         data, s = self.config["data"], self.settings

@@ -78,10 +78,13 @@ def test_fewshot_cli_on_the_sample_patients(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     config = json.loads((model / "config.json").read_text())
     assert config["data"]["classes"] == ["Brainstem", "SpinalCord", "Mandible", "PTV56", "PTV70"]
-    result = runner.invoke(app, ["fewshot", "eval", str(model), "--patients", str(SAMPLE / "validation-pats"),
-                                 "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10"])
+    # Queries come from other patients than their class's support: the two sample patients allow that, one does not.
+    episodes = ["--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10"]
+    result = runner.invoke(app, ["fewshot", "eval", str(model), "--patients", str(SAMPLE / "train-pats"), *episodes])
     assert result.exit_code == 0, result.output
     assert "3-way 1-shot" in result.output
+    result = runner.invoke(app, ["fewshot", "eval", str(model), "--patients", str(SAMPLE / "validation-pats"), *episodes])
+    assert result.exit_code == 2 and "from other sources (patients) than the support" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("variant, method", [("protonet", "protonet"), ("random-views", "random"),

@@ -41,6 +41,28 @@ def test_fewshot_episodes_repeat_with_the_seed() -> None:
     assert not torch.equal(first[0].query, other.query)
 
 
+def test_fewshot_queries_come_from_other_patients_than_their_class_support() -> None:
+    labels = _labels()
+    groups = [f"patient_{i // 3}" for i in range(len(labels))]  # three items a patient, as slices of one organ
+    sampler = EpisodeSampler(labels, ways=5, shots=2, queries=2, seed=3, groups=groups)
+    for _ in range(200):
+        episode = sampler.sample()
+        for way in range(5):
+            support = {groups[i] for i in episode.support[episode.support_labels == way].tolist()}
+            query = {groups[i] for i in episode.query[episode.query_labels == way].tolist()}
+            assert len(query) > 0 and not support & query
+        assert torch.bincount(episode.query_labels).tolist() == [2] * 5
+    # Class 2 (7 items: patients of 3, 3 and 1) leaves 1 query at worst once 2 support patients are out; class 4
+    # (8 items: 3, 3, 2) leaves 2.
+    assert sampler.eligible.tolist() == [0, 1, 3, 4, 5]
+    with pytest.raises(ValueError, match="other sources"):
+        EpisodeSampler(labels, ways=7, shots=2, queries=2, groups=groups)
+    # One item a source: the same episodes as without groups (the digits).
+    unique = EpisodeSampler(labels, ways=3, shots=1, queries=2, seed=7, groups=[str(i) for i in range(len(labels))])
+    plain = EpisodeSampler(labels, ways=3, shots=1, queries=2, seed=7)
+    assert all(torch.equal(a.query, b.query) for a, b in ((unique.sample(), plain.sample()) for _ in range(20)))
+
+
 @pytest.mark.parametrize("ways, shots, queries", [(7, 3, 4), (1, 1, 1), (3, 0, 2), (3, 1, 21)])
 def test_fewshot_sampler_rejects_impossible_episodes(ways: int, shots: int, queries: int) -> None:
     with pytest.raises(ValueError):

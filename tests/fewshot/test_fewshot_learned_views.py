@@ -87,3 +87,16 @@ def test_fewshot_training_resumes_exactly(tmp_path, monkeypatch) -> None:
         assert torch.equal(value, resumed.network.state_dict()[name]), name
     for name, value in straight.generator.state_dict().items():
         assert torch.equal(value, resumed.generator.state_dict()[name]), name
+
+
+def test_fewshot_methods_start_from_the_same_encoder_at_one_seed(tmp_path, monkeypatch) -> None:
+    """The methods' comparison is paired: the view generator is built after the encoder, not before it."""
+    patches = _toy_patches()
+    monkeypatch.setattr("dosepred.fewshot.train.load_patches", lambda *args, **kwargs: patches)
+    starts = {}
+    for method in ("protonet", "learned"):
+        config = load_config(None, [f"fewshot.method={method}", "fewshot.ways=4", "fewshot.shots=2", "fewshot.queries=3",
+                                    "fewshot.channels=8", "fewshot.depth=2", "data.patch_size=16"],
+                             defaults=FEWSHOT_DEFAULTS)
+        starts[method] = FewShotTrainer(config, tmp_path / method).network.state_dict()
+    assert all(torch.equal(value, starts["learned"][name]) for name, value in starts["protonet"].items())
