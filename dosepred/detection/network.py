@@ -23,7 +23,7 @@ class DetectorConfig:
     semantic_flow: bool = True  # each cascade stage's semantic output feeds the next stage's
     widths: tuple[int, ...] = (16, 32, 64, 96, 128)  # stem, then stages at strides 2, 4, 8, 16
     pyramid_channels: int = 64
-    anchor_sizes: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)  # structures span 2 to 60 pixels at 3.9 mm/pixel
+    anchor_sizes: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)  # structures span 2 to 60 pixels at about 4 mm a pixel
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     image_size: int = 128
     stage_ious: tuple[float, ...] = (0.5, 0.6, 0.7)
