@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from dosepred.io.patient import Patient
+from dosepred.io.patient import Patient, require_target
 from dosepred.data.transforms import LEFT_RIGHT_AXIS, REFERENCE_DOSE_GY, flip_left_right, model_inputs, patient_to_sample
 from dosepred.devices import fast_path
 from dosepred.engine.config import MAX_RESOLUTION, MIN_RESOLUTION
@@ -68,7 +68,12 @@ class Predictor:
         return channels[0], (channels[1] if len(channels) > 1 else None)
 
     def inputs(self, patient: Patient) -> torch.Tensor:
-        """The model's input volume (C, r, r, r) for a patient, on the predictor's device."""
+        """The model's input volume (C, r, r, r) for a patient, on the predictor's device.
+
+        Raises:
+            PatientDataError: the patient has no target (PTV) contoured.
+        """
+        require_target(patient)
         sample = patient_to_sample(patient, beam_angles=self.beam_angles)
         sample.pop("dose", None)
         batch = {key: value[None].to(self.device) for key, value in sample.items()}

@@ -152,6 +152,16 @@ def require_grid(patient: Patient, shape: tuple[int, int, int] = GRID_SHAPE) -> 
         )
 
 
+def require_target(patient: Patient) -> None:
+    """Raise a clear error when a patient has no target: a model would plan its dose around nothing."""
+    if not any(patient.structures.get(target) is not None and patient.structures[target].any() for target in TARGETS):
+        raise PatientDataError(
+            patient.source or patient.id,
+            f"no target: none of {', '.join(TARGETS)} is contoured, and a predicted dose is planned around them "
+            "(a target under another name: rename its file, e.g. PTV70.csv)",
+        )
+
+
 def binary_mask(name: str, array: np.ndarray, where: str | Path) -> np.ndarray:
     """``array`` as a bool mask, refused unless it holds only 0 and 1."""
     if array.dtype != bool:

@@ -60,6 +60,16 @@ def test_a_failing_patient_is_reported_and_the_rest_finish(tiny_model: Path, pat
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1.csv"]  # nothing partial
 
 
+def test_a_patient_without_a_target_is_refused(tiny_model: Path, patients: Path, tmp_path: Path) -> None:
+    """A forgotten PTV70.csv would otherwise give a plausible dose planned around nothing."""
+    source = shutil.copytree(patients, tmp_path / "in")
+    for target in source.glob("pt_2/PTV*.csv"):
+        target.rename(target.with_name(target.name.replace("PTV", "PTV_")))  # names no reader maps
+    result = predict("-i", str(source), "-o", str(tmp_path / "out"), "-m", str(tiny_model), "--no-tta")
+    assert result.exit_code == 1 and "no target: none of PTV56, PTV63, PTV70" in " ".join(result.output.split())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pt_1.csv"]
+
+
 def test_a_patient_named_like_an_uncertainty_map_is_refused(tiny_model: Path, patients: Path, tmp_path: Path) -> None:
     """pt_1_uncertainty's dose would overwrite pt_1's uncertainty map, and --continue would take one for the other."""
     source = shutil.copytree(patients, tmp_path / "in")
