@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -101,6 +102,34 @@ def progress_bar() -> Progress:
 def fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # file names may hold [brackets]
     return typer.Exit(code)
+
+
+def output_folder(path: Path) -> Path:
+    """Check, before any work starts, that the output folder can be written (it is made with its first file)."""
+    why = _unwritable(path)
+    if why:
+        raise fail(f"cannot write into {path}: {why}")
+    return path
+
+
+def output_file(path: Path) -> Path:
+    """Check, before any work starts, that an output file can be written."""
+    why = "it is a folder" if path.is_dir() else _unwritable(path.parent)
+    if why:
+        raise fail(f"cannot write {path}: {why}")
+    return path
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written or made, or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write into {existing}"
+    return None
 
 
 def write_json(path: Path, content: object) -> None:

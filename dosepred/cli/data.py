@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import (GammaText, ObjectivesFile, app, console, fail, numbers, progress_bar,
-                                 write_json)
+from dosepred.cli.common import (GammaText, ObjectivesFile, app, console, fail, numbers, output_file, output_folder,
+                                 progress_bar, write_json)
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
 from dosepred.io.files import remove_stale
@@ -40,7 +40,7 @@ def prepare(
     """Convert patients to NIfTI folders or to the compact pack. Failing patients are listed at the end."""
     failures: list[str] = []
     written: set[str] = set()  # ids (as a case-blind file system sees them) this run has written
-    remove_stale(output)  # what a killed earlier run left half-written there
+    remove_stale(output_folder(output))  # what a killed earlier run left half-written there
     try:
         with sources.open_patients(source) as paths, progress_bar() as progress:
             for path in progress.track(paths, description=f"prepare ({format.value})"):
@@ -76,6 +76,7 @@ def phantom(
     format: Annotated[PhantomFormat, typer.Option("--format", help="Patient folder format.")] = PhantomFormat.openkbp,
 ) -> None:
     """Write the embedded synthetic head-and-neck patient (with its reference dose) as OUTPUT/phantom."""
+    output_folder(output)
     patient = make_phantom()
     (nifti.write_patient if format is PhantomFormat.nifti else openkbp_csv.write_patient)(patient, output / patient.id)
     console.print(f"wrote the phantom patient to {output / patient.id}")
@@ -97,6 +98,8 @@ def evaluate(
     from dosepred.metrics.folders import score_predictions
 
     reviews: dict[str, dict] = {}
+    if json_file is not None:
+        output_file(json_file)
     try:
         criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
         objectives = load_objectives(objectives_file) if clinical else []

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dosepred.cli.common import (Device, GammaText, ModelName, ObjectivesFile, Tta, app, console, fail, numbers,
-                                 progress_bar)
+                                 output_file, output_folder, progress_bar)
 from dosepred.inference.writers import OutputFormat
 from dosepred.io import sources
 from dosepred.io.errors import PatientDataError
@@ -52,6 +52,7 @@ def predict(
     from dosepred.models import ModelError
 
     set_threads(threads)
+    output_folder(output)
     try:
         names = RoiNames.load(roi_names, prescriptions=_prescriptions(ptv or []))
         predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
@@ -113,6 +114,7 @@ def report(
 
     if output.suffix.lower() not in (".html", ".htm"):
         raise fail(f"{output}: the report is an HTML file (name it *.html)")
+    output_file(output)
     try:
         criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
         objectives = load_objectives(objectives_file)
@@ -148,13 +150,12 @@ def demo(
     from dosepred.models import ModelError, resolve_model
     from dosepred.visual.dvh import metrics_rows, save_dvh_plot, write_metrics_csv
 
+    output_folder(output)
     try:
         model_dir = resolve_model(model)
         predictor = load_predictor(model, device=resolve_device(device))
     except (ModelError, DeviceError) as error:
         raise fail(str(error)) from None
-    if output.exists() and not output.is_dir():
-        raise fail(f"{output}: exists and is not a folder")
     with console.status(f"predicting the phantom with {model_dir.name}"):
         patient = make_phantom()
         dose = predictor.predict(patient, tta=True)

@@ -113,7 +113,7 @@ def test_two_inputs_of_one_name_do_not_share_an_output(tiny_model: Path, phantom
 def test_demo_into_a_file_is_a_message(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "file"), "-m", str(tiny_model)])
-    assert result.exit_code == 2 and "is not a folder" in result.output
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
 
 
 @pytest.mark.skipif(not (MODELS_DIR / "lenas-teachers").is_dir(),
@@ -205,3 +205,18 @@ def test_help_and_messages_keep_their_brackets(tmp_path: Path) -> None:
     missing = tmp_path / "[folder]"
     result = runner.invoke(app, ["predict", "-i", str(missing), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "[folder]" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["phantom", "-o", "{file}/sub"],
+    ["demo", "-o", "{file}/sub", "-m", "no-such-model"],
+    ["prepare", "{tmp}/nowhere", "-o", "{file}/sub"],
+    ["predict", "-i", "{tmp}/nowhere", "-o", "{file}/sub", "-m", "no-such-model"],
+    ["report", "-i", "{tmp}/nowhere", "-o", "{file}/r.html", "-m", "no-such-model"],
+    ["evaluate", "{tmp}/nowhere", "{tmp}/nowhere", "--json", "{file}/s.json"],
+], ids=lambda command: command[0])
+def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(command: list[str], tmp_path: Path) -> None:
+    """The output is checked first: not after a batch of predictions, and not as a traceback."""
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, [word.format(file=tmp_path / "file", tmp=tmp_path) for word in command])
+    assert result.exit_code == 2 and "is a file, not a folder" in " ".join(result.output.split()), result.output
