@@ -45,9 +45,23 @@ def fast_path(device: torch.device) -> bool:
 
 
 def set_threads(threads: int | None) -> int:
-    """Use ``threads`` CPU threads (None: every core); returns the number in use."""
-    torch.set_num_threads(int(threads) if threads else os.cpu_count() or 1)
+    """Use ``threads`` CPU threads (None: ``OMP_NUM_THREADS`` if set, else every core this process may run on);
+    returns the number in use."""
+    torch.set_num_threads(int(threads) if threads else default_threads())
     return torch.get_num_threads()
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` if it is a positive number, else the cores this process may run on (its affinity: a
+    container or ``taskset`` may allow fewer than the machine has)."""
+    try:
+        requested = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        requested = 0
+    if requested > 0:
+        return requested
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(allowed) if allowed else os.cpu_count() or 1
 
 
 def hardware(device: torch.device) -> str:

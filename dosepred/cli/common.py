@@ -38,7 +38,7 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides su
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run already in OUTPUT.")]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: the config's "
-                                             "threads, else every core].")]
+                                             "threads, else OMP_NUM_THREADS, else every core this process may use].")]
 Init = Annotated[str | None, typer.Option("--init", help="Warm start from this model (name or folder) with a "
                                       "fresh schedule; its lineage carries into the new model card.")]
 ModelName = Annotated[str | None, typer.Option("--model", "-m", help="A shipped model's name or a model folder "

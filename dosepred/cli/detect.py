@@ -49,7 +49,8 @@ def detect_eval(
     data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
     slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Evaluate every n-th slice holding a structure.")] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: OMP_NUM_THREADS, "
+                                                "else every core this process may use].")] = None,
 ) -> None:
     """ZSD (unseen classes: Recall@100 at IoU 0.4/0.5/0.6, mAP@0.5) and GZSD (seen/unseen recall, harmonic mean)."""
     from dosepred.detection.evaluation import RECALL_IOUS, evaluate_detector

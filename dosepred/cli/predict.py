@@ -41,7 +41,8 @@ def predict(
     roi_names: RoiNamesFile = None,
     ptv: Ptv = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip patients whose output already exists.")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: every core].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: OMP_NUM_THREADS, "
+                                                "else every core this process may use].")] = None,
     fp32: Annotated[bool, typer.Option("--fp32", help="Compute in float32 even where bf16 is fast (bit-for-bit "
                                        "the numbers of model cards measured in float32).")] = False,
 ) -> None:
