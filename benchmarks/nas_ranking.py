@@ -139,7 +139,7 @@ def parse_searcher_label(text: str) -> str:
     """argparse's check of a ``--supernets`` entry: the label itself, once ``parse_searcher`` accepts it."""
     try:
         parse_searcher(text)
-    except (KeyError, ValueError) as error:
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
 

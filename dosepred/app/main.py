@@ -324,7 +324,7 @@ def report_bytes(patient: Patient, dose: np.ndarray) -> bytes:
 def dose_bytes(patient: Patient, dose: np.ndarray, name: str, output_format: OutputFormat) -> bytes:
     """A dose file, written when its download is clicked."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_dose(patient, dose, Path(tmp) / name, output_format)
+        write_dose(patient, dose, Path(tmp) / name, output_format, model=model_name())
         return (Path(tmp) / name).read_bytes()
 
 

@@ -64,12 +64,13 @@ def stop(signum: int, frame: object) -> None:
 
 
 class LoggedProgress(Progress):
-    """Rich's bars on a terminal. Elsewhere (a log file under nohup, a pipe) rich draws the bars only once, at the
-    end, so each task also gets a plain line when it starts, at most every ``interval`` seconds, and when it
-    completes."""
+    """Rich's bars on a terminal. Elsewhere (a log file under nohup, a pipe) rich would draw the bars only once,
+    at the end, so there each task gets plain lines instead: when it starts, at most every ``interval`` seconds,
+    and when it completes."""
 
     def __init__(self, *columns: Any, interval: float = 60.0, **settings: Any) -> None:
         super().__init__(*columns, **settings)
+        self.disable = not self.console.is_terminal  # the plain lines say it all: no bar drawn once at the end
         self.interval = interval
         self.logged: dict[TaskID, float] = {}  # when each task's last line was printed
 

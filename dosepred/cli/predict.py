@@ -50,17 +50,19 @@ def predict(
     from dosepred.inference.batch import predict_patients
     from dosepred.inference.loader import load_predictor
     from dosepred.devices import DeviceError, resolve_device, set_threads
-    from dosepred.models import ModelError
+    from dosepred.models import ModelError, resolve_model
 
     set_threads(threads)
     output_folder(output)
     try:
         names = RoiNames.load(roi_names, prescriptions=_prescriptions(ptv or []))
         predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
+        made_by = model or resolve_model(None).name  # the name or folder the user gave, else the default's name
+        console.print(f"model {made_by} on {describe(predictor)}", markup=False, highlight=False)
         with sources.open_patients(input) as paths, progress_bar() as progress:
             task = progress.add_task("predict", total=len(paths))
             report = predict_patients(predictor, paths, output, output_format=format, tta=tta, resume=resume,
-                                      roi_names=names, on_patient=lambda name: progress.advance(task))
+                                      roi_names=names, model=made_by, on_patient=lambda name: progress.advance(task))
     except (ModelError, DeviceError, PatientDataError) as error:
         raise fail(str(error)) from None
     for messages in report.warnings.values():
@@ -73,6 +75,18 @@ def predict(
         for name, message in report.failed.items():
             console.print(f"  {escape(name)}: {escape(message)}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def describe(predictor) -> str:  # noqa: ANN001 - a Predictor or an EnsemblePredictor
+    """Where and how a model computes: device, precision, threads."""
+    import torch
+
+    members = getattr(predictor, "members", [predictor])
+    device = members[0].device
+    precision = "bf16" if all(member.amp for member in members) else "fp32"
+    count = torch.get_num_threads()
+    threads = f", {count} thread{'s' if count > 1 else ''}" if device.type == "cpu" else ""
+    return f"{device.type} ({precision}{threads})"
 
 
 def _prescriptions(pairs: list[str]) -> dict[str, float]:
@@ -163,7 +177,7 @@ def demo(
     output.mkdir(parents=True, exist_ok=True)
     files = {"predicted dose (NIfTI)": output / "phantom_dose.nii.gz", "DVH plot": output / "phantom_dvh.png",
              "metrics table": output / "phantom_metrics.csv"}
-    write_dose(patient, dose, files["predicted dose (NIfTI)"], OutputFormat.nifti)
+    write_dose(patient, dose, files["predicted dose (NIfTI)"], OutputFormat.nifti, model=model_dir.name)
     save_dvh_plot(patient, dose, files["DVH plot"])
     rows, scores = metrics_rows(patient, dose)
     write_metrics_csv(rows, files["metrics table"])
@@ -173,8 +187,9 @@ def demo(
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
     Console().print(table)
-    Console().print(f"dose score {scores['dose_score']:.3f} Gy, DVH score {scores['dvh_score']:.3f} Gy "
-                    "(against the phantom's synthetic reference dose)")
+    Console().print(f"dose score {scores['dose_score']:.3f} Gy, DVH score {scores['dvh_score']:.3f} Gy against the "
+                    "phantom's made-up reference dose: a check of the install, not of the model (its validation "
+                    "scores are in its model card)")
     for what, path in files.items():
         Console().print(f"{what}: {path}", soft_wrap=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 from pathlib import Path
@@ -179,7 +180,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
     for key, value in update.items():
         name = f"{prefix}{key}"
         if key not in base:
-            raise ConfigError(f"{where}: unknown key {name!r}")
+            close = difflib.get_close_matches(str(key), [str(known) for known in base], n=1)
+            raise ConfigError(f"{where}: unknown key {name!r}" + (f"; did you mean {prefix + close[0]!r}?" if close else ""))
         if name == "network":  # free-form: the builder's arguments; another network name starts afresh
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: network must be a mapping")

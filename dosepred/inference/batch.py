@@ -13,7 +13,7 @@ from dosepred.io.files import remove_stale
 from dosepred.io.patient import require_grid
 from dosepred.inference.ensemble import EnsemblePredictor
 from dosepred.inference.predictor import Predictor
-from dosepred.inference.writers import OutputFormat, default_format, output_path, write_dose
+from dosepred.inference.writers import OutputFormat, check_format, default_format, output_path, write_dose
 from dosepred.io.roi_names import RoiNames, UnmappedRoiWarning
 
 
@@ -30,13 +30,14 @@ class BatchReport:
 
 def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[Path], output: Path, *,
                      output_format: OutputFormat | None, tta: bool, resume: bool, roi_names: RoiNames | None = None,
-                     on_patient: Callable[[str], None] | None = None) -> BatchReport:
+                     model: str = "", on_patient: Callable[[str], None] | None = None) -> BatchReport:
     """Predict each patient in ``paths`` into ``output``; a failing patient is recorded and skipped.
 
     ``output_format`` None writes each patient as it came in: DICOM patients as RT Dose, others as OpenKBP
     CSV. Models that give an uncertainty map (ensembles, students) also write ``<id>_uncertainty`` beside the
     dose (NIfTI beside an RT Dose: it is no dose). ROIs that no model input takes are listed in
     ``report.warnings``. Temporary files that a killed earlier run left in ``output`` are removed first.
+    ``model`` names the model in the outputs that have room for it (RT Dose, NIfTI).
     """
     report = BatchReport()
     remove_stale(output)
@@ -60,12 +61,13 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
             if caught:
                 report.warnings[name] = [str(w.message) for w in caught]
             require_grid(patient)
+            check_format(patient, chosen)
             dose, uncertainty = predictor.predict_with_uncertainty(patient, tta=tta)
             if uncertainty is not None:
                 spread_format = OutputFormat.nifti if chosen is OutputFormat.rtdose else chosen
                 write_dose(patient, uncertainty, output_path(output, patient.id + UNCERTAINTY_SUFFIX, spread_format),
-                           spread_format)
-            write_dose(patient, dose, output_path(output, patient.id, chosen), chosen)
+                           spread_format, model=model, what="uncertainty of the predicted dose")
+            write_dose(patient, dose, output_path(output, patient.id, chosen), chosen, model=model)
             report.written.append(patient.id)
         except (PatientDataError, OSError, RuntimeError, ValueError) as error:
             report.failed[name] = str(error)

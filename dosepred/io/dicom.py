@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dosepred import __version__
 from dosepred.io.clinic import Grid, from_patient_axes, own_frame_grid
 from dosepred.io.files import atomic_file
 from dosepred.io.patient import Patient
@@ -30,8 +31,9 @@ DOSE_SUMMATION_TYPE = "PREDICTED"
 _LEVELS = 2**16 - 1
 
 
-def write_rt_dose(patient: Patient, dose: np.ndarray, path: Path) -> None:
-    """Write ``dose`` (Gy, on the patient's grid) as a DICOM RT Dose file (see the module docstring)."""
+def write_rt_dose(patient: Patient, dose: np.ndarray, path: Path, *, model: str = "") -> None:
+    """Write ``dose`` (Gy, on the patient's grid) as a DICOM RT Dose file (see the module docstring); ``model``
+    (the model that predicted it) goes into ManufacturerModelName."""
     from pydicom.uid import generate_uid
 
     if not (np.isfinite(dose).all() and dose.min() >= 0):
@@ -43,7 +45,7 @@ def write_rt_dose(patient: Patient, dose: np.ndarray, path: Path) -> None:
         on_grid, grid = from_patient_axes(np.asarray(dose, dtype=np.float32)), own_frame_grid(patient)
         attributes = {"PatientID": patient.id, "PatientName": patient.id, "StudyInstanceUID": generate_uid(),
                       "FrameOfReferenceUID": generate_uid()}
-    _write(on_grid, grid, attributes, path)
+    _write(on_grid, grid, attributes, path, model)
 
 
 def read_rt_dose(path: Path) -> tuple[np.ndarray, Grid]:
@@ -74,7 +76,7 @@ def _crop(dose: np.ndarray, grid: Grid) -> tuple[np.ndarray, Grid]:
     return dose[low[0]:high[0], low[1]:high[1], low[2]:high[2]], Grid(tuple(origin), grid.spacing, grid.direction, size)
 
 
-def _write(dose: np.ndarray, grid: Grid, attributes: dict[str, str], path: Path) -> None:
+def _write(dose: np.ndarray, grid: Grid, attributes: dict[str, str], path: Path, model: str) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -98,6 +100,7 @@ def _write(dose: np.ndarray, grid: Grid, attributes: dict[str, str], path: Path)
     ds.StudyInstanceUID, ds.FrameOfReferenceUID = attributes["StudyInstanceUID"], attributes["FrameOfReferenceUID"]
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 1, 1
     ds.Modality, ds.Manufacturer = "RTDOSE", "dosepred"
+    ds.ManufacturerModelName, ds.SoftwareVersions = model[:64], f"dosepred {__version__}"  # LO: 64 characters
     ds.SeriesDescription = "predicted dose (research use only)"
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", DOSE_SUMMATION_TYPE

@@ -45,8 +45,9 @@ def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
     return affine
 
 
-def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
-    """Write one volume as NIfTI in the OpenKBP frame (masks as uint8, integral CT as int16)."""
+def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: Path, *, description: str = "") -> None:
+    """Write one volume as NIfTI in the OpenKBP frame (masks as uint8, integral CT as int16); ``description``
+    goes into the header's descrip field (79 characters)."""
     import nibabel as nib  # here, not at the top: a job that reads only packs does without it
 
     if volume.dtype == bool:
@@ -55,17 +56,19 @@ def write_volume(volume: np.ndarray, spacing: tuple[float, float, float], path: 
         volume = volume.astype(np.int16)
     image = nib.Nifti1Image(volume, affine_from_spacing(spacing))
     image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode("utf-8")[:79]
     nib.save(image, path)
 
 
-def write_on_grid(array_zyx: np.ndarray, grid: Grid, path: Path) -> None:
+def write_on_grid(array_zyx: np.ndarray, grid: Grid, path: Path, *, description: str = "") -> None:
     """One float volume on any DICOM grid (a clinic CT's, [z, y, x]) as NIfTI, in that grid's place: the RAS+
-    affine is the grid's LPS one with x and y negated."""
+    affine is the grid's LPS one with x and y negated; ``description`` as in ``write_volume``."""
     import nibabel as nib  # here, not at the top: a job that reads only packs does without it
 
     image = nib.Nifti1Image(np.transpose(np.asarray(array_zyx, dtype=np.float32), (2, 1, 0)),
                             np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.matrix)
     image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode("utf-8")[:79]
     nib.save(image, path)
 
 

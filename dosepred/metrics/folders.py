@@ -24,15 +24,19 @@ def score_predictions(reference: Path, predictions: Path, *,
         PatientDataError: a missing prediction or dose, or any unreadable file (every patient must score).
     """
     if not predictions.is_dir():
-        raise PatientDataError(predictions, "not a folder of predictions")
+        raise PatientDataError(predictions, "no such folder" if not predictions.exists() else
+                               "not a folder of predictions")
     scorer = OpenKBPScorer()
     with sources.open_patients(reference) as paths:
         ids = [path.name.removesuffix(pack.SUFFIX) for path in paths]  # a patient's id is its name (sources)
         dose_files = {pid: sources.find_dose_file(predictions, pid) for pid in ids}
         missing = [pid for pid, dose_file in dose_files.items() if dose_file is None]
         if missing:
+            unread = [pid for pid in missing if (predictions / f"{pid}.dcm").is_file()]
+            hint = (f"; {', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}: an RT Dose (.dcm), which is "
+                    "scored as <id>.csv or <id>.nii.gz (predict --format nifti)") if unread else ""
             raise PatientDataError(predictions, f"no prediction for {len(missing)} of {len(ids)} patient(s): "
-                                   f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+                                   f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}{hint}")
         for done, path in enumerate(paths, start=1):
             patient = sources.read_patient(path)
             if patient.dose is None:

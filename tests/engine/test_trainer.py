@@ -70,7 +70,7 @@ def test_a_run_its_time_budget_stopped_stays_stopped_when_resumed(tiny_packs, tm
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown key 'optim.stepz'"):
+    with pytest.raises(ConfigError, match="unknown key 'optim.stepz'; did you mean 'optim.steps'"):
         load_config(None, ["optim.stepz=3"])
     (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):

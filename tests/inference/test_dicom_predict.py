@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from dosepred.cli import app
 from dosepred.inference.loader import load_predictor
+from dosepred.inference.predictor import Predictor
 from dosepred.io import clinic
 from dosepred.io.dicom import read_rt_dose
 from dosepred.io.dicom_export import write_dicom_patient
@@ -53,22 +54,28 @@ def test_a_zip_of_dicom_patients_gives_rt_doses_on_their_cts(tiny_model: Path, c
     rt_dose = pydicom.dcmread(tmp_path / "out" / "clinic_1.dcm")
     ct = pydicom.dcmread(clinic_batch / "clinic_1" / "CT_0000.dcm")
     assert rt_dose.FrameOfReferenceUID == ct.FrameOfReferenceUID and rt_dose.Modality == "RTDOSE"
+    assert rt_dose.ManufacturerModelName == str(tiny_model) and rt_dose.SoftwareVersions.startswith("dosepred ")
     assert read_rt_dose(tmp_path / "out" / "clinic_1.dcm")[0].max() > 0
 
 
-def test_nifti_lies_on_the_ct_and_openkbp_csv_is_refused(tiny_model: Path, clinic_batch: Path, tmp_path: Path) -> None:
+def test_nifti_lies_on_the_ct_and_openkbp_csv_is_refused(tiny_model: Path, clinic_batch: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     result = predict("-i", str(clinic_batch / "clinic_1"), "-o", str(tmp_path / "nii"), "-m", str(tiny_model),
                      "--no-tta", "--format", "nifti")
     assert result.exit_code == 0, result.output
     image = nib.load(tmp_path / "nii" / "clinic_1.nii.gz")
+    assert image.header["descrip"].item().decode().startswith("predicted dose (Gy), dosepred ")  # what, whose
     ct = pydicom.dcmread(clinic_batch / "clinic_1" / "CT_0000.dcm")
     assert image.shape == (ct.Columns, ct.Rows, len(list((clinic_batch / "clinic_1").glob("CT_*.dcm"))))
     # Voxel (0, 0, 0) is the first CT pixel: LPS (x, y) -> RAS (-x, -y).
     np.testing.assert_allclose(image.affine[:3, 3], [-ct.ImagePositionPatient[0], -ct.ImagePositionPatient[1],
                                                      ct.ImagePositionPatient[2]], atol=1e-3)
+    predicted = []  # refused before the prediction, not after it
+    monkeypatch.setattr(Predictor, "predict_with_uncertainty", lambda *args, **kwargs: predicted.append(1))
     result = predict("-i", str(clinic_batch / "clinic_1"), "-o", str(tmp_path / "csv"), "-m", str(tiny_model),
                      "--format", "openkbp-csv")
     assert result.exit_code == 1 and "use --format rtdose or --format nifti" in result.output.replace("\n", "")
+    assert not predicted
 
 
 @pytest.mark.parametrize("flag", ["PTV_High", "=70", "PTV_High=high", "PTV_High=-5"])

@@ -116,6 +116,11 @@ def test_evaluate_missing_prediction_is_an_error(phantom_split: Path, tmp_path: 
     result = runner.invoke(app, ["evaluate", str(phantom_split), str(predictions)])
     assert result.exit_code == 2
     assert "no prediction for 1 of 2" in result.output and "pt_2" in result.output
+    (predictions / "pt_2.dcm").write_bytes(b"")  # an RT Dose from predict's DICOM route: say how to score it
+    result = runner.invoke(app, ["evaluate", str(phantom_split), str(predictions)])
+    assert result.exit_code == 2 and "predict --format nifti" in " ".join(result.output.split())
+    result = runner.invoke(app, ["evaluate", str(phantom_split), str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such folder" in result.output
 
 
 def test_phantom_writes_each_patient_format_and_refuses_rtdose(tmp_path: Path) -> None:

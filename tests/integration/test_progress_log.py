@@ -22,6 +22,7 @@ def test_a_log_gets_the_start_rate_limited_updates_and_the_end_of_each_task() ->
         progress.advance(task, 5)
         progress.update(task, completed=10)  # finished already: no second end line
     assert [line.split(" (")[0] for line in lines(output)] == ["work: 1/10", "work: 10/10"]
+    assert "━" not in output.getvalue()  # no bar drawn at the end as well
 
 
 def test_with_no_interval_every_update_is_a_line_and_open_totals_are_fine() -> None:

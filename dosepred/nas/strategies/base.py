@@ -96,7 +96,7 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 def get_strategy(name: str, **options: Any) -> Strategy:
     if name not in _STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; available: {', '.join(strategy_names())}")
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(strategy_names())}")
     return _STRATEGIES[name](**options)
 
 
