@@ -64,17 +64,20 @@ def find_patients(source: Path) -> list[Path]:
 @contextlib.contextmanager
 def open_patients(source: str | Path) -> Iterator[list[Path]]:
     """Yield the patient paths of ``source``; a tarball or zip is unpacked to a temporary folder first."""
-    from dosepred.io.uploads import unpack_tar, unpack_zip  # uploads reads patients through this module
+    from dosepred.io.uploads import UploadError, unpack_tar, unpack_zip  # uploads reads patients through this module
 
     source = Path(source)
-    if source.is_file() and source.suffix.lower() == ".zip":
-        with temporary_folder() as tmp:
-            yield find_patients(unpack_zip(source, Path(tmp), folder=_archive_stem(source)))
-    elif source.is_file() and source.name.endswith(_TARBALL_SUFFIXES):
-        with temporary_folder() as tmp:
-            yield find_patients(unpack_tar(source, Path(tmp), folder=_archive_stem(source)))
-    else:
+    unpack = (unpack_zip if source.suffix.lower() == ".zip" else unpack_tar if source.name.endswith(_TARBALL_SUFFIXES)
+              else None) if source.is_file() else None
+    if unpack is None:
         yield find_patients(source)
+        return
+    with temporary_folder() as tmp:
+        try:
+            root = unpack(source, Path(tmp), folder=_archive_stem(source))
+        except UploadError as error:  # the unpackers serve the viewer's uploads too: name the file here
+            raise UploadError(source, error.problem) from None
+        yield find_patients(root)
 
 
 def archive_stem(name: str) -> str:

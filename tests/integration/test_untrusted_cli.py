@@ -220,3 +220,11 @@ def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(comma
     (tmp_path / "file").write_text("")
     result = runner.invoke(app, [word.format(file=tmp_path / "file", tmp=tmp_path) for word in command])
     assert result.exit_code == 2 and "is a file, not a folder" in " ".join(result.output.split()), result.output
+
+
+def test_a_broken_archive_is_named_in_the_message(tiny_model: Path, tmp_path: Path) -> None:
+    """Not "upload: ...": on the command line the archive has a name, and the message gives it."""
+    (tmp_path / "batch.zip").write_text("not a zip")
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "batch.zip"), "-o", str(tmp_path / "out"), "-m",
+                                 str(tiny_model)])
+    assert result.exit_code == 2 and f"{tmp_path / 'batch.zip'}: not a zip archive" in " ".join(result.output.split())
