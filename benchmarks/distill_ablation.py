@@ -8,7 +8,8 @@ first): the OpenKBP dose score with its prediction in place of the truth, i.e. h
 its teachers beside how closely it follows the truth; and, where both give an uncertainty (a student's second
 channel, an ensemble's spread), the mean |difference| of the two over the possible-dose voxels (Gy): how well a
 student learnt its teachers' disagreement (on the reference's own row: its mean spread, the error of a student
-that predicts none).
+that predicts none). The reference's spread is always that of its mirrored members, with or without ``--tta``:
+it is the spread a student is distilled to predict (and the one ``dosepred predict`` writes).
 
 Usage: python benchmarks/distill_ablation.py NAME=MODEL [NAME=MODEL ...] [--validation DIR] [--threads 2] [--tta]
                                              [--reference NAME]
@@ -65,6 +66,8 @@ def main() -> None:
                        structures=patient.structure_stack(), possible_dose_mask=patient.possible_dose_mask,
                        voxel_volume_mm3=patient.voxel_volume_mm3)
             if name == args.reference:
+                if uncertainty is not None and not args.tta:
+                    uncertainty = predictor.predict_with_uncertainty(patient, tta=True)[1]
                 reference[patient.id] = dose, uncertainty
                 if uncertainty is not None:  # its own row: the error of predicting no spread at all
                     spread_distances.append(dose_error(np.zeros_like(uncertainty), uncertainty, patient.possible_dose_mask))
