@@ -30,7 +30,8 @@ class PhantomFormat(str, Enum):  # the patient folder formats with a writer (RT 
 
 @app.command()
 def prepare(
-    source: Annotated[Path, typer.Argument(help="An OpenKBP split folder, a .tar.xz of one, or one patient folder.")],
+    source: Annotated[Path, typer.Argument(help="A folder of patients (OpenKBP CSV, NIfTI, pack or DICOM), a .zip "
+                                           "or tar archive of one, or one patient.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the converted patients to.")],
     format: Annotated[PrepareFormat, typer.Option("--format", help="nifti: one folder of .nii.gz per patient; "
                                                   "pack: one compact file per patient.")] = PrepareFormat.nifti,

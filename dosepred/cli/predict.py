@@ -28,8 +28,8 @@ Ptv = Annotated[list[str] | None, typer.Option("--ptv", help="NAME=GY: a DICOM t
 @app.command()
 def predict(
     input: Annotated[Path, typer.Option("--input", "-i", help="One patient, or a folder of patients (OpenKBP CSV, "
-                                        "NIfTI, pack, or DICOM: a CT series and its RTSTRUCT), or a .tar.xz or "
-                                        ".zip of them.")],
+                                        "NIfTI, pack, or DICOM: a CT series and its RTSTRUCT), or a .zip or tar "
+                                        "archive (.tar, .tar.gz, .tgz, .tar.xz, .tar.bz2) of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one predicted dose per patient.")],
     model: ModelName = None,
     device: Device = "auto",
