@@ -218,9 +218,13 @@ def _check_geometry(folder: Path, slices: list) -> Grid:
     expected = positions[0] + np.outer(np.arange(len(slices)), step * normal)
     off = float(np.linalg.norm(positions - expected, axis=1).max())
     if step <= SLICE_POSITION_TOLERANCE_MM or off > SLICE_POSITION_TOLERANCE_MM:
+        gaps = np.diff((positions - positions[0]) @ normal)
+        usual, odd = float(np.median(gaps)), int(np.argmax(np.abs(gaps - np.median(gaps))))
+        where = (f"; {slices[odd][0].name} and {slices[odd + 1][0].name} lie {gaps[odd]:.2f} mm apart, most slices "
+                 f"{usual:.2f} mm" if abs(gaps[odd] - usual) > SLICE_POSITION_TOLERANCE_MM else "")
         raise PatientDataError(folder, "CT slices are not evenly spaced along their normal (missing, duplicated or "
                                f"unevenly spaced slices, or a tilted gantry): a slice lies {off:.2f} mm from its place "
-                               f"in a stack of {len(slices)} at {step:.3f} mm")
+                               f"in a stack of {len(slices)} at {step:.3f} mm{where}")
     direction = np.stack([x, y, normal], axis=1)
     return Grid(tuple(float(v) for v in positions[0]), (float(pixel[1]), float(pixel[0]), step),
                 tuple(float(v) for v in direction.ravel()), (columns, rows, len(slices)))
