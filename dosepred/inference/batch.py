@@ -69,7 +69,11 @@ def predict_patients(predictor: Predictor | EnsemblePredictor, paths: Iterable[P
                            spread_format, model=model, what="uncertainty of the predicted dose")
             write_dose(patient, dose, output_path(output, patient.id, chosen), chosen, model=model)
             report.written.append(patient.id)
-        except (PatientDataError, OSError, RuntimeError, ValueError) as error:
+        except PatientDataError as error:  # said relative to the patient (an archive's lies in a temporary folder)
+            where = Path(error.where)
+            inside = where.relative_to(path) if where.is_relative_to(path) else where
+            report.failed[name] = error.problem if inside == Path() else f"{inside}: {error.problem}"
+        except (OSError, RuntimeError, ValueError) as error:
             report.failed[name] = str(error)
         except Exception as error:  # a reader's unforeseen fault stays this patient's: the batch goes on
             report.failed[name] = f"{path}: unexpected {type(error).__name__} while reading or predicting"

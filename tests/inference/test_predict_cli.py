@@ -126,3 +126,16 @@ def test_uncertainty_comes_from_a_second_output_channel(tiny_model: Path, two_ou
     double = load_predictor(two_output_model, device=torch.device("cpu"))
     dose, uncertainty = double.predict_with_uncertainty(patient, tta=True)
     assert uncertainty.shape == dose.shape and not uncertainty[~patient.possible_dose_mask].any()
+
+
+def test_a_failing_patient_of_an_archive_is_named_inside_it(tiny_model: Path, patients: Path, tmp_path: Path) -> None:
+    """An archive's patients lie in a temporary folder that is gone when the message is read: not named there."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as archive:
+        for path in sorted((patients / "pt_2").iterdir()):
+            if path.name != "ct.csv":
+                archive.write(path, f"pt_2/{path.name}")
+    result = predict("-i", str(tmp_path / "batch.zip"), "-o", str(tmp_path / "out"), "-m", str(tiny_model))
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "pt_2: missing ct.csv" in output and "dosepred-" not in output, output
