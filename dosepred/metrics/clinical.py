@@ -105,7 +105,7 @@ def load_objectives(path: str | Path | None = None) -> list[Objective]:
         match = _OBJECTIVE.fullmatch(str(text).strip())
         if match is None or match["roi"] not in ROIS:
             raise PatientDataError(path, f"objective {text!r} is not 'ROI METRIC OP VALUE UNIT' with ROI one of "
-                                   f"{', '.join(ROIS)} (e.g. 'SpinalCord D0.1cc < 45 Gy')")
+                                   f"{', '.join(ROIS)} and UNIT Gy or % (e.g. 'SpinalCord D0.1cc < 45 Gy')")
         objective = Objective(match["roi"], match["metric"], match["op"], float(match["value"]), match["unit"],
                               str(entry.get("source", "")))
         if problem := _unit_problem(objective):
