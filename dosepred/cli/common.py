@@ -125,12 +125,23 @@ def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot be written or made, or None."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            return f"{existing} is a link to nothing"
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write into {existing}"
     return None
+
+
+def _checked_json(path: Path | None) -> Path | None:
+    return None if path is None else output_file(path)
+
+
+# A command's --json file, its place checked when the command line is read (before any work).
+JsonFile = Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON file.",
+                                               callback=_checked_json)]
 
 
 def write_json(path: Path, content: object) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dosepred.cli.common import (GammaText, ObjectivesFile, app, console, fail, numbers, output_file, output_folder,
+from dosepred.cli.common import (GammaText, JsonFile, ObjectivesFile, app, console, fail, numbers, output_folder,
                                  progress_bar, write_json)
 from dosepred.io import nifti, openkbp_csv, pack, sources
 from dosepred.io.errors import PatientDataError
@@ -88,7 +88,7 @@ def evaluate(
     reference: Annotated[Path, typer.Argument(help="Folder of reference patients with dose (OpenKBP CSV, NIfTI or pack).")],
     predictions: Annotated[Path, typer.Argument(help="Folder of predicted doses: <patient>.csv (OpenKBP submission) "
                                                 "or <patient>.nii.gz.")],
-    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+    json_file: JsonFile = None,
     clinical: Annotated[bool, typer.Option("--clinical/--no-clinical", help="Also gamma, HI, Paddick CI, V95 % and the "
                                            "plan objectives.")] = True,
     gamma: GammaText = "3,2,10",
@@ -99,8 +99,6 @@ def evaluate(
     from dosepred.metrics.folders import score_predictions
 
     reviews: dict[str, dict] = {}
-    if json_file is not None:
-        output_file(json_file)
     try:
         criteria = GammaCriteria(*numbers(gamma, 3, "--gamma"))
         objectives = load_objectives(objectives_file) if clinical else []

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar, train_with_progress, write_json)
+from dosepred.cli.common import (ConfigFile, JsonFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console,
+                                 fail, progress_bar, train_with_progress, write_json)
 from dosepred.io.errors import PatientDataError
 
 detect_app = typer.Typer(help="BLC zero-shot detection of the structures in axial CT slices (seen/unseen split "
@@ -48,7 +48,7 @@ def detect_eval(
     models: Annotated[list[Path], typer.Argument(help="Detector folders from 'detect train' (one table row each).")],
     data: Annotated[Path, typer.Option("--data", help="Evaluation patients.")] = Path("data/pack/validation"),
     slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Evaluate every n-th slice holding a structure.")] = 1,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Also write every metric here.")] = None,
+    json_file: JsonFile = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads [default: OMP_NUM_THREADS, "
                                                 "else every core this process may use].")] = None,
 ) -> None:

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dosepred.cli.common import (ConfigFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console, fail,
-                                 progress_bar, train_with_progress, write_json)
+from dosepred.cli.common import (ConfigFile, JsonFile, Overrides, Overwrite, Resume, RunFolder, Threads, app, console,
+                                 fail, progress_bar, train_with_progress, write_json)
 from dosepred.io.errors import PatientDataError
 
 fewshot_app = typer.Typer(help="Few-shot classification of CT patches (or digits): ProtoNet, + contrastive with "
@@ -73,7 +73,7 @@ def fewshot_eval(
     queries: Annotated[int, typer.Option("--queries", help="Query images per class.")] = 15,
     episodes: Annotated[int, typer.Option("--episodes", help="Episodes per setting.")] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Episode seed (the same episodes for every model).")] = 0,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the table to this JSON file.")] = None,
+    json_file: JsonFile = None,
 ) -> None:
     """N-way K-shot accuracy (mean ± 95% CI over the episodes) of each model on the novel classes."""
     from dosepred.fewshot.evaluate import evaluate as evaluate_fewshot

@@ -57,7 +57,8 @@ def predict(
     try:
         names = RoiNames.load(roi_names, prescriptions=_prescriptions(ptv or []))
         predictor = load_predictor(model, device=resolve_device(device), amp=not fp32)
-        made_by = model or resolve_model(None).name  # the name or folder the user gave, else the default's name
+        folder = resolve_model(model)  # a shipped model by its name, a model folder by its last two parts
+        made_by = "/".join(folder.parts[-2:]) if model is not None and Path(model).exists() else folder.name
         console.print(f"model {made_by} on {describe(predictor)}", markup=False, highlight=False)
         with sources.open_patients(input) as paths, progress_bar() as progress:
             task = progress.add_task("predict", total=len(paths))

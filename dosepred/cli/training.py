@@ -118,12 +118,15 @@ def search(
     from dosepred.engine.config import SEARCH_DEFAULTS, ConfigError
     from dosepred.nas.run import run_search
     from dosepred.nas.space import SearchSpace
-    from dosepred.nas.strategies import strategy_names
+    from dosepred.nas.strategies import check_strategy
 
     if output is None and not space_size:
         raise fail("give --output for the search's results")
-    if strategy is not None and strategy not in strategy_names():  # --space-size too: a typo is no other space
-        raise fail(f"unknown strategy {strategy!r}; available: {', '.join(strategy_names())}")
+    try:
+        if strategy is not None:  # --space-size too: a typo is no other space
+            check_strategy(strategy)
+    except ValueError as error:
+        raise fail(str(error)) from None
     try:
         chosen = [f"search.strategy={strategy}"] if strategy and not resume else []
         settings = run_settings(output or Path(), config, [*(overrides or []), *chosen], resume=resume,

@@ -100,7 +100,7 @@ def _write(dose: np.ndarray, grid: Grid, attributes: dict[str, str], path: Path,
     ds.StudyInstanceUID, ds.FrameOfReferenceUID = attributes["StudyInstanceUID"], attributes["FrameOfReferenceUID"]
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 1, 1
     ds.Modality, ds.Manufacturer = "RTDOSE", "dosepred"
-    ds.ManufacturerModelName, ds.SoftwareVersions = model[:64], f"dosepred {__version__}"  # LO: 64 characters
+    ds.ManufacturerModelName, ds.SoftwareVersions = model[-64:], f"dosepred {__version__}"  # LO: 64 characters
     ds.SeriesDescription = "predicted dose (research use only)"
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", DOSE_SUMMATION_TYPE

@@ -158,7 +158,7 @@ def require_target(patient: Patient) -> None:
         raise PatientDataError(
             patient.source or patient.id,
             f"no target: none of {', '.join(TARGETS)} is contoured, and a predicted dose is planned around them "
-            "(a target under another name: rename its file, e.g. PTV70.csv)",
+            "(a target under another name: name it PTV56, PTV63 or PTV70; DICOM: --ptv NAME=GY or --roi-names)",
         )
 
 

@@ -76,7 +76,8 @@ def open_patients(source: str | Path) -> Iterator[list[Path]]:
         try:
             root = unpack(source, Path(tmp), folder=_archive_stem(source))
         except UploadError as error:  # the unpackers serve the viewer's uploads too: name the file here
-            raise UploadError(source, error.problem) from None
+            member = "" if error.where in ("upload", str(source)) else f"{error.where}: "
+            raise UploadError(source, member + error.problem) from None
         yield find_patients(root)
 
 

@@ -214,7 +214,9 @@ def test_help_and_messages_keep_their_brackets(tmp_path: Path) -> None:
     ["predict", "-i", "{tmp}/nowhere", "-o", "{file}/sub", "-m", "no-such-model"],
     ["report", "-i", "{tmp}/nowhere", "-o", "{file}/r.html", "-m", "no-such-model"],
     ["evaluate", "{tmp}/nowhere", "{tmp}/nowhere", "--json", "{file}/s.json"],
-], ids=lambda command: command[0])
+    ["detect", "eval", "{tmp}/nowhere", "--json", "{file}/s.json"],
+    ["fewshot", "eval", "{tmp}/nowhere", "--json", "{file}/s.json"],
+], ids=lambda command: "-".join(command[:2]))
 def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(command: list[str], tmp_path: Path) -> None:
     """The output is checked first: not after a batch of predictions, and not as a traceback."""
     (tmp_path / "file").write_text("")
@@ -228,3 +230,21 @@ def test_a_broken_archive_is_named_in_the_message(tiny_model: Path, tmp_path: Pa
     result = runner.invoke(app, ["predict", "-i", str(tmp_path / "batch.zip"), "-o", str(tmp_path / "out"), "-m",
                                  str(tiny_model)])
     assert result.exit_code == 2 and f"{tmp_path / 'batch.zip'}: not a zip archive" in " ".join(result.output.split())
+
+
+def test_an_output_folder_through_a_broken_link_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "out" / "sub")])
+    assert result.exit_code == 2 and "is a link to nothing" in " ".join(result.output.split()), result.output
+
+
+def test_an_archive_member_at_fault_is_named_with_the_archive(tiny_model: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
+        archive.writestr("pt_1/ct.csv", "0,1\n")
+        archive.writestr("pt_1/CT.csv", "0,1\n")  # one file on a case-blind file system
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path / "bad.zip"), "-o", str(tmp_path / "out"), "-m",
+                                 str(tiny_model)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "bad.zip: pt_1/CT.csv: names the same file as pt_1/ct.csv" in output, output

@@ -94,9 +94,14 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
-def get_strategy(name: str, **options: Any) -> Strategy:
+def check_strategy(name: str) -> None:
+    """Raise ValueError for a name no strategy has."""
     if name not in _STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; available: {', '.join(strategy_names())}")
+
+
+def get_strategy(name: str, **options: Any) -> Strategy:
+    check_strategy(name)
     return _STRATEGIES[name](**options)
 
 
