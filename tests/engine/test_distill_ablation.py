@@ -36,7 +36,16 @@ def test_the_spread_distance_needs_an_uncertainty_on_both_sides(monkeypatch, cap
                                                                two_output_model):
     rows = run(monkeypatch, capsys, f"reference={two_output_model}", f"same={two_output_model}", f"single={tiny_model}",
                "--validation", str(tiny_packs / "validation"), "--threads", "1", "--latency-patients", "1",
-               "--reference", "reference")
+               "--reference", "reference", "--tta")  # the reference's spread is always the mirrored one
     assert len(rows["same"]) == 6 and float(rows["same"][2]) == 0.0 and float(rows["same"][3]) == 0.0
     assert len(rows["reference"]) == 5 and float(rows["reference"][2]) >= 0.0  # its mean spread
     assert len(rows["single"]) == 5  # dose, DVH, distance, params, latency: no uncertainty to compare
+
+
+def test_the_reference_spread_is_the_mirrored_one_with_or_without_tta(monkeypatch, capsys, tiny_packs, two_output_model):
+    """A student learns the spread of mirrored members: its error is measured against that, whatever --tta says."""
+    arguments = [f"reference={two_output_model}", "--validation", str(tiny_packs / "validation"), "--threads", "1",
+                 "--latency-patients", "1", "--reference", "reference"]
+    plain, mirrored = run(monkeypatch, capsys, *arguments), run(monkeypatch, capsys, *arguments, "--tta")
+    assert plain["reference"][2] == mirrored["reference"][2]  # its own row: its mean spread
+    assert plain["reference"][0] != mirrored["reference"][0]  # while its dose is scored as asked
